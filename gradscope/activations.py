@@ -1,0 +1,133 @@
+"""Activation functions, each with its derivative beside it.
+
+Every activation is an :class:`Activation` in the :data:`ACTIVATIONS` registry.
+``f(z)`` maps pre-activations to activations; ``df(z, a)`` is the derivative
+``phi'(z)``, given both ``z`` and ``a = f(z)`` so that it can reuse whichever is
+cheaper (``a * (1 - a)`` for the logistic function).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.special import expit
+
+Array = np.ndarray
+
+LEAKY_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation and its derivative.
+
+    Attributes
+    ----------
+    name : registry key.
+    f : ``f(z) -> a``.
+    df : ``df(z, a) -> phi'(z)``.
+    df_max : the maximum of ``phi'`` over the real line (a quarter for the logistic).
+    relu_family : units can die (derivative exactly or nearly zero for ``z <= 0``).
+    saturating : bounded, with flat regions at both ends (sigmoid, tanh).
+    output_range : where the activations lie, for histograms.
+    """
+
+    name: str
+    f: Callable[[Array], Array]
+    df: Callable[[Array, Array], Array]
+    df_max: float
+    relu_family: bool = False
+    saturating: bool = False
+    output_range: tuple[float, float] = (-5.0, 5.0)
+
+    def __call__(self, z: Array) -> Array:
+        return self.f(z)
+
+
+def _sigmoid(z):
+    return expit(z)
+
+
+def _d_sigmoid(z, a):
+    return a * (1 - a)
+
+
+def _tanh(z):
+    return np.tanh(z)
+
+
+def _d_tanh(z, a):
+    return 1 - a * a
+
+
+def _relu(z):
+    return np.maximum(z, 0)
+
+
+def _d_relu(z, a):
+    return (z > 0).astype(z.dtype)
+
+
+def _leaky_relu(z):
+    return np.where(z > 0, z, z * LEAKY_SLOPE)
+
+
+def _d_leaky_relu(z, a):
+    return np.where(z > 0, 1, LEAKY_SLOPE).astype(z.dtype)
+
+
+def _elu(z):
+    # alpha = 1: z for z > 0, exp(z) - 1 otherwise
+    return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+
+
+def _d_elu(z, a):
+    return np.where(z > 0, 1, a + 1).astype(z.dtype)
+
+
+def _softplus(z):
+    return np.logaddexp(0, z).astype(z.dtype, copy=False)
+
+
+def _d_softplus(z, a):
+    return expit(z)
+
+
+def _linear(z):
+    return z
+
+
+def _d_linear(z, a):
+    return np.ones_like(z)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in [
+        Activation("sigmoid", _sigmoid, _d_sigmoid, 0.25, saturating=True, output_range=(0.0, 1.0)),
+        Activation("tanh", _tanh, _d_tanh, 1.0, saturating=True, output_range=(-1.0, 1.0)),
+        Activation("relu", _relu, _d_relu, 1.0, relu_family=True, output_range=(0.0, 5.0)),
+        Activation("leaky_relu", _leaky_relu, _d_leaky_relu, 1.0, relu_family=True),
+        Activation("elu", _elu, _d_elu, 1.0, relu_family=True, output_range=(-1.0, 5.0)),
+        Activation("softplus", _softplus, _d_softplus, 1.0, output_range=(0.0, 5.0)),
+        Activation("linear", _linear, _d_linear, 1.0),
+    ]
+}
+
+ALIASES = {"logistic": "sigmoid"}
+
+
+def get_activation(name: str) -> Activation:
+    """Look up an activation by name or alias; ``KeyError`` names what is accepted."""
+    key = ALIASES.get(name, name)
+    if key not in ACTIVATIONS:
+        raise KeyError(
+            f"unknown activation {name!r}; accepted: {', '.join(activation_names())}"
+        )
+    return ACTIVATIONS[key]
+
+
+def activation_names() -> list[str]:
+    return list(ACTIVATIONS) + list(ALIASES)

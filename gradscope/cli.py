@@ -1,0 +1,176 @@
+"""The ``gradscope`` command line: thin click commands over the library.
+
+Every error a user can cause is reported as one line on stderr with a non-zero exit,
+no traceback, and no file written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .activations import activation_names
+from .initializers import INITIALIZERS
+from .optimizers import OPTIMIZERS
+
+
+class CleanGroup(click.Group):
+    """A click group whose usage errors are one line: ``gradscope: error: ...``."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("gradscope: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            msg = e.format_message().replace("\n", " ")
+            click.echo(f"gradscope: error: {msg}", err=True)
+            sys.exit(e.exit_code if e.exit_code else 2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+class BatchSize(click.ParamType):
+    name = "N|full"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "full":
+            return value
+        try:
+            v = int(value)
+        except ValueError:
+            self.fail(f"{value!r}; accepted: a whole number >= 1 or 'full'", param, ctx)
+        if v < 1:
+            self.fail(f"{value!r}; accepted: a whole number >= 1 or 'full'", param, ctx)
+        return v
+
+
+class IntList(click.ParamType):
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            out = [int(v) for v in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r}; accepted: comma-separated whole numbers >= 1", param, ctx)
+        if not out or min(out) < 1:
+            self.fail(f"{value!r}; accepted: comma-separated whole numbers >= 1", param, ctx)
+        return out
+
+
+@click.group(cls=CleanGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gradscope")
+def main():
+    """gradscope: see why deep networks fail to train.
+
+    Train numpy MLPs with per-layer gradient diagnostics (train), and turn the logs
+    into PDF reports with verdicts (report).
+    """
+
+
+def _opt(*names, **kw):
+    return click.option(*names, **kw)
+
+
+@main.command()
+@_opt("--dataset", default="digits", show_default=True,
+      help="Built-in dataset (digits, spirals, moons, blobs, parity, teacher) or a .csv/.npz/.h5 file.")
+@_opt("--target", default=None, help="CSV target column [default: the last column].")
+@_opt("--data-seed", type=int, default=0, show_default=True, help="Seed of the synthetic datasets.")
+@_opt("--standardize", is_flag=True, help="Scale features to zero mean and unit variance.")
+@_opt("--depth", type=int, default=3, show_default=True, help="Hidden layers.")
+@_opt("--width", type=int, default=64, show_default=True, help="Units per hidden layer.")
+@_opt("--widths", type=IntList(), default=None, help="Hidden widths, e.g. 256,128,64 (overrides --depth/--width).")
+@_opt("--activation", default="relu", show_default=True, help=f"One of: {', '.join(activation_names())}.")
+@_opt("--init", default="xavier", show_default=True, help=f"One of: {', '.join(INITIALIZERS)}.")
+@_opt("--init-gain", type=float, default=1.0, show_default=True, help="Multiplies the init's scale.")
+@_opt("--optimizer", default="adam", show_default=True, help=f"One of: {', '.join(OPTIMIZERS)}.")
+@_opt("--lr", type=float, default=None, help="Learning rate [default: the optimizer's].")
+@_opt("--momentum", type=float, default=None, help="Momentum (sgd, momentum, nesterov, rmsprop).")
+@_opt("--beta1", type=float, default=None, help="Adam-family first-moment decay.")
+@_opt("--beta2", type=float, default=None, help="Adam-family second-moment decay.")
+@_opt("--eps", type=float, default=None, help="Denominator epsilon.")
+@_opt("--rho", type=float, default=None, help="Adadelta's decay.")
+@_opt("--alpha", type=float, default=None, help="RMSprop's smoothing constant.")
+@_opt("--weight-decay", type=float, default=None, help="L2 penalty (decoupled for adamw).")
+@_opt("--batch-size", type=BatchSize(), default=32, show_default=True,
+      help="1 = stochastic, 'full' = batch gradient descent, else mini-batch.")
+@_opt("--epochs", type=int, default=None, help="Epochs [default: 20 unless --steps].")
+@_opt("--steps", type=int, default=None, help="Update steps (instead of --epochs).")
+@_opt("--val-fraction", type=float, default=0.2, show_default=True, help="Held out for validation; 0 for none.")
+@_opt("--seed", type=int, default=0, show_default=True, help="Seeds init, split and shuffling.")
+@_opt("--dtype", default="float32", show_default=True, help="float32 or float64.")
+@_opt("--log-every", type=int, default=1, show_default=True, help="Record every K steps.")
+@_opt("--probe-every", type=int, default=None, help="Probe-set statistics every K steps [default: ~100].")
+@_opt("--probe-size", type=int, default=None, help="Probe-set examples [default: min(n, 1024)].")
+@_opt("--hist-bins", type=int, default=50, show_default=True, help="Activation histogram bins.")
+@_opt("--snapshot-every", type=int, default=0, show_default=True, help="Keep parameters every K steps (0: never).")
+@_opt("--out", type=click.Path(dir_okay=False), default=None,
+      help="Log file [default: runs/<descriptive name>.h5].")
+@_opt("--force", is_flag=True, help="Overwrite an existing log.")
+@_opt("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train(out, force, quiet, **options):
+    """Train an MLP and record per-layer gradient diagnostics to an HDF5 log."""
+    from .data import DataError
+    from .train import ConfigError, TrainConfig, prepare
+    from .train import train as run
+
+    cfg = TrainConfig(**options)
+    try:
+        prep = prepare(cfg)
+    except (ConfigError, DataError) as e:
+        fail(str(e))
+    path = Path(out) if out else Path("runs") / f"{cfg.name()}.h5"
+    if path.exists() and not force:
+        fail(f"log {str(path)!r} exists; pass --force to overwrite it or --out to choose another file")
+    if path.exists() and path.is_dir():
+        fail(f"--out {str(path)!r} is a directory; give a file name ending in .h5")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create folder {str(path.parent)!r}: {e.strerror}")
+
+    bar = None
+    if not quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=prep.resolved["total_steps"], unit="step", dynamic_ncols=True,
+                   desc=path.stem[:40])
+    last = [0.0, 0]
+
+    def progress(step, total, loss):
+        if bar is None:
+            return
+        now = time.monotonic()
+        if now - last[0] > 0.25 or step == total:
+            bar.update(step - last[1])
+            bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
+            last[0], last[1] = now, step
+
+    try:
+        result = run(prep, path, progress=progress)
+    except OSError as e:
+        fail(f"cannot write log {str(path)!r}: {str(e).splitlines()[0]}")
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.status == "diverged":
+        click.echo(f"warning: run diverged: {result.message}", err=True)
+    elif result.status == "interrupted":
+        click.echo(f"{result.message}; the log holds every step before it", err=True)
+        click.echo(str(path))
+        return 130
+    click.echo(f"{result.status}: {result.steps} steps, final batch loss {result.final_loss:.4g}; "
+               f"log: {path}")
+    return 0

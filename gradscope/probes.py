@@ -1,0 +1,110 @@
+"""Per-layer statistics from one training step's arrays, and from the fixed probe set.
+
+Nothing here recomputes the forward or backward pass of the training step: it reads
+the :class:`~gradscope.mlp.Cache` and :class:`~gradscope.mlp.Gradients` the model
+handed back. Metric definitions are in docs/log-format.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .activations import Activation
+from .mlp import Cache, Gradients, Params
+
+SATURATION = 0.05  # a unit is saturated where phi'(z) < 5% of max phi'
+
+
+def norm(x: np.ndarray) -> float:
+    """Frobenius norm, via one BLAS dot product (exact fallback on overflow)."""
+    v = x.ravel()
+    s = float(np.dot(v, v))
+    if math.isfinite(s):
+        return math.sqrt(s)
+    return float(np.linalg.norm(v.astype(np.float64)))
+
+
+def total_norm(arrays: list[np.ndarray]) -> float:
+    """Global norm of a list of arrays (as torch.nn.utils.clip_grad_norm_ computes it)."""
+    return math.sqrt(sum(norm(a) ** 2 for a in arrays))
+
+
+def step_metrics(
+    params: Params,
+    cache: Cache,
+    back: Gradients,
+    updates: Params | None,
+    activation: Activation,
+) -> dict[str, np.ndarray]:
+    """One value per layer for every column of the ``layers`` table but step and layer.
+
+    ``updates`` is None when no update was applied (a diverged step): update norms are NaN.
+    Activation statistics describe the training batch's hidden activations
+    ``phi(z_l)``; they are NaN for the linear output layer.
+    """
+    L = len(params) // 2
+    out = {k: np.full(L, np.nan) for k in (
+        "grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
+        "update_ratio", "act_mean", "act_std", "saturated_frac")}
+    threshold = SATURATION * activation.df_max
+    for l in range(L):
+        out["grad_norm"][l] = norm(back.grads[2 * l])
+        out["bias_grad_norm"][l] = norm(back.grads[2 * l + 1])
+        out["delta_norm"][l] = norm(back.deltas[l])
+        w = out["weight_norm"][l] = norm(params[2 * l])
+        if updates is not None:
+            u = out["update_norm"][l] = norm(updates[2 * l])
+            out["update_ratio"][l] = u / w if w > 0 else np.inf
+        if l < L - 1:
+            a = cache.inputs[l + 1]
+            m = float(a.mean(dtype=np.float64))
+            out["act_mean"][l] = m
+            out["act_std"][l] = math.sqrt(max(float(np.mean(np.square(a, dtype=np.float64))) - m * m, 0.0))
+            out["saturated_frac"][l] = float(np.count_nonzero(back.dphi[l] < threshold)) / a.size
+    return out
+
+
+def probe_metrics(
+    params: Params, X: np.ndarray, activation: Activation, hist_edges: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Statistics of the hidden layers on the fixed probe set ``X``.
+
+    Returns
+    -------
+    metrics : one value per layer (NaN for the output layer) for ``dead_frac``
+        (ReLU family only), ``probe_act_mean``, ``probe_act_std``, ``probe_saturated_frac``.
+    dead : per hidden layer, uint8 flags ``(width,)``: pre-activation <= 0 on every example.
+    hist : per hidden layer, counts of activations in ``hist_edges`` bins (outside
+        values counted in the end bins).
+    """
+    L = len(params) // 2
+    metrics = {k: np.full(L, np.nan) for k in (
+        "dead_frac", "probe_act_mean", "probe_act_std", "probe_saturated_frac")}
+    dead, hist = [], []
+    lo, hi = float(hist_edges[0]), float(hist_edges[-1])
+    nb = len(hist_edges) - 1
+    threshold = SATURATION * activation.df_max
+    a = X
+    for l in range(L - 1):
+        z = a @ params[2 * l]
+        z += params[2 * l + 1]
+        a = activation.f(z)
+        d = (z <= 0).all(axis=0)
+        dead.append(d.astype(np.uint8))
+        if activation.relu_family:
+            metrics["dead_frac"][l] = float(d.mean())
+        metrics["probe_act_mean"][l] = float(a.mean(dtype=np.float64))
+        metrics["probe_act_std"][l] = float(a.std(dtype=np.float64))
+        metrics["probe_saturated_frac"][l] = float(np.mean(activation.df(z, a) < threshold))
+        idx = ((a - lo) * (nb / (hi - lo))).astype(np.int64)
+        np.clip(idx, 0, nb - 1, out=idx)
+        hist.append(np.bincount(idx.ravel(), minlength=nb))
+    return metrics, dead, hist
+
+
+def histogram_edges(activation: Activation, bins: int = 50) -> np.ndarray:
+    """Fixed bin edges over the activation's usual range (``Activation.output_range``)."""
+    lo, hi = activation.output_range
+    return np.linspace(lo, hi, bins + 1)

@@ -1,0 +1,349 @@
+"""The training loop: model + optimizer + probes + log writer.
+
+:func:`train` owns the loop and nothing else. :class:`TrainConfig` holds every option;
+:meth:`TrainConfig.resolve` checks it and fills in what depends on the data, so that a
+bad option is refused before any file is written.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import data as data_mod
+from .activations import get_activation
+from .initializers import INITIALIZERS
+from .log import LogWriter
+from .losses import accuracy, mean_squared_error, softmax_cross_entropy
+from .mlp import backward, forward, init_params, layer_sizes, predict
+from .optimizers import OPTIMIZERS, apply_updates, make_optimizer
+from .probes import histogram_edges, norm, probe_metrics, step_metrics
+
+OPTIMIZER_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
+DTYPES = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """An option that cannot be used; the message is one line naming it and what is accepted."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run. ``None`` means "the default" (documented per field)."""
+
+    dataset: str = "digits"
+    target: str | None = None          # CSV target column (default: the last)
+    data_seed: int = 0                 # seeds synthetic datasets
+    standardize: bool = False          # scale features to zero mean, unit variance (train stats)
+    depth: int = 3                     # hidden layers
+    width: int = 64                    # units per hidden layer (unless widths)
+    widths: list[int] | None = None    # explicit hidden widths, overrides depth and width
+    activation: str = "relu"
+    init: str = "xavier"
+    init_gain: float = 1.0
+    optimizer: str = "adam"
+    lr: float | None = None            # optimizer options: None = the optimizer's default
+    momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    rho: float | None = None
+    alpha: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | str = 32         # 1 = stochastic, "full" = batch gradient descent
+    epochs: int | None = None          # default 20 when steps is not given
+    steps: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    dtype: str = "float32"
+    log_every: int = 1
+    probe_every: int | None = None     # default: the multiple of log_every nearest 100
+    probe_size: int | None = None      # default: min(n_train, 1024)
+    hist_bins: int = 50
+    snapshot_every: int = 0            # 0 = no snapshots (initial and final are always kept)
+    extra: dict = field(default_factory=dict)  # filled by resolve(): data shapes, defaults
+
+    # -- checking --------------------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse bad options (without touching data or files)."""
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        if self.widths is not None:
+            need(len(self.widths) >= 1, "--widths needs at least one width")
+            for w in self.widths:
+                need(isinstance(w, (int, np.integer)) and w >= 1,
+                     f"width {w!r} in --widths; accepted: whole numbers >= 1")
+        else:
+            need(isinstance(self.depth, int) and self.depth >= 1,
+                 f"--depth {self.depth!r}; accepted: a whole number >= 1")
+            need(isinstance(self.width, int) and self.width >= 1,
+                 f"--width {self.width!r}; accepted: a whole number >= 1")
+        try:
+            get_activation(self.activation)
+        except KeyError as e:
+            raise ConfigError(e.args[0]) from None
+        need(self.init in INITIALIZERS,
+             f"unknown init {self.init!r}; accepted: {', '.join(INITIALIZERS)}")
+        need(_finite(self.init_gain) and self.init_gain > 0,
+             f"--init-gain {self.init_gain!r}; accepted: a finite number > 0")
+        need(self.optimizer in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+        for opt in OPTIMIZER_OPTIONS:
+            v = getattr(self, opt)
+            if v is not None:
+                need(_finite(v) and v >= 0,
+                     f"--{opt.replace('_', '-')} {v!r}; accepted: a finite number >= 0")
+        if self.lr is not None:
+            need(self.lr > 0, f"--lr {self.lr!r}; accepted: a finite number > 0")
+        try:
+            make_optimizer(self.optimizer, **self.optimizer_overrides())
+        except (KeyError, ValueError, TypeError) as e:
+            raise ConfigError(str(e.args[0]) if e.args else str(e)) from None
+        if self.batch_size != "full":
+            need(isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1,
+                 f"--batch-size {self.batch_size!r}; accepted: a whole number >= 1 or 'full'")
+        need(self.epochs is None or (isinstance(self.epochs, int) and self.epochs >= 1),
+             f"--epochs {self.epochs!r}; accepted: a whole number >= 1")
+        need(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+             f"--steps {self.steps!r}; accepted: a whole number >= 1")
+        need(self.epochs is None or self.steps is None, "give --epochs or --steps, not both")
+        need(_finite(self.val_fraction) and 0 <= self.val_fraction < 1,
+             f"--val-fraction {self.val_fraction!r}; accepted: a number in [0, 1)")
+        need(self.dtype in DTYPES, f"--dtype {self.dtype!r}; accepted: {', '.join(DTYPES)}")
+        need(isinstance(self.log_every, int) and self.log_every >= 1,
+             f"--log-every {self.log_every!r}; accepted: a whole number >= 1")
+        if self.probe_every is not None:
+            need(isinstance(self.probe_every, int) and self.probe_every >= 1
+                 and self.probe_every % self.log_every == 0,
+                 f"--probe-every {self.probe_every!r}; accepted: a multiple of --log-every "
+                 f"({self.log_every})")
+        need(self.probe_size is None or (isinstance(self.probe_size, int) and self.probe_size >= 1),
+             f"--probe-size {self.probe_size!r}; accepted: a whole number >= 1")
+        need(isinstance(self.hist_bins, int) and 2 <= self.hist_bins <= 1000,
+             f"--hist-bins {self.hist_bins!r}; accepted: a whole number from 2 to 1000")
+        need(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0,
+             f"--snapshot-every {self.snapshot_every!r}; accepted: a whole number >= 0")
+
+    def optimizer_overrides(self) -> dict:
+        return {k: getattr(self, k) for k in OPTIMIZER_OPTIONS if getattr(self, k) is not None}
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return list(self.widths) if self.widths is not None else [self.width] * self.depth
+
+    def name(self) -> str:
+        """A descriptive file stem, e.g. ``digits-d3w64-relu-xavier-adam-lr0.001-bs32-s0``."""
+        ws = self.hidden_widths
+        arch = f"d{len(ws)}w{ws[0]}" if len(set(ws)) == 1 else "w" + "-".join(map(str, ws))
+        ds = Path(self.dataset).stem if Path(self.dataset).suffix else self.dataset
+        lr = self.lr if self.lr is not None else make_optimizer(self.optimizer).hyper["lr"]
+        return (f"{ds}-{arch}-{get_activation(self.activation).name}-{self.init}"
+                f"{'' if self.init_gain == 1 else f'g{self.init_gain:g}'}-{self.optimizer}"
+                f"-lr{lr:g}-bs{self.batch_size}-s{self.seed}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+
+
+@dataclass
+class Prepared:
+    """A checked configuration with its data and everything derived from it."""
+
+    config: TrainConfig
+    resolved: dict
+    X: np.ndarray
+    y: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    classification: bool
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Check the options, load and split the data, and resolve every default.
+
+    Raises :class:`ConfigError` or :class:`~gradscope.data.DataError`; writes nothing.
+    """
+    config.check()
+    X, y = data_mod.load_dataset(config.dataset, target=config.target, seed=config.data_seed)
+    classification = data_mod.is_classification(y)
+    if classification and y.max() < 1:
+        raise data_mod.DataError(f"dataset {config.dataset!r} has a single class; need two or more")
+    rng = np.random.default_rng([config.seed, 1])
+    X, y, X_val, y_val = data_mod.split(X, y, config.val_fraction, rng)
+    if config.standardize:
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+        sd[sd == 0] = 1.0
+        X, X_val = (X - mu) / sd, (X_val - mu) / sd
+    dtype = np.dtype(config.dtype)
+    X, X_val = X.astype(dtype), X_val.astype(dtype)
+    if not classification:
+        y, y_val = y.astype(dtype), y_val.astype(dtype)
+    n = X.shape[0]
+    bs = n if config.batch_size == "full" else min(int(config.batch_size), n)
+    steps_per_epoch = math.ceil(n / bs)
+    if config.steps is not None:
+        total = config.steps
+    else:
+        total = (config.epochs or 20) * steps_per_epoch
+    n_out = int(y.max()) + 1 if classification else (1 if y.ndim == 1 else y.shape[1])
+    probe_every = config.probe_every
+    if probe_every is None:
+        probe_every = config.log_every * max(1, round(100 / config.log_every))
+    opt = make_optimizer(config.optimizer, **config.optimizer_overrides())
+    from . import __version__
+
+    resolved = asdict(config)
+    resolved.pop("extra")
+    resolved.update(
+        activation=get_activation(config.activation).name,
+        widths=config.hidden_widths,
+        depth=len(config.hidden_widths),
+        sizes=layer_sizes(X.shape[1], config.hidden_widths, n_out),
+        task="classification" if classification else "regression",
+        loss="cross_entropy" if classification else "mse",
+        n_train=int(n), n_val=int(X_val.shape[0]), n_features=int(X.shape[1]),
+        n_outputs=int(n_out), batch_size_resolved=int(bs), steps_per_epoch=steps_per_epoch,
+        total_steps=int(total), probe_every=int(probe_every),
+        probe_size=int(min(config.probe_size or 1024, n)),
+        optimizer_hyper=opt.hyper, gradscope_version=__version__,
+        numpy_version=np.__version__,
+    )
+    return Prepared(config, resolved, X, y, X_val, y_val, classification)
+
+
+@dataclass
+class RunResult:
+    path: Path
+    status: str
+    message: str
+    steps: int
+    final_loss: float
+
+
+def train(
+    config: TrainConfig | Prepared,
+    out: str | Path,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> RunResult:
+    """Train the MLP described by ``config`` and log every diagnostic to ``out``.
+
+    ``out`` is created (or replaced: refusing to overwrite is the caller's decision).
+    ``progress(step, total, loss)`` is called after every step when given.
+    The run ends ``completed``, ``diverged`` (non-finite loss or gradients: the step is
+    logged and no update applied) or ``interrupted`` (KeyboardInterrupt or SIGTERM).
+    """
+    prep = config if isinstance(config, Prepared) else prepare(config)
+    cfg, res = prep.config, prep.resolved
+    act = get_activation(cfg.activation)
+    dtype = np.dtype(cfg.dtype)
+    params = init_params(res["sizes"], cfg.init, np.random.default_rng([cfg.seed, 0]),
+                         cfg.init_gain, dtype)
+    opt = make_optimizer(cfg.optimizer, **cfg.optimizer_overrides())
+    state = opt.init(params)
+    loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
+    X, y = prep.X, prep.y
+    n = X.shape[0]
+    probe_rng = np.random.default_rng([cfg.seed, 3])
+    X_probe = X[np.sort(probe_rng.choice(n, res["probe_size"], replace=False))]
+    edges = histogram_edges(act, cfg.hist_bins)
+    batch_rng = np.random.default_rng([cfg.seed, 2])
+    L = len(params) // 2
+    layer_idx = np.arange(L)
+    total, bs = res["total_steps"], res["batch_size_resolved"]
+    log_every, probe_every, snap_every = cfg.log_every, res["probe_every"], cfg.snapshot_every
+    lr = float(opt.hyper.get("lr", float("nan")))
+
+    writer = LogWriter(out, res, params, edges, snapshots=snap_every > 0)
+    status, message = "completed", ""
+    step, epoch, loss = 0, 0, float("nan")
+    t0 = time.perf_counter()
+    restore = _sigterm_raises_interrupt()
+    try:
+        while step < total:
+            ep_loss = ep_acc = 0.0
+            ep_n = 0
+            for idx in data_mod.epoch_batches(n, bs, batch_rng):
+                if step >= total:
+                    break
+                Xb, yb = X[idx], y[idx]
+                out_b, cache = forward(params, Xb, act)
+                acc = accuracy(out_b, yb) if prep.classification else float("nan")
+                loss, dout = loss_fn(out_b, yb)
+                back = backward(params, cache, dout, act)
+                gnorm = math.sqrt(sum(norm(g) ** 2 for g in back.grads))
+                diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
+                updates = None
+                if not diverged:
+                    updates, state = opt.update(back.grads, state, params)
+                if diverged or step % log_every == 0 or step == total - 1:
+                    writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
+                                  lr=lr, grad_norm_total=gnorm,
+                                  time=time.perf_counter() - t0)
+                    m = step_metrics(params, cache, back, updates, act)
+                    writer.append("layers", L, step=step, layer=layer_idx, **m)
+                    if diverged or step % probe_every == 0 or step == total - 1:
+                        pm, dead, hist = probe_metrics(params, X_probe, act, edges)
+                        writer.append("probes", L, step=step, layer=layer_idx, **pm)
+                        writer.append_units(step, dead, hist)
+                if snap_every and step % snap_every == 0:
+                    writer.append_snapshot(step, params)
+                if diverged:
+                    what = "loss" if not math.isfinite(loss) else "gradient norm"
+                    value = loss if not math.isfinite(loss) else gnorm
+                    status = "diverged"
+                    message = f"{what} became {value} at step {step} (epoch {epoch})"
+                    break
+                params = apply_updates(params, updates)
+                ep_loss += loss * len(idx)
+                ep_acc += acc * len(idx)
+                ep_n += len(idx)
+                step += 1
+                if progress is not None:
+                    progress(step, total, loss)
+            if status == "diverged":
+                break
+            _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n,
+                       time.perf_counter() - t0)
+            epoch += 1
+    except KeyboardInterrupt:
+        status, message = "interrupted", f"interrupted at step {step} (epoch {epoch})"
+    finally:
+        restore()
+        writer.close(status, message, params)
+    return RunResult(Path(out), status, message, step, loss)
+
+
+def _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n, t):
+    if ep_n == 0:
+        return
+    val_loss = val_acc = float("nan")
+    if prep.X_val.shape[0]:
+        out = predict(params, prep.X_val, act)
+        val_loss, _ = loss_fn(out, prep.y_val)
+        if prep.classification:
+            val_acc = accuracy(out, prep.y_val)
+    writer.append("epochs", epoch=epoch, step=step, train_loss=ep_loss / ep_n,
+                  train_accuracy=ep_acc / ep_n if prep.classification else float("nan"),
+                  val_loss=val_loss, val_accuracy=val_acc, time=t)
+
+
+def _sigterm_raises_interrupt() -> Callable[[], None]:
+    """Make SIGTERM end the run like Ctrl-C (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, old)

@@ -174,3 +174,53 @@ def train(out, force, quiet, **options):
     click.echo(f"{result.status}: {result.steps} steps, final batch loss {result.final_loss:.4g}; "
                f"log: {path}")
     return 0
+
+
+@main.command()
+@_opt("--activation", required=True, help=f"One of: {', '.join(activation_names())}.")
+@_opt("--depth", type=int, required=True, help="Hidden layers.")
+@_opt("--init", default="xavier", show_default=True, help=f"One of: {', '.join(INITIALIZERS)}.")
+@_opt("--init-gain", type=float, default=1.0, show_default=True, help="The current gain.")
+@_opt("--bias-var", type=float, default=0.0, show_default=True, help="Bias variance s_b^2.")
+@_opt("--width", type=int, default=None, help="Hidden width (matters for xavier and orthogonal with unequal fans).")
+def advise(activation, depth, init, init_gain, bias_var, width):
+    """Initialisation advice from mean-field theory: how far the gradients fall, and the gain
+    that puts ACTIVATION at (or nearest to) criticality."""
+    import math
+
+    from .activations import get_activation
+    from .theory import advise as run_advise
+
+    try:
+        get_activation(activation)
+    except KeyError as e:
+        fail(e.args[0])
+    if depth < 1:
+        fail(f"--depth {depth}; accepted: a whole number >= 1")
+    if init not in INITIALIZERS:
+        fail(f"unknown init {init!r}; accepted: {', '.join(INITIALIZERS)}")
+    if not (math.isfinite(init_gain) and init_gain > 0):
+        fail(f"--init-gain {init_gain}; accepted: a finite number > 0")
+    if not (math.isfinite(bias_var) and bias_var >= 0):
+        fail(f"--bias-var {bias_var}; accepted: a finite number >= 0")
+    if width is not None and width < 1:
+        fail(f"--width {width}; accepted: a whole number >= 1")
+    r = run_advise(activation, depth, init=init, gain=init_gain, bias_var=bias_var, width=width)
+    rows = [
+        ("weight variance s_w^2", r["weight_var"], r.get("advised_weight_var")),
+        ("gain", r["gain"], r.get("advised_gain")),
+        ("chi1", r["chi1"], r.get("advised_chi1")),
+        ("first/last-layer gradient ratio", r["grad_ratio"], r.get("advised_grad_ratio")),
+        ("  from inputs of mean square 1", r.get("grad_ratio_from_inputs"),
+         r.get("advised_grad_ratio_from_inputs")),
+    ]
+    click.echo(f"{'':34s}{'current':>12s}{'advised':>12s}")
+    for name, cur, adv in rows:
+        click.echo(f"{name:34s}{_num(cur):>12s}{_num(adv):>12s}")
+    click.echo(r["recommendation"])
+
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g}"

@@ -37,21 +37,25 @@ def step_metrics(
     back: Gradients,
     updates: Params | None,
     activation: Activation,
+    grad_norms: list[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """One value per layer for every column of the ``layers`` table but step and layer.
 
     ``updates`` is None when no update was applied (a diverged step): update norms are NaN.
+    ``grad_norms`` are the norms of ``back.grads`` if the caller has them already.
     Activation statistics describe the training batch's hidden activations
     ``phi(z_l)``; they are NaN for the linear output layer.
     """
+    if grad_norms is None:
+        grad_norms = [norm(g) for g in back.grads]
     L = len(params) // 2
     out = {k: np.full(L, np.nan) for k in (
         "grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
         "update_ratio", "act_mean", "act_std", "saturated_frac")}
     threshold = SATURATION * activation.df_max
     for l in range(L):
-        out["grad_norm"][l] = norm(back.grads[2 * l])
-        out["bias_grad_norm"][l] = norm(back.grads[2 * l + 1])
+        out["grad_norm"][l] = grad_norms[2 * l]
+        out["bias_grad_norm"][l] = grad_norms[2 * l + 1]
         out["delta_norm"][l] = norm(back.deltas[l])
         w = out["weight_norm"][l] = norm(params[2 * l])
         if updates is not None:
@@ -59,9 +63,9 @@ def step_metrics(
             out["update_ratio"][l] = u / w if w > 0 else np.inf
         if l < L - 1:
             a = cache.inputs[l + 1]
-            m = float(a.mean(dtype=np.float64))
+            m = float(a.sum()) / a.size  # pairwise summation: accurate in float32
             out["act_mean"][l] = m
-            out["act_std"][l] = math.sqrt(max(float(np.mean(np.square(a, dtype=np.float64))) - m * m, 0.0))
+            out["act_std"][l] = math.sqrt(max(norm(a) ** 2 / a.size - m * m, 0.0))
             out["saturated_frac"][l] = float(np.count_nonzero(back.dphi[l] < threshold)) / a.size
     return out
 

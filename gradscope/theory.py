@@ -30,16 +30,17 @@ ratio is ``chi1``; the first step back from the output uses the *output* matrix'
 Gaussian expectations use Gauss-Hermite quadrature (``hermegauss``) where it is exact to
 rounding (smooth activations, ``q <= 1``) and a composite Gauss-Legendre rule with a break
 at 0 otherwise: at larger ``q``, ``phi'(sqrt(q) z)`` has features narrower than the
-Hermite node spacing (200-node Gauss-Hermite is 30% off for ``E[tanh'^2]`` at ``q = 50``).
+Hermite node spacing (200-node Gauss-Hermite is 23% off for ``E[tanh'^2]`` at ``q = 50``).
 ReLU, leaky ReLU, linear and ELU use closed forms.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from itertools import pairwise
 from statistics import median
-from typing import Callable, Sequence
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
@@ -62,6 +63,8 @@ Q_MAX = 1e8
 Q_MIN = 1e-14
 #: ``|x|`` at which ``phi'(+-inf)`` is evaluated for the ``q -> inf`` limit.
 X_INF = 1e6
+#: :func:`advise` calls the current choice critical when ``|chi1 - 1|`` is below this.
+ADVISE_TOL = 1e-3
 #: Range of ``s_w^2`` scanned for criticality.
 SW2_RANGE = (1e-2, 1e4)
 
@@ -451,7 +454,7 @@ def weight_var_from_config(cfg: dict) -> float:
         raise ValueError("weight_var_from_config needs at least one hidden width")
     if len(set(widths)) == 1:
         return weight_variance(init, widths[0], widths[0], gain)
-    return float(median(weight_variance(init, a, b, gain) for a, b in zip(widths, widths[1:])))
+    return float(median(weight_variance(init, a, b, gain) for a, b in pairwise(widths)))
 
 
 def _fmt(x: float) -> str:
@@ -471,7 +474,8 @@ def _fans_from_width(width: int | Sequence[int] | None) -> tuple[int, int] | lis
 
 
 def advise(activation: str | Activation, depth: int, init: str = "xavier", gain: float = 1.0,
-           bias_var: float = 0.0, width: int | Sequence[int] | None = None) -> dict:
+           bias_var: float = 0.0, width: int | Sequence[int] | None = None,
+           q0: float | None = 1.0) -> dict:
     """How gradients will scale through ``depth`` hidden layers, and the gain for criticality.
 
     ``width`` (an int, or the list of hidden widths) sets the fans for xavier and orthogonal;
@@ -481,7 +485,16 @@ def advise(activation: str | Activation, depth: int, init: str = "xavier", gain:
     there a critical ``s_w^2``), ``advised_weight_var``, ``advised_gain`` (for ``init`` at
     the same fans), ``advised_chi1``, ``advised_grad_ratio``, ``recommendation`` (one
     line) and ``note``. Without a critical point the advice is the ``s_w^2`` in
-    ``SW2_RANGE`` with ``chi1`` closest to 1.
+    ``SW2_RANGE`` with ``chi1`` closest to 1; when the current ``chi1`` is already within
+    ``ADVISE_TOL`` of 1 the advice is to keep it.
+
+    ``chi1^(depth/2)`` assumes every layer sits at ``q*``. Where ``q*`` is 0 or infinite
+    (tanh and ELU at ``s_w^2 = 1``, softplus and ELU at 2, all with no bias) ``q_l`` only
+    creeps toward it and the finite-depth ratio differs a lot (tanh-xavier, depth 50, unit
+    inputs: 0.12, not 1). So with ``q0`` (the input's mean square; 1 for standardised data)
+    the dict also has ``grad_ratio_from_inputs`` and ``advised_grad_ratio_from_inputs`` from
+    :func:`predicted_delta_profile` along the forward trajectory, and the recommendation
+    quotes it when it differs from ``chi1^(depth/2)`` by more than 1.5x.
     """
     act = _act(activation)
     fans = _fans_from_width(width)
@@ -496,34 +509,51 @@ def advise(activation: str | Activation, depth: int, init: str = "xavier", gain:
     ratio = mf["chi1"] ** (depth / 2)
 
     crit = critical_weight_var(act, bias_var)
-    if crit is not None:
+    already = abs(mf["chi1"] - 1) <= ADVISE_TOL
+    if already:  # may differ from crit: ELU/softplus at s_w^2 = 2 are critical as q* -> inf
+        advised = weight_var
+    elif crit is not None:
         advised = crit
     else:
         grid = np.geomspace(*SW2_RANGE, 97)
         advised = float(grid[np.argmin([abs(math.log(max(_chi1_of(act, s, bias_var), 1e-300)))
                                         for s in grid])])
     adv = mean_field(act, advised, bias_var)
-    adv_gain = math.sqrt(advised / unit)
+    adv_gain = gain if already else math.sqrt(advised / unit)
     adv_ratio = adv["chi1"] ** (depth / 2)
+    if q0 is not None:
+        ratio_in = float(predicted_delta_profile(act, weight_var, depth, bias_var, q0)[0])
+        adv_ratio_in = float(predicted_delta_profile(act, advised, depth, bias_var, q0)[0])
+    else:
+        ratio_in = adv_ratio_in = math.nan
 
-    head = f"{act.name}, {init}, depth {depth}: chi1 = {mf['chi1']:.3g}"
-    if mf["phase"] == "critical" or abs(math.log(max(ratio, 1e-300))) < math.log(1.5):
-        change = f"gradient norms stay within 1.5x from output to input ({ratio:.2g})"
+    head = f"{act.name}, {init}, depth {depth}: chi1 = {mf['chi1']:.4g}"
+    if abs(math.log(max(ratio, 1e-300))) < math.log(1.5):
+        change = f"gradient norms stay within 1.5x from output to input (ratio {_fmt(ratio)})"
     elif ratio < 1:
-        change = f"gradients shrink to {ratio:.0e} of the output layer's by the input layer"
+        change = f"gradients shrink to {_fmt(ratio)} of the output layer's by the input layer"
     else:
-        change = f"gradients grow {ratio:.0e}-fold from the output layer to the input layer"
-    where = "to sit at criticality" if crit is not None else (
-        f"for chi1 = {adv['chi1']:.3g}, the closest to 1 (no critical point)")
-    if abs(adv_gain - gain) <= 1e-3 * gain and crit is not None:
-        action = f"gain {gain:g} is already critical"
+        change = f"gradients grow {_fmt(ratio)}-fold from the output layer to the input layer"
+    if q0 is not None and abs(math.log(max(ratio_in, 1e-300) / max(ratio, 1e-300))) > math.log(1.5):
+        change += (f" at q*, but {_fmt(ratio_in)} from inputs of mean square {q0:g}, "
+                   "as q_l drifts toward q*")
+    if already:
+        action = f"gain {gain:.3g} (s_w^2 = {weight_var:.3g}) is critical"
+    elif crit is not None:
+        action = f"use gain {adv_gain:.3g} (s_w^2 = {advised:.3g}) to sit at criticality"
     else:
-        action = f"use gain {adv_gain:.3g} (s_w^2 = {advised:.3g}) {where}"
+        action = (f"no critical point; gain {adv_gain:.3g} (s_w^2 = {advised:.3g}) gives "
+                  f"chi1 = {adv['chi1']:.3g}, the closest to 1")
     extra = ""
     if adv["fixed_point"] == "zero":
-        extra = " (there q* = 0: forward signals fade slowly)"
+        extra = " (there q* = 0: forward signals fade, slowly)"
     elif adv["fixed_point"] == "divergent":
-        extra = " (there q* = inf: forward signals grow slowly)"
+        extra = " (there q* = inf: forward signals grow, slowly)"
+    elif act.saturating and adv["q_star"] > 4:
+        extra = f" (there q* = {adv['q_star']:.3g}: most units sit in saturation)"
+    if (q0 is not None and not already
+            and abs(math.log(max(adv_ratio_in, 1e-300) / max(adv_ratio, 1e-300))) > math.log(1.5)):
+        extra += f"; from inputs of mean square {q0:g} the ratio there is {_fmt(adv_ratio_in)}"
     return {
         "activation": act.name,
         "init": init,
@@ -536,12 +566,14 @@ def advise(activation: str | Activation, depth: int, init: str = "xavier", gain:
         "phase": mf["phase"],
         "xi": mf["xi"],
         "grad_ratio": ratio,
+        "grad_ratio_from_inputs": ratio_in,
         "critical": crit is not None,
         "advised_weight_var": advised,
         "advised_gain": adv_gain,
         "advised_chi1": adv["chi1"],
         "advised_q_star": adv["q_star"],
         "advised_grad_ratio": adv_ratio,
+        "advised_grad_ratio_from_inputs": adv_ratio_in,
         "recommendation": f"{head}, {change}; {action}{extra}",
         "note": mf["note"],
     }
@@ -553,34 +585,54 @@ def advise(activation: str | Activation, depth: int, init: str = "xavier", gain:
 
 def mean_field_table(activations: Sequence[str] | None = None,
                      inits: Sequence[str] = INITS, gain: float = 1.0,
-                     bias_var: float = 0.0, width: int = 256) -> list[dict]:
-    """:func:`mean_field` for each activation under each init (square ``width`` layers)."""
+                     bias_var: float = 0.0, width: int = 256, depth: int = 20,
+                     q0: float = 1.0) -> list[dict]:
+    """:func:`mean_field` for each activation under each init (square ``width`` layers).
+
+    Each row also has ``ratio_at_q_star = chi1^(depth/2)`` and ``ratio_from_inputs``, the
+    first-to-output delta norm ratio along the trajectory from inputs of mean square ``q0``.
+    """
     rows = []
     for name in activations or list(ACTIVATIONS):
         for init in inits:
             sw2 = weight_variance(init, width, width, gain)
-            rows.append({"init": init, **mean_field(name, sw2, bias_var)})
+            mf = mean_field(name, sw2, bias_var)
+            prof = predicted_delta_profile(name, sw2, depth, bias_var, q0)
+            rows.append({"init": init, **mf, "depth": depth,
+                         "ratio_at_q_star": mf["chi1"] ** (depth / 2),
+                         "ratio_from_inputs": float(prof[0])})
     return rows
 
 
 def markdown_table(rows: list[dict] | None = None) -> str:
     """Rows of :func:`mean_field_table` as a markdown table."""
     rows = mean_field_table() if rows is None else rows
-    lines = ["| activation | init | s_w^2 | q* | chi1 | depth scale xi | phase |",
-             "|---|---|---|---|---|---|---|"]
+    L = rows[0]["depth"] if rows else 0
+    header = ("| activation | init | s_w^2 | q* | chi1 | depth scale xi | phase | "
+              f"chi1^(L/2), L={L} | from unit inputs, L={L} |")
+    lines = [header,
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['activation']} | {r['init']} | {_fmt(r['weight_var'])} | "
-                     f"{_fmt(r['q_star'])} | {_fmt(r['chi1'])} | {_fmt(r['xi'])} | "
-                     f"{r['phase']} |")
+                     f"{_fmt(r['q_star'])} | {r['chi1']:.5g} | {_fmt(r['xi'])} | "
+                     f"{r['phase']} | {_fmt(r['ratio_at_q_star'])} | "
+                     f"{_fmt(r['ratio_from_inputs'])} |")
+    return "\n".join(lines)
+
+
+def criticality_table(bias_var: float = 0.0) -> str:
+    """Critical ``s_w^2`` per activation and the gain each init needs (square layers)."""
+    lines = ["| activation | critical s_w^2 | " + " | ".join(f"gain ({i})" for i in INITS) + " |",
+             "|---|---|" + "---|" * len(INITS)]
+    for name in ACTIVATIONS:
+        crit = critical_weight_var(name, bias_var)
+        gains = [criticality_gain(name, i, bias_var) for i in INITS]
+        lines.append(f"| {name} | {'none' if crit is None else f'{crit:.5g}'} | "
+                     + " | ".join("-" if g is None else f"{g:.4g}" for g in gains) + " |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     print(markdown_table())
     print()
-    for name in ACTIVATIONS:
-        crit = critical_weight_var(name)
-        gains = ", ".join(f"{i} {_fmt(g)}" for i in INITS
-                          if (g := criticality_gain(name, i)) is not None)
-        print(f"{name}: critical s_w^2 = {_fmt(crit) if crit is not None else 'none'}"
-              f"{'; gains: ' + gains if gains else ''}")
+    print(criticality_table())

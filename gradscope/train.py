@@ -280,7 +280,8 @@ def train(
                 acc = accuracy(out_b, yb) if prep.classification else float("nan")
                 loss, dout = loss_fn(out_b, yb)
                 back = backward(params, cache, dout, act)
-                gnorm = math.sqrt(sum(norm(g) ** 2 for g in back.grads))
+                gnorms = [norm(g) for g in back.grads]
+                gnorm = math.sqrt(sum(g * g for g in gnorms))
                 diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
                 updates = None
                 if not diverged:
@@ -289,7 +290,7 @@ def train(
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
                                   time=time.perf_counter() - t0)
-                    m = step_metrics(params, cache, back, updates, act)
+                    m = step_metrics(params, cache, back, updates, act, gnorms)
                     writer.append("layers", L, step=step, layer=layer_idx, **m)
                     if diverged or step % probe_every == 0 or step == total - 1:
                         pm, dead, hist = probe_metrics(params, X_probe, act, edges)

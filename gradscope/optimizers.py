@@ -311,7 +311,7 @@ _SGD_DOC = r"""
     Nesterov momentum: Sutskever et al. (eq. 3-4) evaluate the gradient at the
     look-ahead point ``theta + mu * v``.  Rewritten in terms of the look-ahead
     parameters (Bengio, Boulanger-Lewandowski & Pascanu, "Advances in optimizing
-    recurrent networks", ICASSP 2013, eq. 7) it becomes
+    recurrent networks", ICASSP 2013) it becomes
     ``theta_t = theta_{t-1} - lr * (mu^2 * b_{t-1} + (1 + mu) * g_t)``, which is
     PyTorch's ``theta - lr * (g_t + mu * b_t)`` with ``b_t = mu * b_{t-1} + g_t``.
     """
@@ -334,9 +334,8 @@ def nesterov(*, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0) -> Optim
     return _sgd("nesterov", lr, momentum, dampening, weight_decay, True)
 
 
-sgd.__doc__ += _SGD_DOC
-momentum.__doc__ += _SGD_DOC
-nesterov.__doc__ += _SGD_DOC
+for _f in (sgd, momentum, nesterov):
+    _f.__doc__ = (_f.__doc__ or "") + _SGD_DOC
 
 
 # --------------------------------------------------------------------------- Adagrad
@@ -722,8 +721,9 @@ def amsgrad(*, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> O
     return _adam("amsgrad", lr, beta1, beta2, eps, weight_decay, True, decoupled=False)
 
 
-adam.__doc__ += _ADAM_DOC
-amsgrad.__doc__ += _ADAM_DOC
+for _f in (adam, amsgrad):
+    _f.__doc__ = (_f.__doc__ or "") + _ADAM_DOC
+del _f
 
 
 def adamw(*, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2,
@@ -763,11 +763,12 @@ def nadam(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
         v^_t <- v_t / (1 - beta2^t)
         theta_t <- theta_{t-1} - gamma * m^_t / (sqrt(v^_t) + eps)
 
-    This is Dozat's algorithm 2 with his momentum schedule
-    ``mu_t = beta1 (1 - 0.5 * 0.96^(t psi))`` (``psi = 0.004``), except that PyTorch
-    accumulates ``m_t`` with the constant ``beta1`` (Dozat uses ``mu_t``) and adds
-    ``eps`` outside the square root.  The product ``prod mu_i`` is carried in the
-    state as a Python float.
+    This is Dozat's Nesterov-accelerated Adam with the warming momentum schedule
+    he suggests, ``mu_t = beta1 (1 - 0.5 * 0.96^(t / 250))``, i.e. ``psi = 0.004``:
+    ``m^_t`` applies the *next* step's momentum ``mu_{t+1}`` to the moment and the
+    current ``1 - mu_t`` to the fresh gradient, each with its own bias correction.
+    The product ``prod mu_i`` is carried in the state as a Python float (torch
+    keeps it in a scalar tensor of the default dtype, float32 unless changed).
     """
     name = "nadam"
     lr = _at_least(name, "lr", lr)

@@ -312,7 +312,11 @@ def read_config(path) -> dict:
 
 
 def read_status(path) -> dict:
-    """``{"status", "message", "steps", "epochs"}``: how the run ended (or ``running``)."""
+    """How the run ended (or ``running``).
+
+    Returns ``{"status", "message", "last_step", "rows"}``: ``last_step`` is the last logged
+    step (None before any), ``rows`` the committed row count of every table.
+    """
     with open_log(path) as f:
         c = _committed(f)
         status = f["status"][()].decode().strip()

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from . import data as data_mod
+from ._malloc import keep_freed_memory
 from .activations import get_activation
 from .initializers import INITIALIZERS
 from .log import LogWriter
@@ -243,6 +244,7 @@ def train(
     logged and no update applied) or ``interrupted`` (KeyboardInterrupt or SIGTERM).
     """
     prep = config if isinstance(config, Prepared) else prepare(config)
+    keep_freed_memory()
     cfg, res = prep.config, prep.resolved
     act = get_activation(cfg.activation)
     dtype = np.dtype(cfg.dtype)

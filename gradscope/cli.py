@@ -116,6 +116,16 @@ def _opt(*names, **kw):
 @_opt("--probe-size", type=int, default=None, help="Probe-set examples [default: min(n, 1024)].")
 @_opt("--hist-bins", type=int, default=50, show_default=True, help="Activation histogram bins.")
 @_opt("--snapshot-every", type=int, default=0, show_default=True, help="Keep parameters every K steps (0: never).")
+@_opt("--dropout", type=float, default=0.0, show_default=True,
+      help="Inverted dropout rate P in [0, 1) on hidden activations, training only (0: off).")
+@_opt("--residual", is_flag=True,
+      help="Identity skip a + phi(a W + b) around each hidden layer whose fan_in equals fan_out.")
+@_opt("--norm", default=None, metavar="batch|layer",
+      help="Normalise z before each hidden activation (as torch BatchNorm1d / LayerNorm) [default: none].")
+@_opt("--clip-norm", type=float, default=None, metavar="C",
+      help="Clip the global gradient norm to C (torch clip_grad_norm_) [default: off].")
+@_opt("--clip-value", type=float, default=None, metavar="V",
+      help="Clamp every gradient element to [-V, V] (torch clip_grad_value_) [default: off].")
 @_opt("--out", type=click.Path(dir_okay=False), default=None,
       help="Log file [default: runs/<descriptive name>.h5].")
 @_opt("--force", is_flag=True, help="Overwrite an existing log.")
@@ -126,6 +136,8 @@ def train(out, force, quiet, **options):
     from .train import ConfigError, TrainConfig, prepare
     from .train import train as run
 
+    if options.get("norm") is not None and options["norm"].lower() == "none":
+        options["norm"] = None
     cfg = TrainConfig(**options)
     try:
         prep = prepare(cfg)
@@ -224,3 +236,14 @@ def _num(x) -> str:
     if x is None:
         return "-"
     return f"{x:.3g}"
+
+
+def _register_subcommands() -> None:
+    from .plot_cli import plot
+    from .sweep_cli import sweep
+
+    main.add_command(sweep)
+    main.add_command(plot)
+
+
+_register_subcommands()

@@ -142,6 +142,10 @@ def load_dataset(
                 X, y = _xy(f, path)
     except DataError:
         raise
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy's view of a file that is no .npz of plain arrays
+            raise DataError(f"cannot read data file {name!r}: not an .npz of numeric arrays X and y") from None
+        raise DataError(f"cannot read data file {name!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # unreadable, corrupt, wrong format: say so in one line
         raise DataError(f"cannot read data file {name!r}: {str(e).splitlines()[0]}") from None
     return _clean(X, y, name)
@@ -169,6 +173,8 @@ def _read_csv(path: Path, target: str | None):
     bad = [c for c in feats.columns if not pd.api.types.is_numeric_dtype(feats[c])]
     if bad:
         raise DataError(f"feature column {bad[0]!r} of {str(path)!r} is not numeric")
+    if df[target].isna().any():
+        raise DataError(f"target column {target!r} of {str(path)!r} has empty cells")
     return feats.to_numpy(dtype=np.float64), df[target].to_numpy()
 
 

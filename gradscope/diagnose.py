@@ -202,7 +202,9 @@ def delta_ratios(layers: pd.DataFrame, column: str = "delta_norm") -> pd.DataFra
 
 
 def config_summary(config: dict) -> str:
-    """A short description: ``"digits d8w64 sigmoid standard sgd lr=0.01 bs=32"``."""
+    """A short description: ``"digits d8w64 sigmoid standard sgd lr=0.01 bs=32"``, followed by
+    the remedies that are on (``residual``, ``batchnorm``/``layernorm``, ``dropout=0.2``,
+    ``clip_norm=1``, ``clip_value=0.5``)."""
     parts = []
     ds = config.get("dataset")
     if ds:
@@ -229,6 +231,18 @@ def config_summary(config: dict) -> str:
     bs = config.get("batch_size")
     if bs is not None:
         parts.append(f"bs={bs}")
+    # the remedies (docs/remedies.md), only when on
+    if config.get("residual"):
+        parts.append("residual")
+    norm = config.get("norm")
+    if norm:
+        parts.append({"batch": "batchnorm", "layer": "layernorm"}.get(norm, f"norm={norm}"))
+    if config.get("dropout"):
+        parts.append(f"dropout={config['dropout']:g}")
+    if config.get("clip_norm") is not None:
+        parts.append(f"clip_norm={config['clip_norm']:g}")
+    if config.get("clip_value") is not None:
+        parts.append(f"clip_value={config['clip_value']:g}")
     return " ".join(parts)
 
 

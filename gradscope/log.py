@@ -15,6 +15,8 @@ Layout (documented in docs/log-format.md)::
     /probe_units/hist_<l>  (probe steps, bins) int64, activation histogram of hidden layer l
     /snapshots/step, /snapshots/W_<l>, /snapshots/b_<l>     parameters every --snapshot-every steps
     /params/initial/W_<l>, b_<l>;  /params/final/W_<l>, b_<l>
+    with --norm, beside W/b in params/* and snapshots: gamma_<l>, beta_<l> (hidden layer l),
+    and with --norm batch running_mean_<l>, running_var_<l>
 
 Every object exists before SWMR mode is switched on (HDF5 allows no new object after).
 Rows are buffered in memory and appended a block at a time; after each block the
@@ -42,7 +44,7 @@ F8, I8 = np.float64, np.int64
 
 STEP_COLUMNS = {
     "step": I8, "epoch": I8, "loss": F8, "accuracy": F8, "lr": F8,
-    "grad_norm_total": F8, "time": F8,
+    "grad_norm_total": F8, "time": F8, "clipped": I8,
 }
 LAYER_COLUMNS = {
     "step": I8, "layer": I8, "grad_norm": F8, "bias_grad_norm": F8, "delta_norm": F8,
@@ -61,6 +63,12 @@ TABLES = {"steps": STEP_COLUMNS, "layers": LAYER_COLUMNS, "epochs": EPOCH_COLUMN
           "probes": PROBE_COLUMNS}
 # the counter's slots: the four tables, then the per-unit probe arrays and snapshots
 COUNTERS = [*TABLES, "probe_units", "snapshots"]
+#: columns added after format version 1 first shipped: the value a row gets when a writer
+#: does not give one, and that the readers fill in for a log written without the column
+OPTIONAL_COLUMNS = {"steps": {"clipped": 0}}
+#: the names of the normalisation arrays in /params/* and /snapshots, in their list order
+NORM_PARAM_NAMES = ("gamma", "beta")
+NORM_STATE_NAMES = ("running_mean", "running_var")
 STATUSES = ("running", "completed", "diverged", "interrupted")
 
 
@@ -75,39 +83,56 @@ class _Rows:
     """
 
     def __init__(self, group: h5py.Group, dtypes: dict, shapes: dict | None = None,
-                 capacity: int = 4096):
+                 capacity: int = 4096, defaults: dict | None = None):
         shapes = shapes or {}
+        self.defaults = defaults or {}
         self.capacity = capacity
-        self.n_buf = 0
-        self.n_written = 0
+        self.n_buf = 0      # rows in the buffer
+        self.n_mark = 0     # of which the first n_mark belong to finished steps
+        self.n_written = 0  # rows in the file
         self.ds, self.buf = {}, {}
         for name, dtype in dtypes.items():
             shape = tuple(shapes.get(name, ()))
-            rows_per_chunk = max(1, min(capacity, (1 << 16) // max(1, int(np.prod(shape)))))
+            # small chunks keep short runs small on disk (a chunk is allocated whole)
+            rows_per_chunk = max(1, min(capacity, 1024, (1 << 16) // max(1, int(np.prod(shape)))))
             self.ds[name] = group.create_dataset(
                 name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                 chunks=(rows_per_chunk, *shape),
             )
             self.buf[name] = np.empty((capacity, *shape), dtype=dtype)
 
-    def append(self, n: int, values: dict) -> bool:
-        """Append ``n`` rows (scalars broadcast); True when the buffer is full."""
+    def append(self, n: int, values: dict) -> None:
+        """Buffer ``n`` rows (scalars broadcast); they are written once :meth:`mark` covers them."""
         if self.n_buf + n > self.capacity:
             self.write()
+            if self.n_buf + n > self.capacity:  # one step's rows exceed the buffer: grow it
+                self.capacity = max(2 * self.capacity, self.n_buf + n)
+                for name, buf in self.buf.items():
+                    grown = np.empty((self.capacity, *buf.shape[1:]), dtype=buf.dtype)
+                    grown[: self.n_buf] = buf[: self.n_buf]
+                    self.buf[name] = grown
         i = self.n_buf
         for name, buf in self.buf.items():
-            buf[i : i + n] = values[name]
+            buf[i : i + n] = values[name] if name in values else self.defaults[name]
         self.n_buf += n
+
+    def mark(self) -> bool:
+        """Every buffered row belongs to a finished step; True when the buffer is full."""
+        self.n_mark = self.n_buf
         return self.n_buf >= self.capacity
 
     def write(self) -> None:
-        if not self.n_buf:
+        """Write the marked rows; rows of an unfinished step stay in the buffer."""
+        k = self.n_mark
+        if not k:
             return
-        lo, hi = self.n_written, self.n_written + self.n_buf
+        lo, hi = self.n_written, self.n_written + k
         for name, ds in self.ds.items():
             ds.resize(hi, axis=0)
-            ds[lo:hi] = self.buf[name][: self.n_buf]
-        self.n_written, self.n_buf = hi, 0
+            ds[lo:hi] = self.buf[name][:k]
+            if self.n_buf > k:
+                self.buf[name][: self.n_buf - k] = self.buf[name][k : self.n_buf].copy()
+        self.n_written, self.n_buf, self.n_mark = hi, self.n_buf - k, 0
 
 
 class LogWriter:
@@ -120,6 +145,9 @@ class LogWriter:
     params : the initial parameters ``[W_0, b_0, ...]``; fixes every shape in the file.
     hist_edges : bin edges of the activation histograms of hidden layers.
     snapshots : whether to keep ``/snapshots`` (with ``--snapshot-every``).
+    norm_params : with ``--norm``, the initial ``[gamma_0, beta_0, ...]`` (one pair per hidden
+        layer), kept beside the weights in ``/params/*`` and ``/snapshots``.
+    norm_state : with ``--norm batch``, the initial ``[running_mean_0, running_var_0, ...]``.
     flush_interval : seconds between flushes at most (rows are never older than this
         in memory, give or take one training step).
     fsync_interval : seconds between ``os.fsync`` calls, against power loss.
@@ -127,7 +155,8 @@ class LogWriter:
 
     def __init__(self, path, config: dict, params: list[np.ndarray], hist_edges: np.ndarray,
                  snapshots: bool = False, flush_interval: float = 1.0,
-                 fsync_interval: float = 10.0):
+                 fsync_interval: float = 10.0, norm_params: list[np.ndarray] | None = None,
+                 norm_state: list[np.ndarray] | None = None):
         from . import __version__
 
         self.path = Path(path)
@@ -135,7 +164,9 @@ class LogWriter:
         self.fsync_interval = fsync_interval
         n_layers = len(params) // 2
         widths = [params[2 * l].shape[1] for l in range(n_layers - 1)]
-        f = self.f = h5py.File(self.path, "w", libver="latest")
+        # no file locking: readers open with locking=False too (the flags must match), so
+        # the writing process itself can read its live log
+        f = self.f = h5py.File(self.path, "w", libver="latest", locking=False)
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["gradscope_version"] = __version__
@@ -144,7 +175,10 @@ class LogWriter:
         f.create_dataset("status_message", data=np.bytes_("".ljust(512)), dtype="S512")
         counter = f.create_dataset("committed", data=np.zeros(len(COUNTERS), dtype=I8))
         counter.attrs["names"] = json.dumps(COUNTERS)
-        self.tables = {name: _Rows(f.create_group(name), cols) for name, cols in TABLES.items()}
+        self.tables = {name: _Rows(f.create_group(name), cols,
+                                   defaults=OPTIONAL_COLUMNS.get(name))
+                       for name, cols in TABLES.items()}
+        extra = _norm_arrays(norm_params, norm_state)  # {"gamma_0": array, ...}
         units = {"step": I8}
         shapes = {}
         for l, w in enumerate(widths):
@@ -162,6 +196,8 @@ class LogWriter:
             for l in range(n_layers):
                 cols[f"W_{l}"], shapes[f"W_{l}"] = params[2 * l].dtype, params[2 * l].shape
                 cols[f"b_{l}"], shapes[f"b_{l}"] = params[2 * l + 1].dtype, params[2 * l + 1].shape
+            for k, p in extra.items():
+                cols[k], shapes[k] = p.dtype, p.shape
             self.snaps = _Rows(f.create_group("snapshots"), cols, shapes, capacity=1)
         for which in ("initial", "final"):
             g = f.create_group(f"params/{which}")
@@ -172,42 +208,58 @@ class LogWriter:
                     else:
                         g.create_dataset(f"{kind}_{l}", shape=p.shape, dtype=p.dtype,
                                          fillvalue=np.nan)
+            for k, p in extra.items():
+                if which == "initial":
+                    g.create_dataset(k, data=p)
+                else:
+                    g.create_dataset(k, shape=p.shape, dtype=p.dtype, fillvalue=np.nan)
         f.swmr_mode = True  # no new objects from here on
         self._counter = counter
         self._last_flush = self._last_fsync = self._last_append = time.monotonic()
         self.closed = False
 
     # -- appending --------------------------------------------------------------------------
+    # Rows are buffered as a step produces them; end_step() marks them complete. Only
+    # complete steps are ever written, so a kill or an interrupt in mid-step leaves the
+    # tables agreeing (every committed step has its layer rows, and no more).
     def append(self, table: str, n: int = 1, **values) -> None:
-        """Append ``n`` rows to a table (``steps``, ``layers``, ``epochs``, ``probes``)."""
-        full = self.tables[table].append(n, values)
-        self._maybe_flush(full)
+        """Buffer ``n`` rows of a table (``steps``, ``layers``, ``epochs``, ``probes``)."""
+        self.tables[table].append(n, values)
 
     def append_units(self, step: int, dead: list[np.ndarray], hist: list[np.ndarray]) -> None:
         """Per-unit dead flags and activation histograms of every hidden layer at a probe step."""
         values = {"step": step}
         for l, (d, h) in enumerate(zip(dead, hist)):
             values[f"dead_{l}"], values[f"hist_{l}"] = d, h
-        self._maybe_flush(self.units.append(1, values))
+        self.units.append(1, values)
 
-    def append_snapshot(self, step: int, params: list[np.ndarray]) -> None:
+    def append_snapshot(self, step: int, params: list[np.ndarray],
+                        norm_params: list[np.ndarray] | None = None,
+                        norm_state: list[np.ndarray] | None = None) -> None:
         values = {"step": step}
         for l in range(len(params) // 2):
             values[f"W_{l}"], values[f"b_{l}"] = params[2 * l], params[2 * l + 1]
+        values.update(_norm_arrays(norm_params, norm_state))
         self.snaps.append(1, values)
-        self.flush()
 
-    def _maybe_flush(self, full: bool) -> None:
+    def end_step(self) -> None:
+        """The rows appended so far are complete: write them when a flush is due."""
+        full = False
+        for t in self._parts():
+            full |= t.mark()
         now = time.monotonic()
-        # flush at least every flush_interval; when appends are far apart (slow steps)
-        # flush at once, so that no row waits in memory for a slow step to finish
+        # flush at least every flush_interval; when steps are far apart (slow steps)
+        # flush at once, so that no finished step waits in memory for the next one
         if (full or now - self._last_flush >= self.flush_interval
                 or now - self._last_append >= 0.5 * self.flush_interval):
             self.flush(now)
         self._last_append = now
 
+    def _parts(self) -> list[_Rows]:
+        return [t for t in (*self.tables.values(), self.units, self.snaps) if t is not None]
+
     def flush(self, now: float | None = None) -> None:
-        """Write every buffered row, then the row counter, then flush the file."""
+        """Write the rows of finished steps, then the row counter, then flush the file."""
         parts = [*self.tables.values(), self.units, self.snaps]
         for t in parts:
             if t is not None:
@@ -234,8 +286,10 @@ class LogWriter:
         self.f["status_message"][()] = np.bytes_(message.encode()[:512].decode("utf-8", "ignore"))
         self.flush()
 
-    def close(self, status: str, message: str = "", params: list[np.ndarray] | None = None):
-        """Write the final parameters and the status, then close the file."""
+    def close(self, status: str, message: str = "", params: list[np.ndarray] | None = None,
+              norm_params: list[np.ndarray] | None = None,
+              norm_state: list[np.ndarray] | None = None):
+        """Write the final parameters (and normalisation arrays) and the status, then close."""
         if self.closed:
             return
         if params is not None:
@@ -243,10 +297,21 @@ class LogWriter:
             for l in range(len(params) // 2):
                 g[f"W_{l}"][...] = params[2 * l]
                 g[f"b_{l}"][...] = params[2 * l + 1]
+            for k, p in _norm_arrays(norm_params, norm_state).items():
+                g[k][...] = p
         self.set_status(status, message)
         self._fsync()
         self.f.close()
         self.closed = True
+
+
+def _norm_arrays(norm_params, norm_state) -> dict[str, np.ndarray]:
+    """``{"gamma_0": ..., "beta_0": ..., "running_mean_0": ..., ...}`` from the flat lists."""
+    out = {}
+    for names, arrays in ((NORM_PARAM_NAMES, norm_params), (NORM_STATE_NAMES, norm_state)):
+        for i, p in enumerate(arrays or []):
+            out[f"{names[i % 2]}_{i // 2}"] = np.asarray(p)
+    return out
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -268,6 +333,7 @@ def open_log(path):
         raise LogError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
     if not is_h5:
         raise LogError(f"{str(path)!r} is not an HDF5 file (a gradscope log is one)")
+    _check_not_truncated(p)
     try:
         # SWMR read works for a live run, a finished one, and one killed while writing
         f = h5py.File(p, "r", swmr=True, locking=False)
@@ -292,6 +358,26 @@ def open_log(path):
         f.close()
 
 
+def _check_not_truncated(p: Path) -> None:
+    """Refuse a file shorter than the end-of-file address its superblock records.
+
+    HDF5 retries failed reads of a truncated file for minutes before giving up; this
+    check answers at once. It reads superblock versions 2 and 3 (what gradscope writes,
+    with libver="latest"); for others it does nothing. A killed log is not truncated:
+    its size is at least that address.
+    """
+    with open(p, "rb") as fh:
+        head = fh.read(48)
+        size = os.fstat(fh.fileno()).st_size
+    if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+        return
+    eof = int.from_bytes(head[28:36], "little")
+    if size < eof:
+        raise LogError(
+            f"{str(p)!r} is truncated ({size} of {eof} bytes); it cannot be read"
+        )
+
+
 def _committed(f) -> dict[str, int]:
     names = json.loads(f["committed"].attrs["names"])
     return dict(zip(names, (int(v) for v in f["committed"][()])))
@@ -300,9 +386,11 @@ def _committed(f) -> dict[str, int]:
 def _read_table(f, name: str) -> pd.DataFrame:
     g = f[name]
     n = _committed(f)[name]
-    cols = {c: g[c] for c in TABLES[name]}
+    optional = OPTIONAL_COLUMNS.get(name, {})
+    cols = {c: g[c] for c in TABLES[name] if c in g or c not in optional}
     n = min([n, *(ds.shape[0] for ds in cols.values())])
-    return pd.DataFrame({c: ds[:n] for c, ds in cols.items()})
+    return pd.DataFrame({c: cols[c][:n] if c in cols else np.full(n, optional[c], dtype=dt)
+                         for c, dt in TABLES[name].items()})
 
 
 def read_config(path) -> dict:
@@ -330,7 +418,9 @@ def read_status(path) -> dict:
 
 
 def read_steps(path) -> pd.DataFrame:
-    """One row per logged step: step, epoch, loss, accuracy, lr, grad_norm_total, time."""
+    """One row per logged step: step, epoch, loss, accuracy, lr, grad_norm_total, time,
+    clipped (1 where --clip-norm or --clip-value changed the gradient, else 0; 0 in logs
+    written before the column existed)."""
     with open_log(path) as f:
         return _read_table(f, "steps")
 
@@ -429,6 +519,38 @@ def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray
         i = int(hits[0])
         nl = len([k for k in g if k.startswith("W_")])
         return [(g[f"W_{l}"][i], g[f"b_{l}"][i]) for l in range(nl)]
+
+
+def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
+    """Normalisation arrays of a ``--norm`` run, one per hidden layer.
+
+    Returns ``{"gamma": [...], "beta": [...]}`` plus, for batch norm, ``"running_mean"``
+    and ``"running_var"``; ``{}`` for a run without normalisation. ``step`` as in
+    :func:`read_weights`: ``0``/``"initial"``, ``"final"`` or a snapshot step.
+    """
+    with open_log(path) as f:
+        if step in (0, "initial", "final"):
+            g = f["params/initial" if step != "final" else "params/final"]
+            i = None
+        else:
+            if "snapshots" not in f:
+                raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
+            g = f["snapshots"]
+            n = min(_committed(f)["snapshots"], g["step"].shape[0])
+            hits = np.flatnonzero(g["step"][:n] == int(step))
+            if not len(hits):
+                raise LogError(f"no snapshot at step {step} in {str(path)!r}")
+            i = int(hits[0])
+        out = {}
+        for name in (*NORM_PARAM_NAMES, *NORM_STATE_NAMES):
+            arrays, l = [], 0
+            while f"{name}_{l}" in g:
+                ds = g[f"{name}_{l}"]
+                arrays.append(ds[()] if i is None else ds[i])
+                l += 1
+            if arrays:
+                out[name] = arrays
+    return out
 
 
 def finite_or_nan(x: float) -> float:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .activations import Activation
-from .mlp import Cache, Gradients, Params
+from .mlp import Arch, Cache, Gradients, Params, forward
 
 SATURATION = 0.05  # a unit is saturated where phi'(z) < 5% of max phi'
 
@@ -42,9 +42,11 @@ def step_metrics(
     """One value per layer for every column of the ``layers`` table but step and layer.
 
     ``updates`` is None when no update was applied (a diverged step): update norms are NaN.
-    ``grad_norms`` are the norms of ``back.grads`` if the caller has them already.
+    ``grad_norms`` are the norms of ``back.grads`` if the caller has them already (further
+    entries, e.g. normalisation gradients, are ignored).
     Activation statistics describe the training batch's hidden activations
-    ``phi(z_l)``; they are NaN for the linear output layer.
+    ``phi(u_l)`` (``u_l = z_l``, or its normalisation with ``--norm``), before dropout and
+    before a residual skip adds the layer's input; they are NaN for the linear output layer.
     """
     if grad_norms is None:
         grad_norms = [norm(g) for g in back.grads]
@@ -62,24 +64,38 @@ def step_metrics(
             u = out["update_norm"][l] = norm(updates[2 * l])
             out["update_ratio"][l] = u / w if w > 0 else np.inf
         if l < L - 1:
-            a = cache.inputs[l + 1]
+            a = cache.hidden(l)
             m = float(a.sum()) / a.size  # pairwise summation: accurate in float32
             out["act_mean"][l] = m
-            out["act_std"][l] = math.sqrt(max(norm(a) ** 2 / a.size - m * m, 0.0))
+            d = a - np.asarray(m, dtype=a.dtype)  # two passes: no cancellation in float32
+            out["act_std"][l] = norm(d) / math.sqrt(a.size)
             out["saturated_frac"][l] = float(np.count_nonzero(back.dphi[l] < threshold)) / a.size
     return out
 
 
 def probe_metrics(
-    params: Params, X: np.ndarray, activation: Activation, hist_edges: np.ndarray
+    params: Params,
+    X: np.ndarray,
+    activation: Activation,
+    hist_edges: np.ndarray,
+    *,
+    arch: Arch | None = None,
+    norm_params: Params | None = None,
+    state: Params | None = None,
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Statistics of the hidden layers on the fixed probe set ``X``.
+
+    The network runs in evaluation mode (:func:`gradscope.mlp.forward` with ``train=False``:
+    no dropout, batch norm with the running statistics ``state``). Dead units and saturation
+    are judged on the input of phi, ``u_l`` (``z_l``, or its normalisation with
+    ``arch.norm``); the activation statistics and histograms describe ``phi(u_l)`` before a
+    residual skip adds the layer's input.
 
     Returns
     -------
     metrics : one value per layer (NaN for the output layer) for ``dead_frac``
         (ReLU family only), ``probe_act_mean``, ``probe_act_std``, ``probe_saturated_frac``.
-    dead : per hidden layer, uint8 flags ``(width,)``: pre-activation <= 0 on every example.
+    dead : per hidden layer, uint8 flags ``(width,)``: input of phi <= 0 on every example.
     hist : per hidden layer, counts of activations in ``hist_edges`` bins (outside
         values counted in the end bins).
     """
@@ -90,11 +106,11 @@ def probe_metrics(
     lo, hi = float(hist_edges[0]), float(hist_edges[-1])
     nb = len(hist_edges) - 1
     threshold = SATURATION * activation.df_max
-    a = X
+    _, cache = forward(params, X, activation, arch=arch, norm_params=norm_params, state=state,
+                       train=False)
     for l in range(L - 1):
-        z = a @ params[2 * l]
-        z += params[2 * l + 1]
-        a = activation.f(z)
+        z = cache.phi_input(l)
+        a = cache.hidden(l)
         d = (z <= 0).all(axis=0)
         dead.append(d.astype(np.uint8))
         if activation.relu_family:

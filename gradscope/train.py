@@ -23,7 +23,8 @@ from .activations import get_activation
 from .initializers import INITIALIZERS
 from .log import LogWriter
 from .losses import accuracy, mean_squared_error, softmax_cross_entropy
-from .mlp import backward, forward, init_params, layer_sizes, predict
+from .mlp import NORMS, Arch, backward, forward, init_norm, init_params, layer_sizes, predict
+from .mlp import skip_layers
 from .optimizers import OPTIMIZERS, apply_updates, make_optimizer
 from .probes import histogram_edges, norm, probe_metrics, step_metrics
 
@@ -69,6 +70,12 @@ class TrainConfig:
     probe_size: int | None = None      # default: min(n_train, 1024)
     hist_bins: int = 50
     snapshot_every: int = 0            # 0 = no snapshots (initial and final are always kept)
+    # remedies for vanishing/exploding gradients (docs/remedies.md); all off by default
+    dropout: float = 0.0               # inverted dropout rate on hidden activations (training)
+    residual: bool = False             # identity skips around hidden layers with fan_in == fan_out
+    norm: str | None = None            # "batch" or "layer" normalisation of z before phi
+    clip_norm: float | None = None     # clip the global gradient norm to this (clip_grad_norm_)
+    clip_value: float | None = None    # clamp every gradient element to [-v, v]
     extra: dict = field(default_factory=dict)  # filled by resolve(): data shapes, defaults
 
     # -- checking --------------------------------------------------------------------------
@@ -100,11 +107,11 @@ class TrainConfig:
              f"unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
         for opt in OPTIMIZER_OPTIONS:
             v = getattr(self, opt)
-            if v is not None:
+            if v is not None and opt != "lr":
                 need(_finite(v) and v >= 0,
                      f"--{opt.replace('_', '-')} {v!r}; accepted: a finite number >= 0")
         if self.lr is not None:
-            need(self.lr > 0, f"--lr {self.lr!r}; accepted: a finite number > 0")
+            need(_finite(self.lr) and self.lr > 0, f"--lr {self.lr!r}; accepted: a finite number > 0")
         try:
             make_optimizer(self.optimizer, **self.optimizer_overrides())
         except (KeyError, ValueError, TypeError) as e:
@@ -133,23 +140,61 @@ class TrainConfig:
              f"--hist-bins {self.hist_bins!r}; accepted: a whole number from 2 to 1000")
         need(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0,
              f"--snapshot-every {self.snapshot_every!r}; accepted: a whole number >= 0")
+        need(_finite(self.dropout) and not isinstance(self.dropout, bool)
+             and 0 <= self.dropout < 1,
+             f"--dropout {self.dropout!r}; accepted: a number in [0, 1)")
+        need(isinstance(self.residual, (bool, np.bool_)),
+             f"--residual {self.residual!r}; accepted: true or false")
+        need(self.norm is None or self.norm in NORMS,
+             f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)} (or none)")
+        for opt in ("clip_norm", "clip_value"):
+            v = getattr(self, opt)
+            need(v is None or (_finite(v) and not isinstance(v, bool) and v > 0),
+                 f"--{opt.replace('_', '-')} {v!r}; accepted: a finite number > 0")
 
     def optimizer_overrides(self) -> dict:
         return {k: getattr(self, k) for k in OPTIMIZER_OPTIONS if getattr(self, k) is not None}
+
+    def arch(self) -> Arch | None:
+        """The architecture remedies as an :class:`~gradscope.mlp.Arch`, None when all off."""
+        a = Arch(float(self.dropout), bool(self.residual), self.norm)
+        return a if a.active else None
+
+    @property
+    def clipping(self) -> bool:
+        return self.clip_norm is not None or self.clip_value is not None
 
     @property
     def hidden_widths(self) -> list[int]:
         return list(self.widths) if self.widths is not None else [self.width] * self.depth
 
     def name(self) -> str:
-        """A descriptive file stem, e.g. ``digits-d3w64-relu-xavier-adam-lr0.001-bs32-s0``."""
+        """A descriptive file stem, e.g. ``digits-d3w64-relu-xavier-adam-lr0.001-bs32-s0``.
+
+        Remedies that are on come before the seed: ``-res``, ``-bn`` / ``-ln``, ``-do0.2``,
+        ``-clip1``, ``-clipv0.5`` (``...-bs32-res-bn-s0``).
+        """
         ws = self.hidden_widths
         arch = f"d{len(ws)}w{ws[0]}" if len(set(ws)) == 1 else "w" + "-".join(map(str, ws))
         ds = Path(self.dataset).stem if Path(self.dataset).suffix else self.dataset
         lr = self.lr if self.lr is not None else make_optimizer(self.optimizer).hyper["lr"]
         return (f"{ds}-{arch}-{get_activation(self.activation).name}-{self.init}"
                 f"{'' if self.init_gain == 1 else f'g{self.init_gain:g}'}-{self.optimizer}"
-                f"-lr{lr:g}-bs{self.batch_size}-s{self.seed}")
+                f"-lr{lr:g}-bs{self.batch_size}{self._remedy_tokens()}-s{self.seed}")
+
+    def _remedy_tokens(self) -> str:
+        out = ""
+        if self.residual:
+            out += "-res"
+        if self.norm is not None:
+            out += {"batch": "-bn", "layer": "-ln"}.get(self.norm, f"-{self.norm}")
+        if self.dropout:
+            out += f"-do{self.dropout:g}"
+        if self.clip_norm is not None:
+            out += f"-clip{self.clip_norm:g}"
+        if self.clip_value is not None:
+            out += f"-clipv{self.clip_value:g}"
+        return out
 
 
 def _finite(v) -> bool:
@@ -191,6 +236,13 @@ def prepare(config: TrainConfig) -> Prepared:
         y, y_val = y.astype(dtype), y_val.astype(dtype)
     n = X.shape[0]
     bs = n if config.batch_size == "full" else min(int(config.batch_size), n)
+    if config.norm == "batch":
+        if bs < 2:
+            raise ConfigError(f"--norm batch needs at least 2 examples per batch "
+                              f"(as torch.nn.BatchNorm1d); the batches here hold {bs}")
+        if n % bs == 1:
+            raise ConfigError(f"--norm batch: the last batch of every epoch would hold 1 example "
+                              f"({n} training rows, batch size {bs}); choose another --batch-size")
     steps_per_epoch = math.ceil(n / bs)
     if config.steps is not None:
         total = config.steps
@@ -219,6 +271,14 @@ def prepare(config: TrainConfig) -> Prepared:
         optimizer_hyper=opt.hyper, gradscope_version=__version__,
         numpy_version=np.__version__,
     )
+    sizes = resolved["sizes"]
+    if config.residual:
+        # the hidden layers that get an identity skip (fan_in == fan_out); may be none
+        resolved["residual_layers"] = [l for l, s in enumerate(skip_layers(sizes)) if s]
+    if config.norm is not None:
+        resolved["norm_eps"] = 1e-5
+        if config.norm == "batch":
+            resolved["norm_momentum"] = 0.1
     return Prepared(config, resolved, X, y, X_val, y_val, classification)
 
 
@@ -250,8 +310,14 @@ def train(
     dtype = np.dtype(cfg.dtype)
     params = init_params(res["sizes"], cfg.init, np.random.default_rng([cfg.seed, 0]),
                          cfg.init_gain, dtype)
+    arch = cfg.arch()  # None: the plain MLP
+    # normalisation parameters (updated by the optimizer after params) and running statistics
+    norm_params, norm_state = init_norm(cfg.hidden_widths, cfg.norm, dtype)
+    n_p = len(params)
+    drop_rng = np.random.default_rng([cfg.seed, 4]) if cfg.dropout else None
+    clipping, clip_norm, clip_value = cfg.clipping, cfg.clip_norm, cfg.clip_value
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_overrides())
-    state = opt.init(params)
+    state = opt.init(params + norm_params)
     loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
     X, y = prep.X, prep.y
     n = X.shape[0]
@@ -265,11 +331,15 @@ def train(
     log_every, probe_every, snap_every = cfg.log_every, res["probe_every"], cfg.snapshot_every
     lr = float(opt.hyper.get("lr", float("nan")))
 
-    writer = LogWriter(out, res, params, edges, snapshots=snap_every > 0)
+    writer = LogWriter(out, res, params, edges, snapshots=snap_every > 0,
+                       norm_params=norm_params, norm_state=norm_state)
     status, message = "completed", ""
     step, epoch, loss = 0, 0, float("nan")
     t0 = time.perf_counter()
     restore = _sigterm_raises_interrupt()
+    # overflow on the way to divergence is detected and reported as a result, not warned about
+    quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    quiet.__enter__()
     try:
         while step < total:
             ep_loss = ep_acc = 0.0
@@ -278,35 +348,47 @@ def train(
                 if step >= total:
                     break
                 Xb, yb = X[idx], y[idx]
-                out_b, cache = forward(params, Xb, act)
+                out_b, cache = forward(params, Xb, act, arch=arch, norm_params=norm_params,
+                                       state=norm_state, rng=drop_rng)
                 acc = accuracy(out_b, yb) if prep.classification else float("nan")
                 loss, dout = loss_fn(out_b, yb)
                 back = backward(params, cache, dout, act)
-                gnorms = [norm(g) for g in back.grads]
+                grads = back.grads if back.norm_grads is None else back.grads + back.norm_grads
+                gnorms = [norm(g) for g in grads]
                 gnorm = math.sqrt(sum(g * g for g in gnorms))
                 diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
-                updates = None
+                updates, clipped = None, False
                 if not diverged:
-                    updates, state = opt.update(back.grads, state, params)
+                    if clipping:
+                        grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
+                    updates, state = opt.update(grads, state, params + norm_params)
                 if diverged or step % log_every == 0 or step == total - 1:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
-                                  time=time.perf_counter() - t0)
+                                  time=time.perf_counter() - t0, clipped=int(clipped))
                     m = step_metrics(params, cache, back, updates, act, gnorms)
                     writer.append("layers", L, step=step, layer=layer_idx, **m)
                     if diverged or step % probe_every == 0 or step == total - 1:
-                        pm, dead, hist = probe_metrics(params, X_probe, act, edges)
+                        pm, dead, hist = probe_metrics(params, X_probe, act, edges, arch=arch,
+                                                       norm_params=norm_params, state=norm_state)
                         writer.append("probes", L, step=step, layer=layer_idx, **pm)
                         writer.append_units(step, dead, hist)
                 if snap_every and step % snap_every == 0:
-                    writer.append_snapshot(step, params)
+                    writer.append_snapshot(step, params, norm_params, norm_state)
+                writer.end_step()
                 if diverged:
                     what = "loss" if not math.isfinite(loss) else "gradient norm"
                     value = loss if not math.isfinite(loss) else gnorm
                     status = "diverged"
                     message = f"{what} became {value} at step {step} (epoch {epoch})"
                     break
-                params = apply_updates(params, updates)
+                if norm_params:
+                    new = apply_updates(params + norm_params, updates)
+                    params, norm_params = new[:n_p], new[n_p:]
+                    if cache.state is not None:
+                        norm_state = cache.state
+                else:
+                    params = apply_updates(params, updates)
                 ep_loss += loss * len(idx)
                 ep_acc += acc * len(idx)
                 ep_n += len(idx)
@@ -316,28 +398,66 @@ def train(
             if status == "diverged":
                 break
             _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, arch=arch, norm_params=norm_params,
+                       norm_state=norm_state)
             epoch += 1
     except KeyboardInterrupt:
         status, message = "interrupted", f"interrupted at step {step} (epoch {epoch})"
     finally:
+        quiet.__exit__(None, None, None)
         restore()
-        writer.close(status, message, params)
+        writer.close(status, message, params, norm_params, norm_state)
     return RunResult(Path(out), status, message, step, loss)
 
 
-def _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n, t):
+def _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n, t,
+               arch=None, norm_params=None, norm_state=None):
     if ep_n == 0:
         return
     val_loss = val_acc = float("nan")
     if prep.X_val.shape[0]:
-        out = predict(params, prep.X_val, act)
+        # evaluation mode: no dropout, batch norm with the running statistics
+        out = predict(params, prep.X_val, act, arch=arch, norm_params=norm_params,
+                      state=norm_state)
         val_loss, _ = loss_fn(out, prep.y_val)
         if prep.classification:
             val_acc = accuracy(out, prep.y_val)
     writer.append("epochs", epoch=epoch, step=step, train_loss=ep_loss / ep_n,
                   train_accuracy=ep_acc / ep_n if prep.classification else float("nan"),
                   val_loss=val_loss, val_accuracy=val_acc, time=t)
+    writer.end_step()
+
+
+def clip_gradients(
+    grads: list[np.ndarray],
+    total_norm: float,
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+) -> tuple[list[np.ndarray], bool]:
+    """Clip gradients as torch.nn.utils does; returns the (new) gradients and whether any
+    clipping changed them.
+
+    ``clip_norm``: ``clip_grad_norm_`` -- with ``total_norm`` the global norm of ``grads``,
+    every gradient is multiplied by ``clip_norm / (total_norm + 1e-6)`` when that is below 1.
+    ``clip_value``: ``clip_grad_value_`` -- every element clamped to ``[-v, v]`` (after the
+    norm clipping when both are given). The input arrays are never modified.
+    """
+    clipped = False
+    if clip_norm is not None:
+        coef = clip_norm / (total_norm + 1e-6)
+        if coef < 1:
+            grads = [g * coef for g in grads]
+            clipped = True
+    if clip_value is not None:
+        v = float(clip_value)
+        out = []
+        for g in grads:
+            if g.size and (g.max() > v or g.min() < -v):
+                g = np.clip(g, -v, v)
+                clipped = True
+            out.append(g)
+        grads = out
+    return grads, clipped
 
 
 def _sigterm_raises_interrupt() -> Callable[[], None]:

@@ -1,0 +1,967 @@
+"""Figures of a run's gradient diagnostics, seaborn style.
+
+Every public function takes keyword-only arguments and a tidy long-form DataFrame: what
+:func:`~gradscope.log.read_layers`, :func:`~gradscope.log.read_steps`,
+:func:`~gradscope.log.read_epochs` or :func:`~gradscope.log.read_histograms` return, with an
+added ``run`` column when several runs are combined. Each returns what it drew on:
+
+- given ``ax``, that Axes (for several runs in one Axes, e.g. :func:`learning_curves`), or
+  the sequence of Axes when a figure needs several panels and ``ax`` is a sequence;
+- with ``ax=None``, a new figure: an Axes for one run, a seaborn ``FacetGrid`` (one panel
+  per run, ``col="run"``) when ``data`` holds several runs or the figure has several panels.
+
+Conventions: layer ``l = 0`` is the weight matrix nearest the input, ``l = depth`` the
+output layer; the layer axis says so ("layer (0 = input side)"). Quantities that span
+decades are drawn on log scales, after dropping values that are not finite or not positive
+(a diverged run logs NaN and inf). Colour maps are perceptually uniform and readable in
+greyscale (viridis, cubehelix); categories also differ by marker or line style.
+
+Long runs are binned in time by :func:`downsample` (bin medians; at most ``max_steps`` bins),
+so a figure of a million logged steps costs no more to draw than one of a few hundred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+__all__ = [
+    "LABELS", "MOMENTS", "activation_distributions", "activation_summary", "dead_unit_map",
+    "dead_units", "downsample", "gradient_heatmap", "gradient_profile", "learning_curves",
+    "moment_steps", "run_comparison", "step_formatter", "update_ratio",
+]
+
+#: Axis labels of the layer metrics, with their scale.
+LABELS = {
+    "grad_norm": r"$\|\partial L/\partial W_l\|$",
+    "bias_grad_norm": r"$\|\partial L/\partial b_l\|$",
+    "delta_norm": r"$\|\delta_l\| = \|\partial L/\partial z_l\|$",
+    "weight_norm": r"$\|W_l\|$",
+    "update_norm": r"$\|\Delta W_l\|$",
+    "update_ratio": r"$\|\Delta W_l\| \,/\, \|W_l\|$",
+    "act_mean": "mean activation",
+    "act_std": "activation std",
+    "saturated_frac": "saturated units (share)",
+    "dead_frac": "dead units (share of layer)",
+}
+#: Colour-bar labels (plain text, no mathtext) of :func:`gradient_heatmap`.
+CBAR_LABELS = {
+    "grad_norm": "log10 ||dL/dW_l||",
+    "delta_norm": "log10 ||delta_l|| = ||dL/dz_l||",
+    "update_ratio": "log10 ||dW_l|| / ||W_l||",
+    "weight_norm": "log10 ||W_l||",
+}
+#: Named moments of training, as a share of the logged span of steps.
+MOMENTS = {"start": 0.0, "quarter": 0.25, "half": 0.5, "three_quarters": 0.75, "end": 1.0}
+LAYER_LABEL = "layer (0 = input side)"
+STEP_LABEL = "step"
+UPDATE_GUIDE = 1e-3
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+# -- binning --------------------------------------------------------------------------------
+def downsample(df: pd.DataFrame, max_steps: int = 400, *, step: str = "step",
+               by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Bin a long-form table in time: at most ``max_steps`` distinct steps per run.
+
+    The logged steps (distinct values of ``step``, per run) are cut into consecutive bins
+    holding equal numbers of logged steps, except that the first and the last logged step
+    keep a bin of their own (the state at initialisation and at the end are shown as they
+    are). Every other numeric column becomes its **median** over the bin's rows of each
+    group (``by``, default the ``run`` and ``layer`` columns present), NaN ignored; an
+    all-NaN group stays NaN. The bin is labelled by its middle logged step in ``step`` and
+    spans ``step_lo`` .. ``step_hi`` (columns added; kept and merged if present, so binning
+    twice is safe).
+
+    A table with no more than ``max_steps`` logged steps (per run) comes back unchanged but
+    for the ``step_lo`` / ``step_hi`` columns. Cost: one group-by over the rows.
+    """
+    if max_steps < 2:
+        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 2")
+    if by is None:
+        by = [c for c in ("run", "layer") if c in df.columns]
+    by = list(by)
+    runs = [c for c in by if c == "run"]
+    if df.empty:
+        out = df.copy()
+        for c in ("step_lo", "step_hi"):
+            if c not in out.columns:
+                out[c] = pd.Series(dtype=df[step].dtype if step in df else "int64")
+        return out
+    if runs:
+        parts = [_downsample_one(g, max_steps, step, by) for _, g in
+                 df.groupby(runs[0], sort=False, observed=True)]
+        return pd.concat(parts, ignore_index=True)
+    return _downsample_one(df, max_steps, step, by)
+
+
+def _downsample_one(df: pd.DataFrame, max_steps: int, step: str, by: list[str]) -> pd.DataFrame:
+    df = df.copy()
+    if "step_lo" not in df.columns:
+        df["step_lo"] = df[step]
+    if "step_hi" not in df.columns:
+        df["step_hi"] = df[step]
+    steps = np.unique(df[step].to_numpy())
+    if len(steps) <= max_steps:
+        return df.reset_index(drop=True)
+    # positions of bin starts in ``steps``: [0], the middle in max_steps - 2 equal-count
+    # bins, [n - 1]
+    n = len(steps)
+    mid = np.array_split(np.arange(1, n - 1), max_steps - 2)
+    starts = np.array([0, *(m[0] for m in mid), n - 1])
+    reps = np.array([steps[0], *(steps[m[len(m) // 2]] for m in mid), steps[-1]])
+    pos = np.searchsorted(steps, df[step].to_numpy())
+    df["_bin"] = np.searchsorted(starts, pos, side="right") - 1
+    keys = [c for c in by if c != step] + ["_bin"]
+    numeric = [c for c in df.columns if c not in keys and c not in (step, "step_lo", "step_hi")
+               and pd.api.types.is_numeric_dtype(df[c])]
+    other = [c for c in df.columns if c not in keys and c not in numeric
+             and c not in (step, "step_lo", "step_hi")]
+    grouped = df.groupby(keys, sort=True, observed=True)
+    out = grouped[numeric].median() if numeric else grouped.size().to_frame("_n")[[]]
+    out["step_lo"] = grouped["step_lo"].min()
+    out["step_hi"] = grouped["step_hi"].max()
+    for c in other:  # e.g. a string label that is constant within a group
+        out[c] = grouped[c].first()
+    out = out.reset_index()
+    out[step] = reps[out["_bin"].to_numpy()].astype(df[step].dtype, copy=False)
+    out = out.drop(columns="_bin")
+    order = [c for c in df.columns if c in out.columns and c != "_bin"]
+    return out[order]
+
+
+def _finite_positive(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    v = pd.to_numeric(df[value], errors="coerce").to_numpy(float)
+    return df[np.isfinite(v) & (v > 0)]
+
+
+def _finite(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    ok = np.ones(len(df), bool)
+    for c in cols:
+        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(float))
+    return df[ok]
+
+
+def moment_steps(steps, moments=("start", "quarter", "half", "end")) -> dict:
+    """The logged step nearest each moment: ``{label: step}``.
+
+    ``moments`` are names of :data:`MOMENTS`, shares of the span in [0, 1] (floats), or
+    explicit steps (ints). The first moment of a share is the first logged step, ``end`` the
+    last. Labels are the names (``"start"``), ``"25%"`` for shares, ``"step 40"`` for ints.
+    """
+    steps = np.unique(np.asarray(steps))
+    out = {}
+    if not len(steps):
+        return out
+    lo, hi = float(steps[0]), float(steps[-1])
+    for m in moments:
+        if isinstance(m, str):
+            if m not in MOMENTS:
+                raise ValueError(f"moment {m!r}; accepted: {', '.join(MOMENTS)}, a share or a step")
+            label, target = m, lo + MOMENTS[m] * (hi - lo)
+        elif isinstance(m, (float, np.floating)):
+            label, target = f"{100 * m:g}%", lo + float(m) * (hi - lo)
+        else:
+            label, target = f"step {int(m)}", float(m)
+        out[label] = int(steps[int(np.argmin(np.abs(steps - target)))])
+    return out
+
+
+# -- small helpers --------------------------------------------------------------------------
+def _human(x: float) -> str:
+    if x == 0:
+        return "0"
+    ax = abs(x)
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if ax >= 10 * div if suf == "k" else ax >= div:
+            v = x / div
+            return f"{v:.0f}{suf}" if v == int(v) else f"{v:.3g}{suf}"
+    return f"{x:g}"
+
+
+def step_formatter() -> FuncFormatter:
+    """Tick labels for a step axis: ``900``, ``20k``, ``1.5M``."""
+    return FuncFormatter(lambda x, pos: _human(x))
+
+
+def _step_axis(ax: Axes) -> None:
+    """Whole-number step ticks with short labels (20k, 1.5M)."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=3))
+    ax.xaxis.set_major_formatter(step_formatter())
+
+
+def _runs(df: pd.DataFrame) -> list:
+    if "run" not in df.columns:
+        return []
+    return list(pd.unique(df["run"]))
+
+
+def _new_ax(ax, figsize=(7, 4.5)) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def _facet(data: pd.DataFrame, drawer, *, col_wrap=None, height=3.6, aspect=1.35,
+           sharey=False, sharex=False, **kw) -> sns.FacetGrid:
+    """One panel per run; ``drawer(ax, run_data, legend_loc="in", **kw)`` draws each.
+
+    The panels are drawn directly (not by ``map_dataframe``, which would take the legends
+    away for a figure legend: each run has its own layers, so each panel keeps its own).
+    """
+    runs = _runs(data)
+    wrap = col_wrap if col_wrap is not None else min(3, max(1, len(runs)))
+    g = sns.FacetGrid(data, col="run", col_wrap=wrap, height=height, aspect=aspect,
+                      sharex=sharex, sharey=sharey, col_order=runs, despine=False)
+    for ax, run in zip(g.axes.flat, runs):
+        drawer(ax, data[data["run"] == run], legend_loc="in", **kw)
+    g.set_titles(col_template="{col_name}")
+    g.tight_layout()
+    return g
+
+
+def _layer_axis(ax: Axes, n_layers: int, axis: str = "y", mark_out: bool = True) -> None:
+    out = n_layers - 1 if mark_out else None
+    fmt = FuncFormatter(lambda v, pos: (f"{round(v)} out" if round(v) == out
+                                        else f"{round(v)}"))
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_locator(MaxNLocator(nbins=min(10, max(n_layers, 2)), integer=True))
+    a.set_major_formatter(fmt)
+
+
+def _log_ticks_ok(ax: Axes, axis: str = "y") -> None:
+    """On a log axis spanning less than a decade, show plain minor labels too."""
+    lim = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if lim[0] > 0 and lim[1] / lim[0] < 10:
+        a = ax.yaxis if axis == "y" else ax.xaxis
+        a.set_minor_formatter(FuncFormatter(lambda v, pos: f"{v:.2g}"))
+
+
+def _layer_palette(n: int):
+    return sns.color_palette("viridis", n_colors=max(n, 1))
+
+
+def _layer_legend(ax: Axes, layers: Sequence[int], palette, *, title="layer", most=10,
+                  mark_out=True, legend_loc="out") -> None:
+    """A legend of layer colours: every layer when few, else an evenly spaced selection.
+
+    ``legend_loc="out"``: beside the Axes on the right; ``"in"``: inside, where best.
+    """
+    layers = list(layers)
+    idx = (np.unique(np.linspace(0, len(layers) - 1, most).round().astype(int))
+           if len(layers) > most else np.arange(len(layers)))
+    out = max(layers) if layers else None
+    handles = [Line2D([], [], color=palette[i], lw=2) for i in idx]
+    labels = [f"{layers[i]} (out)" if mark_out and layers[i] == out else str(layers[i])
+              for i in idx]
+    if len(layers) > most:
+        title += f"\n({len(idx)} of {len(layers)})"
+    kw = ({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False}
+          if legend_loc == "out" else {"loc": "best", "framealpha": 0.8})
+    ax.legend(handles, labels, title=title, fontsize="small", title_fontsize="small", **kw)
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center",
+            fontsize="medium", color="0.35", wrap=True)
+
+
+# -- gradient heatmap -----------------------------------------------------------------------
+def gradient_heatmap(*, data: pd.DataFrame, value: str = "grad_norm", ax=None,
+                     max_steps: int = 400, vmin: float | None = None,
+                     vmax: float | None = None, colorbar: bool = True, cmap: str = "viridis"):
+    """log10 of ``value`` as a layer x step heatmap.
+
+    Layer 0 (input side) at the bottom, the output layer at the top; steps binned to at most
+    ``max_steps`` columns by :func:`downsample` (bin medians), each column as wide as the
+    steps it covers. Cells whose value is not finite or not positive are left blank (white).
+    One run per Axes; with several runs and ``ax=None``, a FacetGrid with a shared colour
+    scale and one colour bar. The QuadMesh's array is ``(layers, bins)``.
+    """
+    if value not in data.columns:
+        raise ValueError(f"data has no column {value!r}")
+    runs = _runs(data)
+    if len(runs) > 1:
+        if ax is not None:
+            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run "
+                             "(select one, or pass ax=None for a grid)")
+        vals = _finite_positive(data, value)[value]
+        lo, hi = _robust_range(np.log10(vals.to_numpy(float)))
+        vmin = lo if vmin is None else vmin
+        vmax = hi if vmax is None else vmax
+        g = _facet(data, _draw_heatmap, value=value, max_steps=max_steps, vmin=vmin, vmax=vmax,
+                   cmap=cmap, height=3.2, aspect=1.5)
+        if colorbar:
+            mesh = next((c for a in g.axes.flat for c in a.collections), None)
+            if mesh is not None:
+                cb = g.figure.colorbar(mesh, ax=list(g.axes.flat), shrink=0.9, pad=0.02)
+                cb.set_label(CBAR_LABELS.get(value, f"log10 {value}"))
+        return g
+    ax = _new_ax(ax)
+    mesh = _draw_heatmap(ax, data, value=value, max_steps=max_steps, vmin=vmin, vmax=vmax,
+                         cmap=cmap)
+    if colorbar and mesh is not None:
+        cb = ax.figure.colorbar(mesh, ax=ax, pad=0.02)
+        cb.set_label(CBAR_LABELS.get(value, f"log10 {value}"))
+    return ax
+
+
+def _robust_range(v: np.ndarray) -> tuple[float | None, float | None]:
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None, None
+    lo, hi = float(np.min(v)), float(np.max(v))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def heatmap_matrix(data: pd.DataFrame, value: str = "grad_norm", max_steps: int = 400):
+    """The heatmap's numbers: ``(layers, bins)`` log10 values, the bins' steps and edges.
+
+    Returns ``(Z, layers, steps, edges)``: ``Z[i, j]`` is log10 of the median of ``value``
+    of layer ``layers[i]`` over bin ``j`` (NaN where not finite or not positive), ``steps``
+    the bins' middle steps, ``edges`` the ``len(steps) + 1`` column boundaries in steps.
+    """
+    cols = ["step", "layer", value] + [c for c in ("step_lo", "step_hi") if c in data.columns]
+    d = data[cols].copy()
+    v = pd.to_numeric(d[value], errors="coerce").to_numpy(float)
+    # drop non-finite before the medians, so a diverged step's inf does not pull a bin
+    d[value] = np.where(np.isfinite(v), v, np.nan)
+    d = downsample(d, max_steps, by=["layer"])
+    table = d.pivot_table(index="layer", columns="step", values=value, aggfunc="median",
+                          dropna=False)
+    bins = d.groupby("step")[["step_lo", "step_hi"]].agg({"step_lo": "min", "step_hi": "max"})
+    bins = bins.reindex(table.columns)
+    layers = np.arange(int(d["layer"].min()), int(d["layer"].max()) + 1) if len(d) else []
+    table = table.reindex(layers)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Z = np.log10(table.to_numpy(float))
+    Z[~np.isfinite(Z)] = np.nan
+    steps = table.columns.to_numpy()
+    lo, hi = bins["step_lo"].to_numpy(float), bins["step_hi"].to_numpy(float)
+    edges = np.empty(len(steps) + 1)
+    if len(steps):
+        edges[0], edges[-1] = lo[0] - 0.5, hi[-1] + 0.5
+        edges[1:-1] = (hi[:-1] + lo[1:]) / 2
+    return Z, np.asarray(layers), steps, edges
+
+
+def _draw_heatmap(ax: Axes, data, *, value, max_steps, vmin=None, vmax=None, cmap="viridis",
+                  legend_loc="out"):
+    Z, layers, steps, edges = heatmap_matrix(data, value, max_steps)
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(LAYER_LABEL)
+    if not len(steps) or np.isnan(Z).all():
+        _note(ax, f"no finite positive {value}")
+        return None
+    y = np.arange(layers[0], layers[-1] + 2) - 0.5
+    mesh = ax.pcolormesh(edges, y, np.ma.masked_invalid(Z), cmap=cmap, vmin=vmin, vmax=vmax,
+                         shading="flat", rasterized=True)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_ylim(y[0], y[-1])
+    ax.set_facecolor("white")
+    ax.grid(False)
+    _layer_axis(ax, len(layers))
+    _step_axis(ax)
+    if np.isnan(Z).any():
+        ax.text(1.0, 1.01, "white: not finite", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize="x-small", color="0.3")
+    return mesh
+
+
+# -- gradient profile across depth ----------------------------------------------------------
+def gradient_profile(*, data: pd.DataFrame, value: str = "delta_norm",
+                     moments=("start", "quarter", "half", "end"), ax=None, predicted=None,
+                     predicted_label: str = "mean-field prediction at init",
+                     legend_loc: str = "in"):
+    """``value`` against layer at a few moments of training, log y, one line per moment.
+
+    ``moments``: names (``start``, ``quarter``, ``half``, ``three_quarters``, ``end``),
+    shares of the logged span (floats) or steps (ints); each picks the nearest logged step
+    with finite values (``end`` of a diverged run is its last finite step). Lines go from
+    light (early) to dark (late), with distinct markers. ``predicted``: theory values per
+    layer (array from layer 0, or Series indexed by layer; a dict ``{run: values}`` with
+    several runs) drawn dashed in black.
+    """
+    runs = _runs(data)
+    if len(runs) > 1:
+        if ax is not None:
+            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
+        return _facet(data, _draw_profile_run, value=value, moments=moments,
+                      predicted=predicted, predicted_label=predicted_label)
+    ax = _new_ax(ax)
+    pred = predicted
+    if isinstance(predicted, Mapping) and runs:
+        pred = predicted.get(runs[0])
+    _draw_profile(ax, data, value=value, moments=moments, predicted=pred,
+                  predicted_label=predicted_label, legend_loc=legend_loc)
+    return ax
+
+
+def _draw_profile_run(ax, data, *, predicted=None, legend_loc="in", **kw):
+    pred = predicted
+    if isinstance(predicted, Mapping):
+        run = data["run"].iloc[0] if len(data) else None
+        pred = predicted.get(run)
+    _draw_profile(ax, data, predicted=pred, **kw)
+
+
+def _draw_profile(ax, data, *, value, moments, predicted, predicted_label, legend_loc="in"):
+    ax.set_xlabel(LAYER_LABEL)
+    ax.set_ylabel(f"{LABELS.get(value, value)} (log scale)")
+    d = _finite_positive(data[["step", "layer", value]], value)
+    drawn = 0
+    if len(d):
+        picks = moment_steps(d["step"], moments)
+        colors = sns.cubehelix_palette(len(picks), start=0.5, rot=-0.6, dark=0.12, light=0.68)
+        seen = {}
+        for i, (label, step) in enumerate(picks.items()):
+            row = d[d["step"] == step].sort_values("layer")
+            if step in seen:  # e.g. quarter and half on a short log: one line, two labels
+                seen[step].set_label(f"{seen[step].get_label()}, {label}")
+                continue
+            (line,) = ax.plot(row["layer"], row[value], marker=_MARKERS[i % len(_MARKERS)],
+                              color=colors[i], lw=1.8, ms=5,
+                              label=f"{label} (step {_human(step)})")
+            seen[step] = line
+            drawn += 1
+    if predicted is not None:
+        p = (predicted if isinstance(predicted, pd.Series)
+             else pd.Series(np.asarray(predicted, float)))
+        p = p[np.isfinite(p.to_numpy(float)) & (p.to_numpy(float) > 0)]
+        if len(p):
+            ax.plot(p.index.to_numpy(), p.to_numpy(float), ls="--", color="black", lw=1.5,
+                    marker="x", ms=5, label=predicted_label)
+            drawn += 1
+    if not drawn:
+        _note(ax, f"no finite positive {value}")
+        return
+    ax.set_yscale("log")
+    n_layers = int(data["layer"].max()) + 1 if len(data) else 2
+    _layer_axis(ax, n_layers, axis="x")
+    _log_ticks_ok(ax)
+    ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
+              "frameon": False} if legend_loc == "out" else {"loc": "best", "framealpha": 0.8}))
+
+
+# -- dead units -----------------------------------------------------------------------------
+def dead_units(*, data: pd.DataFrame, ax=None, threshold: float | None = None):
+    """Share of dead units (``dead_frac``) per hidden layer over training, one line per layer.
+
+    Uses the probe steps (rows where ``dead_frac`` is present); colour = layer (viridis,
+    light = output side). Linear y from 0 to 1; ``threshold`` (e.g. the diagnosis's 0.5)
+    drawn as a dashed line.
+    """
+    if "dead_frac" not in data.columns:
+        raise ValueError("data has no column 'dead_frac' (read_layers gives it)")
+    runs = _runs(data)
+    if len(runs) > 1:
+        if ax is not None:
+            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
+        return _facet(data, _draw_dead, threshold=threshold)
+    ax = _new_ax(ax)
+    _draw_dead(ax, data, threshold=threshold)
+    return ax
+
+
+def _draw_dead(ax, data, legend_loc="out", threshold=None):
+    d = _finite(data[["step", "layer", "dead_frac"]], "dead_frac")
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(LABELS["dead_frac"])
+    ax.set_ylim(-0.02, 1.02)
+    _step_axis(ax)
+    if threshold is not None:
+        ax.axhline(threshold, color="black", ls="--", lw=1.2, gid="dead-threshold")
+        ax.annotate(f"threshold {100 * threshold:.0f}%", xy=(0.0, threshold),
+                    xycoords=("axes fraction", "data"), xytext=(3, 3),
+                    textcoords="offset points", fontsize="small",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.85})
+    if d.empty:
+        _note(ax, "no dead-unit data (ReLU-family runs, probe steps only)")
+        return
+    layers = sorted(d["layer"].unique())
+    pal = _layer_palette(len(layers))
+    for i, (l, g) in enumerate(d.groupby("layer", sort=True)):
+        g = g.sort_values("step")
+        ax.plot(g["step"], g["dead_frac"], color=pal[i], lw=1.6,
+                marker="o" if len(g) < 30 else None, ms=3)
+    _layer_legend(ax, layers, pal, mark_out=False, title="layer", legend_loc=legend_loc)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: f"{100 * v:.0f}%"))
+
+
+def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
+                  max_steps: int = 400):
+    """Which units were dead when: a unit x probe-step image from ``read_dead_units``.
+
+    ``steps`` and ``dead`` as :func:`~gradscope.log.read_dead_units` returns them; ``layer``
+    one hidden layer, a sequence of them (stacked, input side at the bottom, separated by
+    lines), or None for every hidden layer. Dark = dead. With ``sort``, each layer's units
+    are ordered by the probe step from which they stay dead (never-dead units on top), so
+    the image reads as "how many had died by when". At most ``max_steps`` probe columns
+    (evenly spaced; each drawn as wide as the steps up to the next one).
+    """
+    steps = np.asarray(steps)
+    layers = list(range(len(dead))) if layer is None else (
+        [int(layer)] if np.isscalar(layer) else [int(x) for x in layer])
+    ax = _new_ax(ax)
+    ax.set_xlabel(STEP_LABEL)
+    if not len(steps) or not layers:
+        _note(ax, "no probe step logged")
+        return ax
+    cols = np.unique(np.linspace(0, len(steps) - 1, min(max_steps, len(steps))).round()
+                     .astype(int))
+    blocks, centers, pos = [], [], 0
+    total = sum(np.asarray(dead[l]).shape[1] for l in layers)
+    gap = max(1, round(0.025 * total)) if len(layers) > 1 else 0
+    for j, l in enumerate(layers):
+        m = np.asarray(dead[l], bool)[cols].T  # (units, probe steps)
+        if sort and m.size:
+            # the column from which the unit stays dead to the end (n if it is alive at the end)
+            alive = ~m
+            last_alive = np.where(alive.any(axis=1),
+                                  m.shape[1] - 1 - np.argmax(alive[:, ::-1], axis=1), -1)
+            since = np.where(m[:, -1], last_alive + 1, m.shape[1] + m.mean(axis=1))
+            m = m[np.argsort(since, kind="stable")]
+        if j:
+            blocks.append(np.full((gap, m.shape[1]), np.nan))  # white space between layers
+            pos += gap
+        blocks.append(m.astype(float))
+        centers.append(pos + m.shape[0] / 2)
+        pos += m.shape[0]
+    img = np.vstack(blocks)
+    s = steps[cols].astype(float)
+    if len(s) > 1:
+        edges = np.concatenate([s, [s[-1] + (s[-1] - s[-2])]])
+    else:
+        edges = np.array([s[0] - 0.5, s[0] + 0.5])
+    cmap = ListedColormap(["0.88", "0.08"])
+    ax.pcolormesh(edges, np.arange(img.shape[0] + 1), np.ma.masked_invalid(img), cmap=cmap,
+                  vmin=0, vmax=1, shading="flat", rasterized=True)
+    ax.set_facecolor("white")
+    ax.set_yticks(centers)
+    ax.set_yticklabels([str(l) for l in layers])
+    ax.set_ylabel("units of each hidden layer (0 = input side)"
+                  + ("\nsorted by when they died" if sort else ""))
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_ylim(0, img.shape[0])
+    _step_axis(ax)
+    ax.grid(False)
+    ax.set_title("black = dead, light = alive", loc="right", fontsize="small")
+    return ax
+
+
+# -- activations ----------------------------------------------------------------------------
+def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
+    """Per-layer activation distributions at the start and the end of training.
+
+    ``hist`` from :func:`~gradscope.log.read_histograms`: density against activation value,
+    one line per hidden layer (as in Glorot & Bengio's figures of activation histograms).
+    ``steps``: the probe steps to show (default: the first and the last with data).
+
+    ``ax=None``: a FacetGrid, one panel per step (columns) and run (rows). ``ax`` a sequence
+    of Axes: one step per Axes (returns the sequence). ``ax`` one Axes: every step on it,
+    the last solid and earlier ones dashed / dotted.
+    """
+    runs = _runs(hist)
+    h = hist[hist["count"].notna()] if "count" in hist.columns else hist
+    if ax is None:
+        per_run = [(run, g, _hist_steps(g, steps))
+                   for run, g in (h.groupby("run", sort=False) if runs else [(None, h)])]
+        n_cols = max([len(p) for _, _, p in per_run] + [1])
+        # a FacetGrid of the right shape: rows = runs, columns = moments
+        g = sns.FacetGrid(pd.DataFrame({"run": np.repeat([str(r) for r, _, _ in per_run] or [""],
+                                                         n_cols),
+                                        "moment": np.tile(np.arange(n_cols),
+                                                          max(1, len(per_run)))}),
+                          row="run" if len(per_run) > 1 else None, col="moment",
+                          height=3.4, aspect=1.3, sharey=False, sharex=False, despine=False)
+        axes = np.atleast_2d(g.axes)
+        for i, (run, sub, picks) in enumerate(per_run):
+            for j in range(n_cols):
+                a = axes[i, j]
+                if j >= len(picks):
+                    a.set_axis_off()
+                    continue
+                _draw_hist(a, sub[sub["step"] == picks[j]], styles=["-"],
+                           legend_loc="in" if j == len(picks) - 1 else None)
+                title = _hist_moment(j, len(picks), picks[j])
+                a.set_title(f"{run}: {title}" if len(per_run) > 1 else title)
+        g.tight_layout()
+        return g
+    if runs and len(runs) > 1:
+        raise ValueError(f"hist holds {len(runs)} runs; one Axes draws one run")
+    picks = _hist_steps(h, steps)
+    if isinstance(ax, (Sequence, np.ndarray)):
+        axes = list(np.ravel(ax))
+        for j, a in enumerate(axes):
+            if j >= len(picks):
+                a.set_axis_off()
+                _note(a, "no histogram")
+                continue
+            _draw_hist(a, h[h["step"] == picks[j]], styles=["-"],
+                       legend_loc="out" if j == len(axes) - 1 else None)
+            a.set_title(_hist_moment(j, len(picks), picks[j]))
+        # one density scale for the panels, so that start and end compare
+        tops = [a.get_ylim()[1] for a in axes[: len(picks)]]
+        for a in axes[: len(picks)]:
+            a.set_ylim(0, max(tops) if tops else 1)
+        return ax
+    styles = [":", "--", "-."][: max(0, len(picks) - 1)] + ["-"]
+    styles = styles[-len(picks):] if picks else []
+    _draw_hist(ax, h[h["step"].isin(picks)], styles=styles, steps=picks)
+    return ax
+
+
+def _hist_steps(h: pd.DataFrame, steps) -> list:
+    if steps is not None:
+        return [int(s) for s in (np.atleast_1d(steps))]
+    if h.empty:
+        return []
+    tot = h.groupby("step")["count"].sum() if "count" in h.columns else None
+    ok = tot[tot > 0].index.to_numpy() if tot is not None else np.unique(h["step"])
+    if not len(ok):
+        return []
+    return [int(ok[0])] if len(ok) == 1 else [int(ok[0]), int(ok[-1])]
+
+
+def _hist_moment(i: int, n: int, step) -> str:
+    name = "start" if i == 0 else ("end" if i == n - 1 else "")
+    return f"{name} (step {_human(step)})" if name else f"step {_human(step)}"
+
+
+def _draw_hist(ax, data, styles, steps=None, legend_loc="out"):
+    ax.set_xlabel("activation value")
+    ax.set_ylabel("density")
+    if data.empty:
+        _note(ax, "no activation histogram")
+        return
+    layers = sorted(data["layer"].unique())
+    pal = _layer_palette(len(layers))
+    steps = sorted(data["step"].unique()) if steps is None else list(steps)
+    for si, st in enumerate(steps):
+        ls = styles[si] if si < len(styles) else "-"
+        for i, l in enumerate(layers):
+            g = data[(data["layer"] == l) & (data["step"] == st)].sort_values("bin_left")
+            if g.empty:
+                continue
+            x = (g["bin_left"].to_numpy(float) + g["bin_right"].to_numpy(float)) / 2
+            ax.plot(x, g["density"].to_numpy(float), color=pal[i], ls=ls, lw=1.4)
+    ax.set_ylim(bottom=0)
+    if legend_loc is None:
+        return
+    _layer_legend(ax, layers, pal, mark_out=False, title="layer", legend_loc=legend_loc)
+    if len(steps) > 1:
+        extra = [Line2D([], [], color="0.3", ls=styles[i] if i < len(styles) else "-",
+                        label=f"step {_human(s)}") for i, s in enumerate(steps)]
+        ax.add_artist(ax.get_legend())
+        ax.legend(handles=extra, loc="upper right", fontsize="small", framealpha=0.8)
+
+
+def activation_summary(*, data: pd.DataFrame, ax=None,
+                       moments=("start", "half", "end")):
+    """Mean +- standard deviation of each hidden layer's activations at moments of training.
+
+    From ``read_layers`` (``act_mean``, ``act_std`` on the training batch): against layer,
+    a marker at the mean with a bar of +- one std, one series per moment (slightly offset,
+    light = early, dark = late). The fallback when no histogram was recorded.
+    """
+    runs = _runs(data)
+    if len(runs) > 1:
+        if ax is not None:
+            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
+        return _facet(data, _draw_act_summary, moments=moments)
+    ax = _new_ax(ax)
+    _draw_act_summary(ax, data, moments=moments)
+    return ax
+
+
+def _draw_act_summary(ax, data, *, moments=("start", "half", "end"), legend_loc="out"):
+    d = _finite(data[["step", "layer", "act_mean", "act_std"]], "act_mean", "act_std")
+    ax.set_xlabel(LAYER_LABEL)
+    ax.set_ylabel("activation: mean ± std")
+    if d.empty:
+        _note(ax, "no activation statistics")
+        return
+    picks = moment_steps(d["step"], moments)
+    colors = sns.cubehelix_palette(len(picks), start=0.5, rot=-0.6, dark=0.12, light=0.68)
+    width = 0.5
+    offs = np.linspace(-width / 2, width / 2, len(picks)) if len(picks) > 1 else [0.0]
+    for i, (label, st) in enumerate(picks.items()):
+        g = d[d["step"] == st].sort_values("layer")
+        ax.errorbar(g["layer"] + offs[i], g["act_mean"], yerr=g["act_std"], fmt=_MARKERS[i],
+                    color=colors[i], ms=5, capsize=3, lw=1.4,
+                    label=f"{label} (step {_human(st)})")
+    _layer_axis(ax, int(d["layer"].max()) + 1, axis="x", mark_out=False)
+    ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
+              "frameon": False} if legend_loc == "out" else {"loc": "best", "framealpha": 0.8}))
+
+
+# -- update / weight ratio ------------------------------------------------------------------
+def update_ratio(*, data: pd.DataFrame, ax=None, guide: float = UPDATE_GUIDE,
+                 max_steps: int = 400):
+    """``update_ratio`` (||dW_l|| / ||W_l||) per layer over training, log y.
+
+    A dashed horizontal guide at ``guide`` (1e-3: the rule of thumb for a healthy
+    learning rate) is labelled. Binned to ``max_steps`` (bin medians).
+    """
+    runs = _runs(data)
+    if len(runs) > 1:
+        if ax is not None:
+            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
+        return _facet(data, _draw_update, guide=guide, max_steps=max_steps)
+    ax = _new_ax(ax)
+    _draw_update(ax, data, guide=guide, max_steps=max_steps)
+    return ax
+
+
+def _draw_update(ax, data, *, guide, max_steps, legend_loc="out"):
+    d = _finite_positive(data[["step", "layer", "update_ratio"]], "update_ratio")
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(f"{LABELS['update_ratio']} (log scale)")
+    _step_axis(ax)
+    ax.set_yscale("log")
+    if guide:
+        ax.axhline(guide, color="black", ls="--", lw=1.3, zorder=3, gid="update-guide",
+                   label=f"{guide:g} guide")
+        ax.annotate(f"{guide:g}", xy=(0.0, guide), xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", ha="left", va="bottom",
+                    fontsize="small", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.85})
+    if not d.empty:
+        d = downsample(d, max_steps, by=["layer"])
+        layers = sorted(d["layer"].unique())
+        pal = _layer_palette(len(layers))
+        for i, (l, g) in enumerate(d.groupby("layer", sort=True)):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["update_ratio"], color=pal[i], lw=1.4)
+        _layer_legend(ax, layers, pal, title="layer", legend_loc=legend_loc)
+        if guide:
+            leg = ax.get_legend()
+            handles = [*leg.legend_handles, Line2D([], [], color="black", ls="--", lw=1.3)]
+            labels = [t.get_text() for t in leg.get_texts()] + [f"{guide:g} (rule of thumb)"]
+            title = leg.get_title().get_text()
+            kw = ({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False}
+                  if legend_loc == "out" else {"loc": "best", "framealpha": 0.8})
+            ax.legend(handles, labels, title=title, fontsize="small", title_fontsize="small",
+                      **kw)
+    else:
+        _note(ax, "no finite update ratio")
+    if guide:
+        lo, hi = ax.get_ylim()
+        if d.empty:
+            ax.set_ylim(guide / 10, guide * 10)
+        else:
+            ax.set_ylim(min(lo, guide / 3), max(hi, guide * 3))
+
+
+# -- learning curves ------------------------------------------------------------------------
+def learning_curves(*, steps: pd.DataFrame, epochs: pd.DataFrame | None = None, ax=None,
+                    max_steps: int = 400, smooth: int | None = None):
+    """Training loss (smoothed) and validation loss and accuracy per epoch.
+
+    The training batch loss is a rolling median over ``smooth`` logged steps (default: 2% of
+    the run), then binned to ``max_steps``; validation values are drawn per epoch at the
+    epoch's last step, dashed with markers. The loss axis is logarithmic when the finite
+    losses span more than 1.5 decades. Several runs (a ``run`` column) share the panels,
+    coloured by run.
+
+    ``ax=None``: a FacetGrid with a loss and an accuracy panel. ``ax``: one Axes (loss only)
+    or a pair (loss, accuracy); returns what it drew on.
+    """
+    long = _learning_long(steps, epochs, max_steps, smooth)
+    runs = list(dict.fromkeys(long["run"])) if len(long) else []
+    long.attrs["diverged"] = _diverged_at(steps)
+    if ax is None:
+        g = sns.FacetGrid(long.assign(panel=long["metric"]), col="panel", sharey=False,
+                          height=3.8, aspect=1.4, despine=False,
+                          col_order=["loss", "accuracy"])
+        for a, metric in zip(g.axes.flat, ["loss", "accuracy"]):
+            _draw_learning(a, long[long["metric"] == metric], metric, runs,
+                           legend=metric == "accuracy", diverged=long.attrs["diverged"])
+        g.set_titles("")
+        g.tight_layout()
+        return g
+    axes = list(ax) if isinstance(ax, (Sequence, np.ndarray)) else [ax]
+    for i, (a, metric) in enumerate(zip(axes, ["loss", "accuracy"])):
+        _draw_learning(a, long[long["metric"] == metric], metric, runs,
+                       legend=i == len(axes) - 1, diverged=long.attrs["diverged"])
+    return ax
+
+
+def _learning_long(steps, epochs, max_steps, smooth) -> pd.DataFrame:
+    parts = []
+    st = steps.copy()
+    if "run" not in st.columns:
+        st["run"] = ""
+    for run, g in st.groupby("run", sort=False):
+        g = g.sort_values("step")
+        w = smooth or max(1, len(g) // 50)
+        for col, metric in (("loss", "loss"), ("accuracy", "accuracy")):
+            if col not in g.columns:
+                continue
+            v = pd.to_numeric(g[col], errors="coerce").astype(float)
+            v = v.where(np.isfinite(v))
+            sm = v.rolling(w, center=True, min_periods=1).median()
+            part = pd.DataFrame({"step": g["step"].to_numpy(), "value": sm.to_numpy()})
+            part = downsample(part.dropna(), max_steps, by=[])
+            part["run"], part["metric"] = run, metric
+            part["split"] = "train (batch, smoothed)"
+            parts.append(part[["run", "metric", "split", "step", "value"]])
+    if epochs is not None and len(epochs):
+        ep = epochs.copy()
+        if "run" not in ep.columns:
+            ep["run"] = ""
+        for col, metric in (("val_loss", "loss"), ("val_accuracy", "accuracy")):
+            if col in ep.columns:
+                parts.append(pd.DataFrame({
+                    "run": ep["run"].to_numpy(), "metric": metric,
+                    "split": "validation (per epoch)", "step": ep["step"].to_numpy(),
+                    "value": pd.to_numeric(ep[col], errors="coerce").to_numpy(float)}))
+    if not parts:
+        return pd.DataFrame(columns=["run", "metric", "split", "step", "value"])
+    long = pd.concat(parts, ignore_index=True)
+    v = long["value"].to_numpy(float)
+    return long[np.isfinite(v)].reset_index(drop=True)
+
+
+def _diverged_at(steps: pd.DataFrame) -> dict:
+    """``{run: first step whose loss is not finite}`` ("" for a table without runs)."""
+    out = {}
+    st = steps if "run" in steps.columns else steps.assign(run="")
+    for run, g in st.groupby("run", sort=False):
+        bad = g["step"][~np.isfinite(pd.to_numeric(g["loss"], errors="coerce").to_numpy(float))]
+        if len(bad):
+            out[run] = int(bad.min())
+    return out
+
+
+def _draw_learning(ax, d, metric, runs, legend=True, diverged=None):
+    ax.set_xlabel(STEP_LABEL)
+    _step_axis(ax)
+    if d.empty:
+        ax.set_ylabel(metric)
+        _note(ax, "no accuracy (regression)" if metric == "accuracy" else "no finite loss")
+        return
+    pal = (sns.color_palette("colorblind", len(runs)) if len(runs) <= 10
+           else sns.color_palette("viridis", len(runs)))
+    styles = {"train (batch, smoothed)": {"ls": "-", "lw": 1.6},
+              "validation (per epoch)": {"ls": "--", "lw": 1.3, "marker": "o", "ms": 3}}
+    for i, run in enumerate(runs):
+        for split, kw in styles.items():
+            g = d[(d["run"] == run) & (d["split"] == split)].sort_values("step")
+            if len(g):
+                ax.plot(g["step"], g["value"], color=pal[i], **kw)
+        if diverged and run in diverged:
+            ax.axvline(diverged[run], color=pal[i], ls=":", lw=1.5)
+    if metric == "loss":
+        pos = d["value"][d["value"] > 0]
+        log = len(pos) == len(d) and len(pos) and pos.max() / pos.min() > 10 ** 1.5
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel("loss" + (" (log scale)" if log else ""))
+    else:
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: f"{100 * v:.0f}%"))
+    if not legend:
+        return
+    handles = [Line2D([], [], color="0.3", **kw, label=s) for s, kw in styles.items()]
+    handles += [Line2D([], [], color=pal[i], lw=3, label=str(r)) for i, r in enumerate(runs)
+                if r != ""]
+    if diverged:
+        handles.append(Line2D([], [], color="0.3", ls=":", lw=1.5,
+                              label="loss not finite from here (diverged)"))
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)
+
+
+# -- run comparison -------------------------------------------------------------------------
+def run_comparison(*, summary: pd.DataFrame, x: str = "run", y: str = "ratio", hue=None,
+                   style=None, ax=None, guides=(1e-3, 1e3)):
+    """First-to-last-layer gradient ratio per run, log scale, one marker per row.
+
+    ``summary``: one row per run (or per run and ``style``), a categorical column (runs) and
+    a numeric column (the ratio, e.g. delta_norm[layer 0] / delta_norm[output] at the first
+    logged step); whichever of ``x``, ``y`` is numeric is the log axis. ``hue`` (and
+    ``style``) group the runs, e.g. by activation / init / optimizer. A grey line marks 1
+    (no change across depth); dashed ``guides`` mark the vanishing / exploding thresholds.
+    Rows whose ratio is not finite or not positive are listed as "n/a" beside the axis.
+    """
+    ax = _new_ax(ax, figsize=(8, 0.45 * max(4, len(summary)) + 1.5))
+    num_is_x = pd.api.types.is_numeric_dtype(summary[x]) and not (
+        pd.api.types.is_numeric_dtype(summary[y]))
+    val, cat = (x, y) if num_is_x else (y, x)
+    order = list(dict.fromkeys(summary[cat].astype(str)))
+    d = summary.copy()
+    d[cat] = pd.Categorical(d[cat].astype(str), categories=order, ordered=True)
+    v = pd.to_numeric(d[val], errors="coerce").to_numpy(float)
+    ok = np.isfinite(v) & (v > 0)
+    good, bad = d[ok], d[~ok]
+    pos = {c: i for i, c in enumerate(order)}
+    if len(good):
+        p = good[cat].map(pos).astype(float)
+        if style is not None:  # dodge the style levels, so coinciding markers stay visible
+            levels = list(dict.fromkeys(good[style]))
+            off = dict(zip(levels, np.linspace(-0.12, 0.12, len(levels))
+                           if len(levels) > 1 else [0.0]))
+            p = p + good[style].map(off).astype(float)
+        sns.scatterplot(data=good.assign(_pos=p),
+                        x=val if num_is_x else "_pos", y="_pos" if num_is_x else val,
+                        hue=hue, style=style, s=80, ax=ax, zorder=3, markers=True,
+                        palette="colorblind" if hue else None, legend="auto")
+    guide_kw = {"color": "0.35", "lw": 1.0}
+    line = ax.axvline if num_is_x else ax.axhline
+    line(1.0, ls="-", **guide_kw)
+    for gv, name in zip(guides or (), ("vanishing", "exploding")):
+        line(gv, ls="--", **guide_kw)
+        if num_is_x:
+            ax.annotate(f"{name} {gv:g}", xy=(gv, 0.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 3), textcoords="offset points", va="bottom",
+                        fontsize="small")
+        else:
+            ax.annotate(f"{name} {gv:g}", xy=(0.0, gv), xycoords=("axes fraction", "data"),
+                        xytext=(3, 3), textcoords="offset points", fontsize="small")
+    setscale = ax.set_xscale if num_is_x else ax.set_yscale
+    setscale("log")
+    ticks = list(range(len(order)))
+    if num_is_x:
+        ax.set_yticks(ticks)
+        ax.set_yticklabels(order)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.set_ylabel("")
+        ax.set_xlabel(f"{val} (log scale)")
+    else:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(order, rotation=30, ha="right")
+        ax.set_xlim(-0.5, len(order) - 0.5)
+        ax.set_xlabel("")
+        ax.set_ylabel(f"{val} (log scale)")
+    # keep the guides in view
+    lims = ax.get_xlim() if num_is_x else ax.get_ylim()
+    vals = [*(v[ok] if ok.any() else []), 1.0, *(guides or ())]
+    lo, hi = min(min(vals) / 3, lims[0]), max(max(vals) * 3, lims[1])
+    (ax.set_xlim if num_is_x else ax.set_ylim)(lo, hi)
+    for _, r in bad.iterrows():
+        i = pos[str(r[cat])]
+        if num_is_x:
+            ax.annotate("n/a (not finite)", xy=(0.01, i), xycoords=("axes fraction", "data"),
+                        va="center", fontsize="small", color="0.3")
+        else:
+            ax.annotate("n/a", xy=(i, 0.02), xycoords=("data", "axes fraction"), ha="center",
+                        fontsize="small", color="0.3")
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                        frameon=False)
+    return ax
+

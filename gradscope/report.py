@@ -1,0 +1,982 @@
+"""A multi-page PDF report of one or more runs, and a plain-text verdict table.
+
+:func:`make_report` reads each log, diagnoses it (:func:`gradscope.diagnose.diagnose`) and
+writes one PDF (A4 landscape), one idea per page:
+
+1. summary: each run's configuration, status, final training and validation loss and
+   accuracy, its verdicts with the evidence messages and the mean-field theory line
+   (several pages when the runs do not fit on one);
+2. gradient flow: heatmaps of log10 ``grad_norm`` and ``delta_norm`` per layer and step;
+3. gradient profile across depth at start / quarter / half / end, with the mean-field
+   prediction at initialisation dashed;
+4. dead ReLU units: dead fraction per layer over training and which units died when (only
+   for runs with a ReLU-family activation; the page is left out when there are none);
+5. activation saturation: activation distributions per layer at start and end (or mean and
+   spread per layer when no histogram was recorded);
+6. update / weight ratio with the 1e-3 guide;
+7. loss and accuracy, training and validation, every run overlaid;
+8. with several runs: the first-to-last-layer gradient ratio of each run, grouped by
+   activation / init / optimizer.
+
+Pages 2-6 hold at most 6 panels (3 runs for the two-panel figures) and repeat for more runs.
+
+Long logs are read binned (:func:`read_layers_binned`): at most ``max_steps`` time bins of
+medians, each computed from at most ``per_bin`` logged steps, so the time and memory of a
+report do not grow with the length of the run. A log of a run that is still running or was
+killed is reported from what it holds; a diverged run's NaN and inf values are left out of
+the log-scale figures.
+
+:func:`collect_logs` expands directories into their ``*.h5`` logs; :func:`verdict_table`
+formats the diagnoses for a terminal. Unusable input raises :class:`~gradscope.log.LogError`
+with a one-line message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import struct
+import textwrap
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+from . import plots
+from .log import (
+    OPTIONAL_COLUMNS,
+    TABLES,
+    LogError,
+    _committed,
+    _read_table,
+    open_log,
+    read_config,
+    read_epochs,
+    read_layers,
+    read_status,
+    read_steps,
+)
+
+__all__ = [
+    "PAGE_SIZE", "RunData", "check_log_file", "collect_logs", "comparison_summary",
+    "load_run", "make_report", "read_layers_binned", "verdict_table",
+]
+
+#: A4 landscape, inches.
+PAGE_SIZE = (11.69, 8.27)
+#: Time bins of the figures.
+MAX_STEPS = 400
+#: Logged steps read per time bin at most (evenly spaced within the bin).
+PER_BIN = 64
+#: Layer-table rows up to which a run is diagnosed on its full tables; longer logs are
+#: diagnosed on finer bins (DIAGNOSE_STEPS) of medians.
+FULL_DIAGNOSE_ROWS = 2_000_000
+DIAGNOSE_STEPS = 2000
+#: Panels per page (one per run), and runs per page for two-panel figures.
+PANELS_PER_PAGE = 6
+RUNS_PER_PAGE = 3
+#: Lines of text on a summary page, their height (figure fraction), runs on a page at most.
+SUMMARY_LINES = 50
+_LINE = 0.016
+RUNS_PER_SUMMARY_PAGE = 8
+_WRAP = 165          # characters of a summary line (8.8 pt on A4 landscape)
+_WRAP_BOLD = 148
+_CAPTION_WRAP = 152
+_RC = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+    "ytick.labelsize": 9, "legend.fontsize": 8.5, "legend.title_fontsize": 8.5,
+    "pdf.fonttype": 42, "ps.fonttype": 42,
+}
+_VERDICTS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
+_RELU_FAMILY = ("relu", "leaky_relu", "elu")
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def collect_logs(inputs) -> list[Path]:
+    """Log files named by ``inputs`` (paths of files or directories, or one such path).
+
+    A directory stands for its ``*.h5`` files (sorted by name, not recursive); a file is
+    kept as given (whether it is a gradscope log is checked when it is read). Duplicates
+    are dropped. Raises :class:`LogError` for a path that does not exist or a directory
+    without ``*.h5`` files.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.h5") if q.is_file())
+            if not found:
+                raise LogError(f"{str(item)!r} is a directory without .h5 logs")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise LogError(f"{str(item)!r} does not exist")
+    if not out:
+        raise LogError("no log given")
+    seen, unique = set(), []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_log_file(path, wait: float = 0.3) -> None:
+    """Refuse a truncated HDF5 file before HDF5 opens it.
+
+    A gradscope log (superblock version 2 or 3) records the end-of-file address in its
+    superblock; a file shorter than that lost its end (an incomplete copy or download).
+    HDF5 opened in SWMR mode (how gradscope reads, so that live and killed runs are
+    readable) does not check this and retries failed metadata reads for a long time, so
+    such a file would hang a reader instead of failing. A live log may be briefly shorter
+    while the writer flushes: the size is checked again for ``wait`` seconds.
+
+    Raises :class:`LogError`; other problems (missing file, not HDF5) are left to the reader.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(48)
+    except OSError as e:
+        raise LogError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    if head[:8] != _HDF5_SIGNATURE:
+        return  # not HDF5, or a user block: the reader says what it is
+    if len(head) < 48:
+        raise LogError(f"{str(path)!r} is truncated ({len(head)} bytes): not a complete log")
+    version, size_of_offsets = head[8], head[9]
+    if version not in (2, 3) or size_of_offsets != 8:
+        return
+    base, _ext, eof = struct.unpack("<3Q", head[12:36])
+    need = base + eof
+    deadline = time.monotonic() + wait
+    while True:
+        size = p.stat().st_size
+        if size >= need:
+            return
+        if time.monotonic() >= deadline:
+            raise LogError(f"{str(path)!r} is truncated: {size} of {need} bytes "
+                           "(an incomplete copy?)")
+        time.sleep(0.05)
+
+
+# -- reading, binned ------------------------------------------------------------------------
+def _bin_positions(k: int, max_steps: int) -> np.ndarray:
+    """Start positions of the time bins over ``k`` logged steps (as :func:`plots.downsample`)."""
+    if k <= max_steps:
+        return np.arange(k)
+    mid = np.array_split(np.arange(1, k - 1), max_steps - 2)
+    return np.array([0, *(m[0] for m in mid), k - 1])
+
+
+def _read_selection(ds, blocks: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Read the union of hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in
+    file order, with one HDF5 read."""
+    import h5py
+
+    total = sum(c * b for _, c, _, b in blocks)
+    out = np.empty(total, dtype=ds.dtype)
+    if not total:
+        return out
+    space = ds.id.get_space()
+    space.select_none()
+    for start, count, stride, block in blocks:
+        space.select_hyperslab((start,), (count,), (max(stride, block),), (block,),
+                               op=h5py.h5s.SELECT_OR)
+    mspace = h5py.h5s.create_simple((total,))
+    ds.id.read(mspace, space, out)
+    return out
+
+
+def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
+    """The layer table of a log, binned in time like :func:`gradscope.plots.downsample`.
+
+    Same columns as :func:`~gradscope.log.read_layers` plus ``step_lo`` and ``step_hi``:
+    one row per time bin and layer, at most ``max_steps`` bins. The first and the last
+    logged step keep bins of their own; each other bin holds the medians (NaN ignored) of
+    at most ``per_bin`` of its logged steps, evenly spaced, read with one HDF5 selection per
+    column, so that neither the time nor the memory grows with the length of the log. The
+    probe-set columns are the medians of the probe steps that fall in the bin (NaN where
+    none does). A log with at most ``max_steps`` logged steps is returned whole (exact).
+    """
+    if max_steps < 2:
+        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 2")
+    with open_log(path) as f:
+        counts = _committed(f)
+        steps_tab = _read_table(f, "steps")
+        g = f["layers"]
+        present = [c for c in TABLES["layers"] if c in g]
+        n_rows = min([counts["layers"], *(g[c].shape[0] for c in present)])
+        S = steps_tab["step"].to_numpy()
+        head = g["layer"][: min(n_rows, 4096)]
+        n_layers = int(np.flatnonzero(head == 0)[1]) if (head == 0).sum() > 1 else (
+            int(head.max()) + 1 if len(head) else 0)
+        k = min(len(S), n_rows // n_layers) if n_layers else 0
+        regular = k > 0 and np.array_equal(head[:n_layers], np.arange(n_layers))
+        if regular:
+            for pos in {0, k - 1}:
+                blk = g["step"][pos * n_layers:(pos + 1) * n_layers]
+                regular &= bool(np.all(blk == S[pos]))
+                regular &= bool(np.array_equal(g["layer"][pos * n_layers:(pos + 1) * n_layers],
+                                               np.arange(n_layers)))
+        if not regular or k <= max_steps:
+            small = True
+        else:
+            small = False
+            starts = _bin_positions(k, max_steps)
+            ends = np.append(starts[1:], k)
+            blocks, sizes = [], []
+            for p0, p1 in zip(starts, ends):
+                m = int(p1 - p0)
+                if m <= per_bin:
+                    blocks.append((int(p0) * n_layers, 1, m * n_layers, m * n_layers))
+                    sizes.append(m)
+                else:
+                    stride = math.ceil(m / per_bin)
+                    c = math.ceil(m / stride)
+                    blocks.append((int(p0) * n_layers, c, stride * n_layers, n_layers))
+                    sizes.append(c)
+            value_cols = [c for c in present if c not in ("step", "layer")]
+            cols = {c: _read_selection(g[c], blocks) for c in value_cols}
+            missing = [c for c in TABLES["layers"] if c not in g]
+            probes = _read_table(f, "probes")
+    if small:
+        layers = read_layers(path)
+        layers["step_lo"] = layers["step"]
+        layers["step_hi"] = layers["step"]
+        if not regular and len(layers):
+            layers = plots.downsample(layers, max_steps)
+        return layers
+    n_bins = len(starts)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]) * n_layers
+    med = {}
+    for c, arr in cols.items():
+        out = np.empty((n_bins, n_layers))
+        for b in range(n_bins):
+            block = arr[offsets[b]:offsets[b + 1]].reshape(-1, n_layers)
+            out[b] = _nanmedian0(block)
+        med[c] = out.ravel()
+    reps = np.array([S[(p0 + p1 - 1) // 2] if p1 - p0 > 2 else S[p0]
+                     for p0, p1 in zip(starts, ends)])
+    default = OPTIONAL_COLUMNS.get("layers", {})
+    for c in missing:  # a column this log was written without
+        med[c] = np.full(n_bins * n_layers, default.get(c, np.nan), dtype=float)
+    df = pd.DataFrame({"step": np.repeat(reps, n_layers),
+                       "layer": np.tile(np.arange(n_layers), n_bins), **med})
+    # probe-set metrics: medians of the probe steps in each bin
+    if len(probes):
+        pos = np.searchsorted(S[:k], probes["step"].to_numpy())
+        probes = probes.assign(_bin=np.searchsorted(starts, pos, side="right") - 1)
+        pm = probes.drop(columns="step").groupby(["_bin", "layer"]).median()
+        idx = pd.MultiIndex.from_arrays([np.repeat(np.arange(n_bins), n_layers),
+                                         np.tile(np.arange(n_layers), n_bins)])
+        pm = pm.reindex(idx)
+        for c in pm.columns:
+            df[c] = pm[c].to_numpy()
+    else:
+        for c in TABLES["probes"]:
+            if c not in ("step", "layer"):
+                df[c] = np.nan
+    epoch_at = pd.Series(steps_tab["epoch"].to_numpy(), index=S)
+    df["epoch"] = epoch_at.reindex(df["step"]).to_numpy()
+    df["step_lo"] = np.repeat(S[starts], n_layers)
+    df["step_hi"] = np.repeat(S[ends - 1], n_layers)
+    return df
+
+
+def _nanmedian0(block: np.ndarray) -> np.ndarray:
+    if block.shape[0] == 1:
+        return block[0].astype(float)
+    if not np.isnan(block).any():
+        return np.median(block, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        return np.nanmedian(block, axis=0)
+
+
+def _read_probe_arrays(path, relu: bool, max_cols: int):
+    """First and last non-empty activation histograms (long form, as read_histograms) and,
+    for the ReLU family, the dead flags at no more than ``max_cols`` probe steps."""
+    with open_log(path) as f:
+        g = f["probe_units"]
+        n = min(_committed(f)["probe_units"], g["step"].shape[0])
+        steps = g["step"][:n]
+        edges = g.attrs["hist_edges"]
+        n_hidden = len([k for k in g if k.startswith("hist_")])
+        hist_frames = []
+        if n:
+            # the first row and the last row with counts (a diverged step may have none)
+            rows = [0]
+            for i in range(n - 1, 0, -1):
+                if g["hist_0"][i].sum() > 0 if n_hidden else False:
+                    rows.append(i)
+                    break
+            for l in range(n_hidden):
+                counts = g[f"hist_{l}"][sorted(set(rows))]
+                total = counts.sum(axis=1, keepdims=True).clip(min=1)
+                nb = counts.shape[1]
+                hist_frames.append(pd.DataFrame({
+                    "step": np.repeat(steps[sorted(set(rows))], nb), "layer": l,
+                    "bin_left": np.tile(edges[:-1], len(set(rows))),
+                    "bin_right": np.tile(edges[1:], len(set(rows))),
+                    "count": counts.ravel(),
+                    "density": (counts / total / np.diff(edges)).ravel()}))
+        dead, dead_steps = None, None
+        if relu and n:
+            cols = np.unique(np.linspace(0, n - 1, min(max_cols, n)).round().astype(int))
+            dead_steps = steps[cols]
+            dead = [g[f"dead_{l}"][cols].astype(bool) for l in range(n_hidden)]
+    hist = (pd.concat(hist_frames, ignore_index=True) if hist_frames else
+            pd.DataFrame(columns=["step", "layer", "bin_left", "bin_right", "count", "density"]))
+    return hist, dead_steps, dead
+
+
+@dataclass
+class RunData:
+    """What the report needs of one run (binned)."""
+
+    path: Path
+    label: str
+    config: dict
+    status: dict
+    steps: pd.DataFrame        # full step table
+    epochs: pd.DataFrame
+    layers: pd.DataFrame       # binned layer table (read_layers_binned)
+    probes: pd.DataFrame       # probe-step rows (dead_frac, ...), one per probe step and layer
+    hist: pd.DataFrame         # histograms at the first and last probe step
+    dead_steps: np.ndarray | None
+    dead: list | None
+    diagnosis: dict
+    notes: list = field(default_factory=list)
+
+    @property
+    def activation(self) -> str:
+        return str(self.config.get("activation", ""))
+
+
+def load_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN, label=None,
+             **thresholds) -> RunData:
+    """Read and diagnose one log for the report. Raises :class:`LogError` for a bad file."""
+    path = Path(path)
+    check_log_file(path)
+    try:
+        config = read_config(path)
+        status = read_status(path)
+        steps = read_steps(path)
+        epochs = read_epochs(path)
+        layers = read_layers_binned(path, max_steps=max_steps, per_bin=per_bin)
+        with open_log(path) as f:
+            probes = _read_table(f, "probes")
+            n_layer_rows = _committed(f)["layers"]
+        relu = str(config.get("activation")) in _RELU_FAMILY
+        hist, dead_steps, dead = _read_probe_arrays(path, relu, max_steps)
+    except LogError:
+        raise
+    except (OSError, KeyError, IndexError, TypeError, ValueError) as e:
+        # h5py and numpy errors of a damaged file, not a gradscope problem to show as a trace
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LogError(f"{str(path)!r} is damaged or incomplete: {msg}") from None
+    notes = []
+    diag = _diagnose(path, steps, layers, config, status, n_layer_rows, max_steps, per_bin,
+                     notes, thresholds)
+    return RunData(path=path, label=label or path.stem, config=config, status=status,
+                   steps=steps, epochs=epochs, layers=layers, probes=probes, hist=hist,
+                   dead_steps=dead_steps, dead=dead, diagnosis=diag, notes=notes)
+
+
+def _diagnose(path, steps, layers, config, status, n_rows, max_steps, per_bin, notes,
+              thresholds) -> dict:
+    try:
+        from .diagnose import diagnose
+    except ImportError:
+        notes.append("no diagnosis: gradscope.diagnose is not available")
+        return _no_diagnosis(path, config, status)
+    if n_rows <= FULL_DIAGNOSE_ROWS:
+        return diagnose(path, **thresholds)
+    fine = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps), per_bin=per_bin)
+    notes.append(f"diagnosed on {fine['step'].nunique()} time bins of medians "
+                 f"(the log has {n_rows} layer rows)")
+    frames = {"steps": steps, "layers": fine.drop(columns=["step_lo", "step_hi"]),
+              "config": config, "status": status}
+    return diagnose(path, frames=frames, **thresholds)
+
+
+def _no_diagnosis(path, config, status) -> dict:
+    d = {"run": str(path), "status": status.get("status", "unknown"),
+         "status_message": status.get("message", ""), "config_summary": _config_summary(config),
+         "verdict": "not diagnosed", "theory": None}
+    for v in _VERDICTS:
+        d[v] = False
+        d[f"{v}_evidence"] = {"layers": [], "steps": [], "value": math.nan, "threshold": None,
+                              "rule": "", "message": f"{v}: not judged", "applicable": False}
+    return d
+
+
+def _config_summary(config: dict) -> str:
+    try:
+        from .diagnose import config_summary
+        return config_summary(config)
+    except ImportError:
+        keys = ("dataset", "depth", "width", "activation", "init", "optimizer", "lr")
+        return " ".join(f"{k}={config.get(k)}" for k in keys if config.get(k) is not None)
+
+
+# -- text -----------------------------------------------------------------------------------
+def _flag(d: dict, name: str) -> str:
+    if d.get(name):
+        return "YES"
+    ev = d.get(f"{name}_evidence") or {}
+    return "n/a" if ev.get("applicable") is False else "-"
+
+
+def _run_name(d: dict) -> str:
+    run = d.get("run")
+    return Path(run).name if run else "run"
+
+
+def verdict_table(diagnoses) -> str:
+    """A short plain-text table of diagnoses, one line per run, for a terminal.
+
+    Columns: run (file name), status, vanishing, exploding, dead (units), saturated,
+    verdict. ``YES`` marks an alarm, ``-`` a check passed, ``n/a`` a check that does not
+    apply (e.g. dead units of tanh) or could not be judged.
+    """
+    head = ["run", "status", "vanishing", "exploding", "dead", "saturated", "verdict"]
+    rows = []
+    for d in diagnoses:
+        name = _run_name(d)
+        if len(name) > 48:
+            name = name[:22] + "..." + name[-23:]
+        rows.append([name, str(d.get("status", "")), _flag(d, "vanishing"),
+                     _flag(d, "exploding"), _flag(d, "dead_units"), _flag(d, "saturated"),
+                     str(d.get("verdict", ""))])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _fmt(x, pct=False) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(x):
+        return "n/a" if math.isnan(x) else str(x)
+    if pct:
+        return f"{100 * x:.1f}%"
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
+        return f"{x:.2e}"
+    return f"{x:.4g}"
+
+
+def _final_line(run: RunData) -> str:
+    ep = run.epochs
+    parts = []
+    if len(ep):
+        last = ep.iloc[-1]
+        parts.append(f"train loss {_fmt(last['train_loss'])}, accuracy "
+                     f"{_fmt(last['train_accuracy'], pct=True)}")
+        parts.append(f"validation loss {_fmt(last['val_loss'])}, accuracy "
+                     f"{_fmt(last['val_accuracy'], pct=True)}")
+        where = f"after epoch {int(last['epoch'])} (step {int(last['step'])})"
+    else:
+        where = "no epoch completed"
+    st = run.steps
+    if len(st):
+        last = st.iloc[-1]
+        parts.append(f"last logged batch loss {_fmt(last['loss'])} at step {int(last['step'])}")
+    return f"final, {where}: " + "; ".join(parts)
+
+
+def _theory_line(d: dict) -> str | None:
+    t = d.get("theory")
+    if not t:
+        return None
+    xi = _float(t.get("xi"))
+    xi_txt = "inf" if math.isinf(xi) else f"{_fmt(xi)} layers"
+    pred, meas = t.get("predicted_ratio"), t.get("measured_ratio")
+    verdict = ""
+    if t.get("explains") is True:
+        verdict = " - the prediction explains the measurement"
+    elif t.get("explains") is False and meas is not None and math.isfinite(_float(meas)):
+        verdict = " - not explained by the prediction"
+    step = t.get("measured_step")
+    return (f"theory: chi1 = {_fmt(t.get('chi1'))} ({t.get('phase', '?')}), depth scale "
+            f"xi = {xi_txt}; layer-0 / output gradient ratio at init: predicted "
+            f"{_fmt(pred)}, measured {_fmt(meas)}"
+            + (f" at step {step}" if step is not None else "") + verdict)
+
+
+def _float(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _wrap(text: str, indent: str = "", width: int = _WRAP) -> list[str]:
+    return textwrap.wrap(text, width=width, initial_indent=indent,
+                         subsequent_indent=indent + "    ", break_long_words=True) or [indent]
+
+
+def _run_block(run: RunData) -> list[tuple[str, str]]:
+    """Lines (style, text) of a run on the summary page."""
+    d = run.diagnosis
+    st = run.status
+    status = st.get("status", "unknown")
+    msg = st.get("message") or ""
+    out = [("head", f"{run.label}"),
+           ("text", f"   {d.get('config_summary', '')}  |  status: {status}"
+                    + (f" ({msg})" if msg else "")
+                    + f"  |  {len(run.steps)} logged steps")]
+    for line in _wrap(_final_line(run), "   "):
+        out.append(("text", line))
+    verdict = d.get("verdict", "")
+    out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
+                f"   verdict: {verdict}"))
+    na = []
+    for v in _VERDICTS:
+        ev = d.get(f"{v}_evidence") or {}
+        if not d.get(v) and ev.get("applicable") is False:
+            na.append(ev.get("message", v))
+            continue
+        mark = "!" if d.get(v) else "-"
+        width = _WRAP_BOLD if d.get(v) else _WRAP
+        for line in _wrap(f"{mark} {ev.get('message', v)}", "     ", width=width):
+            out.append(("alarm" if d.get(v) else "text", line))
+    if na:
+        for line in _wrap("n/a: " + "; ".join(m.split(": ")[-1] for m in na), "     "):
+            out.append(("dim", line))
+    th = _theory_line(d)
+    if th:
+        for line in _wrap(th, "   "):
+            out.append(("text", line))
+    for note in run.notes:
+        out.append(("dim", f"   note: {note}"))
+    out.append(("gap", ""))
+    return out
+
+
+# -- pages ----------------------------------------------------------------------------------
+@dataclass
+class _Page:
+    title: str
+    caption: str
+    draw: object  # callable(fig), or callable(fig, top) without layout
+    layout: bool = True
+
+
+def _new_page(title: str, caption: str, layout: bool = True) -> tuple[Figure, float]:
+    """A page with its title and caption; returns the figure and the top of the free area
+    (figure fraction). With ``layout``, constrained layout keeps the axes below it."""
+    # a Figure without pyplot: no GUI backend involved, nothing left open in a notebook
+    fig = Figure(figsize=PAGE_SIZE, layout="constrained" if layout else None)
+    fig.text(0.02, 0.968, title, fontsize=16, fontweight="bold", va="top")
+    top = 0.92
+    if caption:
+        lines = _wrap(caption, width=_CAPTION_WRAP)
+        fig.text(0.02, top, "\n".join(lines), fontsize=9.5, va="top", color="0.25",
+                 linespacing=1.3)
+        top -= len(lines) * 9.5 * 1.3 / 72 / PAGE_SIZE[1] + 0.012
+    if layout:
+        fig.get_layout_engine().set(rect=(0.01, 0.04, 0.98, top - 0.04))
+    return fig, top
+
+
+def _footer(fig, source: str, i: int, n: int) -> None:
+    fig.text(0.02, 0.015, f"gradscope report - {source}", fontsize=8, color="0.4")
+    fig.text(0.98, 0.015, f"page {i} of {n}", fontsize=8, color="0.4", ha="right")
+
+
+def _chunks(seq, n):
+    return [seq[i:i + n] for i in range(0, len(seq), n)]
+
+
+def _grid(n: int) -> tuple[int, int]:
+    return {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}.get(n, (2, 3))
+
+
+def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
+    table = verdict_table(diagnoses).splitlines()
+    head, rows = table[:2], table[2:]
+    per = SUMMARY_LINES - 4
+    blocks: list[list[tuple[str, str]]] = [
+        [("mono", t) for t in head + rows[i:i + per]] + [("gap", "")]
+        for i in range(0, max(len(rows), 1), per)]
+    for r in runs:
+        b = _run_block(r)
+        # a block longer than a page (very long messages) continues on the next page
+        blocks += [b[i:i + SUMMARY_LINES] for i in range(0, len(b), SUMMARY_LINES)]
+
+    def height(b):
+        return sum(0.6 if style == "gap" else 1.0 for style, _ in b)
+
+    pages, cur, n_runs_cur = [], [], 0
+    for block in blocks:
+        is_run = block[0][0] == "head"
+        if cur and (sum(height(b) for b in cur) + height(block) > SUMMARY_LINES
+                    or (is_run and n_runs_cur >= RUNS_PER_SUMMARY_PAGE)):
+            pages.append(cur)
+            cur, n_runs_cur = [], 0
+        cur.append(block)
+        n_runs_cur += is_run
+    if cur:
+        pages.append(cur)
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = []
+    for i, page_blocks in enumerate(pages):
+        flat = [x for b in page_blocks for x in b]
+
+        def draw(fig, top, flat=flat):
+            ax = fig.add_axes((0, 0, 1, 1))
+            ax.set_axis_off()
+            y, h = top, _LINE
+            styles = {
+                "head": {"fontweight": "bold", "fontsize": 10},
+                "text": {"fontsize": 8.8},
+                "alarm": {"fontsize": 8.8, "color": "#a50f15", "fontweight": "bold"},
+                "ok": {"fontsize": 8.8, "color": "#005a32", "fontweight": "bold"},
+                "dim": {"fontsize": 8.5, "color": "0.4"},
+                "mono": {"fontsize": 8.5, "family": "monospace"},
+            }
+            for style, text in flat:
+                if y < 0.03:
+                    break
+                if style != "gap":
+                    ax.text(0.025, y, text, va="top", **styles[style])
+                y -= h * (0.6 if style == "gap" else 1.0)
+
+        n_runs = len(runs)
+        title = "Summary" + (f" ({i + 1} of {len(pages)})" if len(pages) > 1 else "")
+        caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
+                   "YES = alarm, - = check passed, n/a = not applicable or not judged. "
+                   "Gradient ratios compare ||delta|| = ||dL/dz|| of layer 0 (input side) "
+                   "with the output layer's.")
+        out.append(_Page(title, caption if i == 0 else "", draw, layout=False))
+    return out
+
+
+def _flow_pages(runs):
+    out = []
+    for group in _chunks(runs, RUNS_PER_PAGE):
+        def draw(fig, group=group):
+            axes = fig.subplots(len(group), 2, squeeze=False)
+            for row, run in zip(axes, group):
+                for ax, value in zip(row, ("grad_norm", "delta_norm")):
+                    plots.gradient_heatmap(data=run.layers, value=value, ax=ax,
+                                           max_steps=MAX_STEPS)
+                    what = ("weight gradient ||dL/dW_l||" if value == "grad_norm"
+                            else "back-propagated gradient ||delta_l||")
+                    ax.set_title(f"{run.label}: {what}", fontsize=10, loc="left")
+        out.append(_Page(
+            "Gradient flow",
+            "log10 of the gradient norm of each layer (rows, input side at the bottom) over "
+            "training (columns: time bins, medians). Left: ||dL/dW_l||; right: ||delta_l|| = "
+            "||dL/dz_l||. Colours changing from the bottom to the top rows mean the gradient "
+            "shrinks (vanishing) or grows (exploding) on its way back to the input. Each panel "
+            "has its own colour scale; white cells hold no finite value.", draw))
+    return out
+
+
+def _profile_pages(runs):
+    out = []
+    for group in _chunks(runs, PANELS_PER_PAGE):
+        def draw(fig, group=group):
+            r, c = _grid(len(group))
+            axes = fig.subplots(r, c, squeeze=False).ravel()
+            for ax, run in zip(axes, group):
+                pred = _predicted_profile(run)
+                plots.gradient_profile(data=run.layers, ax=ax, predicted=pred,
+                                       legend_loc="in")
+                ax.set_title(run.label, fontsize=10, loc="left")
+            for ax in axes[len(group):]:
+                ax.set_axis_off()
+        out.append(_Page(
+            "Gradient profile across depth",
+            "||delta_l|| = ||dL/dz_l|| of each layer (log scale) at the start, a quarter, half "
+            "way and the end of training. A straight sloped line is a geometric change per "
+            "layer. Dashed: the mean-field prediction at initialisation, scaled to the "
+            "measured output layer at the first logged step.", draw))
+    return out
+
+
+def _predicted_profile(run: RunData):
+    t = run.diagnosis.get("theory") or {}
+    prof = t.get("predicted_profile")
+    if not prof:
+        return None
+    lay = run.layers
+    if lay.empty:
+        return None
+    first = lay[lay["step"] == lay["step"].min()]
+    out_layer = first[first["layer"] == first["layer"].max()]["delta_norm"]
+    if not len(out_layer):
+        return None
+    scale = float(out_layer.iloc[0])
+    if not (math.isfinite(scale) and scale > 0):
+        return None
+    return pd.Series(np.asarray(prof, float) * scale, index=np.arange(len(prof)))
+
+
+def _dead_pages(runs, thresholds):
+    relu = [r for r in runs if r.activation in _RELU_FAMILY]
+    if not relu:
+        return []
+    others = [r for r in runs if r.activation not in _RELU_FAMILY]
+    note = ""
+    if others:
+        names = ", ".join(f"{r.label} ({r.activation})" for r in others[:6])
+        more = f" and {len(others) - 6} more" if len(others) > 6 else ""
+        note = f" Not applicable to {names}{more}: their units cannot die."
+    out = []
+    for group in _chunks(relu, RUNS_PER_PAGE):
+        def draw(fig, group=group):
+            axes = fig.subplots(len(group), 2, squeeze=False,
+                                gridspec_kw={"width_ratios": [1, 1.15]})
+            for (a1, a2), run in zip(axes, group):
+                plots.dead_units(data=run.probes, ax=a1,
+                                 threshold=thresholds.get("dead_units"))
+                a1.set_title(f"{run.label}: dead units per layer", fontsize=10, loc="left")
+                if run.dead is not None and len(run.dead_steps):
+                    plots.dead_unit_map(steps=run.dead_steps, dead=run.dead, ax=a2)
+                    a2.set_title(f"{run.label}: which units were dead when", fontsize=10,
+                                 loc="left")
+                else:
+                    a2.set_axis_off()
+        out.append(_Page(
+            "Dead ReLU units",
+            "A unit is dead when its pre-activation is <= 0 on every probe example: it passes "
+            "no gradient and stops learning. Left: share of dead units per hidden layer at "
+            "the probe steps. Right: each layer's units (sorted by when they died) against "
+            "probe step, black = dead." + note, draw))
+    return out
+
+
+def _activation_pages(runs):
+    out = []
+    for group in _chunks(runs, RUNS_PER_PAGE):
+        def draw(fig, group=group):
+            axes = fig.subplots(len(group), 2, squeeze=False)
+            for i, run in enumerate(group):
+                a1, a2 = axes[i]
+                if len(run.hist) and run.hist["count"].sum() > 0:
+                    plots.activation_distributions(hist=run.hist, ax=[a1, a2])
+                    for a in (a1, a2):
+                        t = a.get_title()
+                        a.set_title("")
+                        a.set_title(f"{run.label}: {t}", fontsize=10, loc="left")
+                else:
+                    gs = a1.get_subplotspec().get_gridspec()
+                    a1.remove()
+                    a2.remove()
+                    ax = fig.add_subplot(gs[i, :])
+                    plots.activation_summary(data=run.layers, ax=ax)
+                    ax.set_title(f"{run.label}: activation mean and std on the training "
+                                 "batch (no histogram recorded)", fontsize=10, loc="left")
+        out.append(_Page(
+            "Activation saturation",
+            "Distribution of each hidden layer's activations on the probe set at the first "
+            "and the last probe step (density against activation value, one line per layer). "
+            "Mass piling up at the ends of a bounded activation (0 and 1 for sigmoid, -1 and 1 "
+            "for tanh) means saturated units whose derivative is near zero; for ReLU, mass at "
+            "0 means units that are off.", draw))
+    return out
+
+
+def _update_pages(runs):
+    out = []
+    for group in _chunks(runs, PANELS_PER_PAGE):
+        def draw(fig, group=group):
+            # time series: wide panels, one run per row (two columns beyond 3 runs)
+            r, c = (len(group), 1) if len(group) <= 3 else (3, 2)
+            axes = fig.subplots(r, c, squeeze=False).ravel()
+            for ax, run in zip(axes, group):
+                plots.update_ratio(data=run.layers, ax=ax, max_steps=MAX_STEPS)
+                ax.set_title(run.label, fontsize=10, loc="left")
+            for ax in axes[len(group):]:
+                ax.set_axis_off()
+        out.append(_Page(
+            "Update / weight ratio",
+            "||dW_l|| / ||W_l||: how much each update changes a layer's weights, per layer "
+            "over training (log scale, bin medians). Around 1e-3 (dashed) is the usual rule "
+            "of thumb; far below, the layer barely learns; far above, the learning rate is "
+            "likely too large.", draw))
+    return out
+
+
+def _learning_page(runs):
+    steps = pd.concat([r.steps.assign(run=r.label) for r in runs], ignore_index=True)
+    epochs = pd.concat([r.epochs.assign(run=r.label) for r in runs if len(r.epochs)],
+                       ignore_index=True) if any(len(r.epochs) for r in runs) else None
+
+    def draw(fig):
+        axes = fig.subplots(1, 2)
+        plots.learning_curves(steps=steps, epochs=epochs, ax=list(axes), max_steps=MAX_STEPS)
+        axes[0].set_title("loss", fontsize=10, loc="left")
+        axes[1].set_title("accuracy", fontsize=10, loc="left")
+
+    return [_Page(
+        "Loss and accuracy",
+        "Training: the batch loss and accuracy, running median over 2% of the run (solid). "
+        "Validation: once per epoch on the held-out split (dashed, markers). The loss axis is "
+        "logarithmic when the loss spans more than 1.5 decades.", draw)]
+
+
+def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
+    """One row per run and measurement for :func:`gradscope.plots.run_comparison`.
+
+    Columns: ``run`` (label), ``label`` (activation / init / optimizer ...), ``activation``,
+    ``init``, ``optimizer``, ``when`` (``"first logged step"`` or ``"median, first half"``)
+    and ``ratio`` (delta_norm[layer 0] / delta_norm[output layer]).
+    """
+    rows = []
+    for item in runs_or_diagnoses:
+        d = item.diagnosis if isinstance(item, RunData) else item
+        cfg = item.config if isinstance(item, RunData) else {}
+        name = item.label if isinstance(item, RunData) else _run_name(d)
+        ev = d.get("vanishing_evidence") or {}
+        act = cfg.get("activation") or (d.get("theory") or {}).get("activation", "?")
+        init = cfg.get("init") or (d.get("theory") or {}).get("init", "?")
+        opt = cfg.get("optimizer", "?")
+        lr = cfg.get("lr") or (cfg.get("optimizer_hyper") or {}).get("lr")
+        label = f"{act} / {init} / {opt}" + (f" lr={lr:g}" if lr else "")
+        if cfg.get("depth"):
+            label += f" / depth {cfg['depth']}"
+        for when, key in (("first logged step", "ratio_first"),
+                          ("median, first half", "ratio_median_early")):
+            rows.append({"run": name, "label": label, "activation": act, "init": init,
+                         "optimizer": opt, "when": when, "ratio": _float(ev.get(key))})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    dup = df.drop_duplicates("run")["label"].duplicated(keep=False)
+    dups = set(df.drop_duplicates("run")["label"][dup])
+    df["label"] = [f"{lab} ({run})" if lab in dups else lab
+                   for lab, run in zip(df["label"], df["run"])]
+    order = (df.drop_duplicates("run").sort_values(["activation", "init", "optimizer", "label"])
+             ["label"].tolist())
+    df["label"] = pd.Categorical(df["label"], categories=order, ordered=True)
+    return df.sort_values(["label", "when"]).reset_index(drop=True)
+
+
+def _comparison_page(runs, thresholds):
+    summary = comparison_summary(runs)
+    thr = (thresholds.get("vanishing", 1e-3), thresholds.get("exploding", 1e3))
+
+    def draw(fig):
+        ax = fig.subplots(1, 1)
+        plots.run_comparison(summary=summary, x="ratio", y="label", hue="activation",
+                             style="when", ax=ax, guides=thr)
+        ax.set_xlabel("||delta_0|| / ||delta_output|| (log scale): back-propagated gradient at "
+                      "the input side over the output layer's")
+
+    return [_Page(
+        "Gradient ratio across depth, run by run",
+        "One row per run, grouped by activation / init / optimizer. 1 (grey line) means the "
+        "gradient reaches the input side undiminished; left of the dashed vanishing threshold "
+        "it has all but vanished, right of the exploding threshold it has exploded. Circle: "
+        "at the first logged step; other marker: median over the first half of training.",
+        draw)]
+
+
+# -- the report -----------------------------------------------------------------------------
+def _labels(paths: list[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = None,
+                **thresholds) -> dict:
+    """Write a multi-page PDF report of the logs ``paths`` to ``out``.
+
+    ``paths``: log files (see :func:`collect_logs` for directories); ``thresholds``: the
+    diagnosis thresholds (``vanishing``, ``exploding``, ``dead_units``, ``saturated``),
+    passed to :func:`gradscope.diagnose.diagnose`. The PDF is written to a temporary file
+    beside ``out`` and renamed at the end, so a failed report leaves no partial file.
+
+    Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
+    "diagnoses": [diagnose() dicts]}``. Raises :class:`LogError` (one line) for a missing,
+    non-HDF5, non-gradscope or truncated file, ``ValueError`` for a bad threshold.
+    """
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if not paths:
+        raise LogError("no log given")
+    try:
+        from .diagnose import resolve_thresholds
+        thr = resolve_thresholds(**thresholds)
+    except ImportError:
+        thr = dict(thresholds)
+    out = Path(out)
+    labels = _labels(paths)
+    runs = [load_run(p, max_steps=max_steps, label=lab, **thresholds)
+            for p, lab in zip(paths, labels)]
+    diagnoses = [r.diagnosis for r in runs]
+
+    pages: list[_Page] = []
+    pages += _summary_pages(runs, diagnoses)
+    pages += _flow_pages(runs)
+    pages += _profile_pages(runs)
+    pages += _dead_pages(runs, thr)
+    pages += _activation_pages(runs)
+    pages += _update_pages(runs)
+    pages += _learning_page(runs)
+    if len(runs) > 1:
+        pages += _comparison_page(runs, thr)
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    source = ", ".join(labels) if len(labels) <= 3 else f"{len(labels)} runs"
+    if len(source) > 120:
+        source = source[:117] + "..."
+    meta = {
+        "Title": title or f"gradscope report: {source}",
+        "Subject": "; ".join(f"{lab}: {d.get('verdict', '')}" for lab, d in
+                             zip(labels, diagnoses))[:2000],
+        "Keywords": "gradscope, gradient diagnostics",
+        "Creator": "gradscope",
+    }
+    titles = []
+    try:
+        style = sns.axes_style("whitegrid", {"axes.edgecolor": "0.3"})
+        with plt.rc_context({**style, **_RC}), PdfPages(tmp, metadata=meta) as pdf:
+            for i, page in enumerate(pages, 1):
+                fig, top = _new_page(page.title, page.caption, layout=page.layout)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=".*constrained_layout.*")
+                        warnings.filterwarnings("ignore", category=UserWarning,
+                                                message=".*(Data has no positive values|"
+                                                "converting a masked element|No artists).*")
+                        page.draw(fig) if page.layout else page.draw(fig, top)
+                        _footer(fig, source, i, len(pages))
+                        pdf.savefig(fig)
+                finally:
+                    fig.clear()
+                titles.append(page.title)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"out": out, "pages": len(pages), "titles": titles, "runs": labels,
+            "diagnoses": diagnoses, "seconds": time.perf_counter() - t0}

@@ -238,6 +238,61 @@ def _num(x) -> str:
     return f"{x:.3g}"
 
 
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="RUN.h5|DIR ...")
+@_opt("--out", type=click.Path(dir_okay=False), default=None,
+      help="PDF to write [default: reports/<run or folder name>.pdf].")
+@_opt("--vanishing", type=float, default=None, help="Vanishing threshold: first/output-layer gradient ratio below it [1e-3].")
+@_opt("--exploding", type=float, default=None, help="Exploding threshold: ratio above it [1e3].")
+@_opt("--dead-units", type=float, default=None, help="Share of dead units in a layer [0.5].")
+@_opt("--saturated", type=float, default=None, help="Share of saturated activations in a layer [0.5].")
+@_opt("--max-steps", type=int, default=400, show_default=True, help="Time bins per figure (long runs are downsampled).")
+def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
+    """Write a multi-page PDF report on one or more logs (or folders of logs) and print
+    the verdicts."""
+    from .log import LogError
+    from .report import collect_logs, make_report, verdict_table
+
+    thresholds = {k: v for k, v in (("vanishing", vanishing), ("exploding", exploding),
+                                    ("dead_units", dead_units), ("saturated", saturated))
+                  if v is not None}
+    if max_steps < 10:
+        fail(f"--max-steps {max_steps}; accepted: a whole number >= 10")
+    try:
+        paths = collect_logs(inputs)
+    except LogError as e:
+        fail(str(e))
+    if out is None:
+        first = Path(inputs[0])
+        stem = first.name if first.is_dir() else first.stem
+        if len(inputs) > 1:
+            stem += f"-and-{len(inputs) - 1}-more"
+        out = Path("reports") / f"{stem}.pdf"
+    out = Path(out)
+    if out.suffix.lower() != ".pdf":
+        fail(f"--out {str(out)!r}; accepted: a file name ending in .pdf")
+    if out.exists() and out.is_dir():
+        fail(f"--out {str(out)!r} is a directory; give a file name ending in .pdf")
+    created = not out.parent.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create folder {str(out.parent)!r}: {e.strerror}")
+    try:
+        result = make_report(paths, out, max_steps=max_steps, **thresholds)
+    except (LogError, ValueError, OSError) as e:
+        if created:
+            try:
+                out.parent.rmdir()
+            except OSError:
+                pass
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        fail(msg)
+    click.echo(verdict_table(result["diagnoses"]))
+    click.echo(f"report: {result['out']} ({result['pages']} pages)")
+    return 0
+
+
 def _register_subcommands() -> None:
     from .plot_cli import plot
     from .sweep_cli import sweep

@@ -262,7 +262,8 @@ def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
     the measured ratio at the first logged step.
 
     Returns None when :mod:`gradscope.theory` is not importable (or lacks the functions) or
-    cannot describe the run (unknown activation or init). Otherwise a dict: ``activation``,
+    cannot describe the run (unknown activation or init; skip connections, normalisation or
+    dropout, which the plain-MLP recursion does not cover). Otherwise a dict: ``activation``,
     ``init``, ``weight_var`` (hidden ``s_w^2``), ``out_weight_var`` (the output matrix's,
     or None), ``q_star``, ``chi1``, ``xi``, ``phase``, ``depth``, ``predicted_ratio``,
     ``chi1_ratio`` (``chi1^(depth/2)``: every step back at ``chi1``), ``measured_ratio``,
@@ -274,6 +275,8 @@ def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
     for ``l = depth .. 1``, each multiplying the norm by ``sqrt(chi1)``; the first step back
     uses the output matrix's own ``s_w^2`` (``predicted_delta_profile``).
     """
+    if config.get("residual_layers") or config.get("norm") or (config.get("dropout") or 0) > 0:
+        return None  # the mean-field recursion describes the plain MLP only
     try:
         from . import theory
         mean_field = theory.mean_field

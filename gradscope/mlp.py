@@ -27,6 +27,7 @@ never modified in place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -77,7 +78,7 @@ def skip_layers(sizes_or_params, residual: bool = True) -> list[bool]:
         fans = [(W.shape[0], W.shape[1]) for W in sizes_or_params[0::2]]
     else:
         s = [int(v) for v in sizes_or_params]
-        fans = list(zip(s[:-1], s[1:]))
+        fans = list(pairwise(s))
     return [bool(residual) and a == b for a, b in fans[:-1]]
 
 
@@ -161,7 +162,7 @@ def init_params(
     """Weights from the named initialisation (``INITIALIZERS``), biases zero."""
     make = INITIALIZERS[init]
     params: Params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in pairwise(sizes):
         params.append(np.asarray(make(fan_in, fan_out, rng, gain), dtype=dtype))
         params.append(np.zeros(fan_out, dtype=dtype))
     return params

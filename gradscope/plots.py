@@ -22,6 +22,7 @@ so a figure of a million logged steps costs no more to draw than one of a few hu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -64,6 +65,8 @@ MOMENTS = {"start": 0.0, "quarter": 0.25, "half": 0.5, "three_quarters": 0.75, "
 LAYER_LABEL = "layer (0 = input side)"
 STEP_LABEL = "step"
 UPDATE_GUIDE = 1e-3
+#: Most layers overlaid in one activation-distribution panel (an even spread beyond).
+HIST_LAYERS = 10
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -545,11 +548,13 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
     else:
         edges = np.array([s[0] - 0.5, s[0] + 0.5])
     cmap = ListedColormap(["0.88", "0.08"])
-    ax.pcolormesh(edges, np.arange(img.shape[0] + 1), np.ma.masked_invalid(img), cmap=cmap,
-                  vmin=0, vmax=1, shading="flat", rasterized=True)
+    # pcolorfast: an image on the (possibly uneven) probe-step grid, fast for many units
+    ax.pcolorfast(edges, np.arange(img.shape[0] + 1), np.ma.masked_invalid(img), cmap=cmap,
+                  vmin=0, vmax=1)
     ax.set_facecolor("white")
-    ax.set_yticks(centers)
-    ax.set_yticklabels([str(l) for l in layers])
+    every = max(1, math.ceil(len(layers) / 12))  # at most ~12 labels
+    ax.set_yticks(centers[::every])
+    ax.set_yticklabels([str(l) for l in layers[::every]])
     ax.set_ylabel("units of each hidden layer (0 = input side)"
                   + ("\nsorted by when they died" if sort else ""))
     ax.set_xlim(edges[0], edges[-1])
@@ -639,13 +644,17 @@ def _hist_moment(i: int, n: int, step) -> str:
     return f"{name} (step {_human(step)})" if name else f"step {_human(step)}"
 
 
-def _draw_hist(ax, data, styles, steps=None, legend_loc="out"):
+def _draw_hist(ax, data, styles, steps=None, legend_loc="out", most: int = HIST_LAYERS):
     ax.set_xlabel("activation value")
     ax.set_ylabel("density")
     if data.empty:
         _note(ax, "no activation histogram")
         return
     layers = sorted(data["layer"].unique())
+    n_all = len(layers)
+    if n_all > most:  # overlaid densities of many layers are unreadable: a spread of them
+        layers = [layers[i] for i in np.unique(np.linspace(0, n_all - 1, most).round()
+                                               .astype(int))]
     pal = _layer_palette(len(layers))
     steps = sorted(data["step"].unique()) if steps is None else list(steps)
     for si, st in enumerate(steps):
@@ -659,7 +668,8 @@ def _draw_hist(ax, data, styles, steps=None, legend_loc="out"):
     ax.set_ylim(bottom=0)
     if legend_loc is None:
         return
-    _layer_legend(ax, layers, pal, mark_out=False, title="layer", legend_loc=legend_loc)
+    _layer_legend(ax, layers, pal, mark_out=False, legend_loc=legend_loc,
+                  title="layer" if n_all == len(layers) else f"layer\n({len(layers)} of {n_all})")
     if len(steps) > 1:
         extra = [Line2D([], [], color="0.3", ls=styles[i] if i < len(styles) else "-",
                         label=f"step {_human(s)}") for i, s in enumerate(steps)]

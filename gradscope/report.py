@@ -74,12 +74,13 @@ __all__ = [
 PAGE_SIZE = (11.69, 8.27)
 #: Time bins of the figures.
 MAX_STEPS = 400
-#: Logged steps read per time bin at most (evenly spaced within the bin).
-PER_BIN = 64
+#: Logged steps read per time bin at most (a window at the bin's centre).
+PER_BIN = 32
 #: Layer-table rows up to which a run is diagnosed on its full tables; longer logs are
 #: diagnosed on finer bins (DIAGNOSE_STEPS) of medians.
 FULL_DIAGNOSE_ROWS = 2_000_000
-DIAGNOSE_STEPS = 2000
+DIAGNOSE_STEPS = 1000
+DIAGNOSE_PER_BIN = 16
 #: Panels per page (one per run), and runs per page for two-panel figures.
 PANELS_PER_PAGE = 6
 RUNS_PER_PAGE = 3
@@ -177,17 +178,10 @@ def check_log_file(path, wait: float = 0.3) -> None:
 
 
 # -- reading, binned ------------------------------------------------------------------------
-def _bin_positions(k: int, max_steps: int) -> np.ndarray:
-    """Start positions of the time bins over ``k`` logged steps (as :func:`plots.downsample`)."""
-    if k <= max_steps:
-        return np.arange(k)
-    mid = np.array_split(np.arange(1, k - 1), max_steps - 2)
-    return np.array([0, *(m[0] for m in mid), k - 1])
-
-
 def _read_selection(ds, blocks: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """Read the union of hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in
-    file order, with one HDF5 read."""
+    """Read hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in file order,
+    with one HDF5 read. (A union of many hyperslabs is slow to build in HDF5: use one
+    regular hyperslab where possible.)"""
     import h5py
 
     total = sum(c * b for _, c, _, b in blocks)
@@ -205,15 +199,21 @@ def _read_selection(ds, blocks: list[tuple[int, int, int, int]]) -> np.ndarray:
 
 
 def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
-    """The layer table of a log, binned in time like :func:`gradscope.plots.downsample`.
+    """The layer table of a log, binned in time (at most ``max_steps`` bins).
 
-    Same columns as :func:`~gradscope.log.read_layers` plus ``step_lo`` and ``step_hi``:
-    one row per time bin and layer, at most ``max_steps`` bins. The first and the last
-    logged step keep bins of their own; each other bin holds the medians (NaN ignored) of
-    at most ``per_bin`` of its logged steps, evenly spaced, read with one HDF5 selection per
-    column, so that neither the time nor the memory grows with the length of the log. The
-    probe-set columns are the medians of the probe steps that fall in the bin (NaN where
-    none does). A log with at most ``max_steps`` logged steps is returned whole (exact).
+    Same columns as :func:`~gradscope.log.read_layers` plus ``step_lo`` and ``step_hi``
+    (the bin's first and last logged step); ``step`` is the bin's middle logged step. The
+    first and the last logged step keep bins of their own; the others are cut into bins of
+    ``q = ceil((k - 2) / (max_steps - 2))`` consecutive logged steps (the last bin
+    shorter). A bin's values are the medians (NaN ignored) over a window of
+    ``min(per_bin, q)`` consecutive logged steps at its centre: the whole bin (exact
+    medians) while ``q <= per_bin``, a sample beyond. The windows are read with one regular
+    HDF5 hyperslab per column, so the I/O, time and memory stay near ``max_steps *
+    per_bin * layers`` values a column, whatever the length of the log. The probe-set
+    columns are the medians of all the probe steps in the bin (NaN where there is none).
+
+    A log with at most ``max_steps`` logged steps is returned whole, as ``read_layers``
+    gives it.
     """
     if max_steps < 2:
         raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 2")
@@ -239,21 +239,39 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
             small = True
         else:
             small = False
-            starts = _bin_positions(k, max_steps)
+            # bins (positions in the logged steps): [0], then bins of q logged steps (the
+            # last one shorter), then [k - 1]
+            mid = k - 2
+            q = math.ceil(mid / (max_steps - 2))
+            starts = np.concatenate([[0], np.arange(1, k - 1, q), [k - 1]])
             ends = np.append(starts[1:], k)
-            blocks, sizes = [], []
-            for p0, p1 in zip(starts, ends):
-                m = int(p1 - p0)
-                if m <= per_bin:
-                    blocks.append((int(p0) * n_layers, 1, m * n_layers, m * n_layers))
-                    sizes.append(m)
-                else:
-                    stride = math.ceil(m / per_bin)
-                    c = math.ceil(m / stride)
-                    blocks.append((int(p0) * n_layers, c, stride * n_layers, n_layers))
-                    sizes.append(c)
+            # read from each middle bin a window of w consecutive logged steps at its
+            # centre: one regular hyperslab (start, count, stride, block) per column for
+            # the full bins, one slice for the last (shorter) one; the I/O is
+            # max_steps * w * layers values a column, whatever the length of the log
+            w = min(per_bin, q)
+            n_full = mid // q
+            off = (q - w) // 2
+            last_lo, last_hi = 1 + n_full * q, k - 1  # the shorter bin, maybe empty
+            last_w = min(w, last_hi - last_lo)
+            last_off = last_lo + (last_hi - last_lo - last_w) // 2
+            bounds = np.concatenate([[0, 1], 1 + w * np.arange(1, n_full + 1)])
+            if last_w > 0:
+                bounds = np.append(bounds, bounds[-1] + last_w)
+            bounds = np.append(bounds, bounds[-1] + 1)
             value_cols = [c for c in present if c not in ("step", "layer")]
-            cols = {c: _read_selection(g[c], blocks) for c in value_cols}
+            med = {}
+            for c in value_cols:  # one column in memory at a time
+                ds = g[c]
+                parts = [ds[0:n_layers]]
+                if n_full:
+                    parts.append(_read_selection(ds, [((1 + off) * n_layers, n_full,
+                                                       q * n_layers, w * n_layers)]))
+                if last_w > 0:
+                    parts.append(ds[last_off * n_layers:(last_off + last_w) * n_layers])
+                parts.append(ds[(k - 1) * n_layers:k * n_layers])
+                arr = np.concatenate(parts).reshape(-1, n_layers)
+                med[c] = _binned_median(arr, bounds).ravel()
             missing = [c for c in TABLES["layers"] if c not in g]
             probes = _read_table(f, "probes")
     if small:
@@ -264,16 +282,7 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
             layers = plots.downsample(layers, max_steps)
         return layers
     n_bins = len(starts)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]) * n_layers
-    med = {}
-    for c, arr in cols.items():
-        out = np.empty((n_bins, n_layers))
-        for b in range(n_bins):
-            block = arr[offsets[b]:offsets[b + 1]].reshape(-1, n_layers)
-            out[b] = _nanmedian0(block)
-        med[c] = out.ravel()
-    reps = np.array([S[(p0 + p1 - 1) // 2] if p1 - p0 > 2 else S[p0]
-                     for p0, p1 in zip(starts, ends)])
+    reps = S[starts + (ends - starts) // 2]
     default = OPTIONAL_COLUMNS.get("layers", {})
     for c in missing:  # a column this log was written without
         med[c] = np.full(n_bins * n_layers, default.get(c, np.nan), dtype=float)
@@ -300,14 +309,26 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
     return df
 
 
-def _nanmedian0(block: np.ndarray) -> np.ndarray:
-    if block.shape[0] == 1:
-        return block[0].astype(float)
-    if not np.isnan(block).any():
-        return np.median(block, axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-        return np.nanmedian(block, axis=0)
+def _binned_median(arr: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Medians (NaN ignored) of the row groups ``arr[bounds[b]:bounds[b + 1]]``, vectorised.
+
+    ``arr`` is ``(rows, layers)``; returns ``(len(bounds) - 1, layers)``, NaN for an empty
+    or all-NaN group.
+    """
+    sizes = np.diff(bounds)
+    n_bins, width = len(sizes), arr.shape[1]
+    most = int(sizes.max()) if n_bins else 0
+    pad = np.full((n_bins, max(most, 1), width), np.nan)
+    rows = np.repeat(np.arange(n_bins), sizes)
+    cols = np.arange(len(rows)) - np.repeat(bounds[:-1], sizes)
+    pad[rows, cols] = arr[bounds[0]:bounds[-1]]
+    pad.sort(axis=1)  # NaN last
+    n = (~np.isnan(pad)).sum(axis=1)  # (bins, layers)
+    lo = np.clip((n - 1) // 2, 0, None)[:, None, :]
+    hi = np.clip(n // 2, 0, most - 1 if most else 0)[:, None, :]
+    med = (np.take_along_axis(pad, lo, 1) + np.take_along_axis(pad, hi, 1))[:, 0, :] / 2
+    med[n == 0] = np.nan
+    return med
 
 
 def _read_probe_arrays(path, relu: bool, max_cols: int):
@@ -409,7 +430,8 @@ def _diagnose(path, steps, layers, config, status, n_rows, max_steps, per_bin, n
         return _no_diagnosis(path, config, status)
     if n_rows <= FULL_DIAGNOSE_ROWS:
         return diagnose(path, **thresholds)
-    fine = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps), per_bin=per_bin)
+    fine = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps),
+                              per_bin=DIAGNOSE_PER_BIN)
     notes.append(f"diagnosed on {fine['step'].nunique()} time bins of medians "
                  f"(the log has {n_rows} layer rows)")
     frames = {"steps": steps, "layers": fine.drop(columns=["step_lo", "step_hi"]),

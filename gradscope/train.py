@@ -11,9 +11,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -23,8 +23,17 @@ from .activations import get_activation
 from .initializers import INITIALIZERS
 from .log import LogWriter
 from .losses import accuracy, mean_squared_error, softmax_cross_entropy
-from .mlp import NORMS, Arch, backward, forward, init_norm, init_params, layer_sizes, predict
-from .mlp import skip_layers
+from .mlp import (
+    NORMS,
+    Arch,
+    backward,
+    forward,
+    init_norm,
+    init_params,
+    layer_sizes,
+    predict,
+    skip_layers,
+)
 from .optimizers import OPTIMIZERS, apply_updates, make_optimizer
 from .probes import histogram_edges, norm, probe_metrics, step_metrics
 
@@ -361,7 +370,8 @@ def train(
                 if not diverged:
                     if clipping:
                         grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
-                    updates, state = opt.update(grads, state, params + norm_params)
+                    updates, state = opt.update(grads, state,
+                                                params + norm_params if norm_params else params)
                 if diverged or step % log_every == 0 or step == total - 1:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,

@@ -35,9 +35,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 __all__ = [
-    "LABELS", "MOMENTS", "activation_distributions", "activation_summary", "dead_unit_map",
-    "dead_units", "downsample", "gradient_heatmap", "gradient_profile", "learning_curves",
-    "moment_steps", "run_comparison", "step_formatter", "update_ratio",
+    "CBAR_LABELS", "LABELS", "MOMENTS", "activation_distributions", "activation_summary",
+    "dead_unit_map", "dead_units", "downsample", "gradient_heatmap", "gradient_profile",
+    "heatmap_matrix", "learning_curves", "moment_steps", "run_comparison", "step_formatter",
+    "update_ratio",
 ]
 
 #: Axis labels of the layer metrics, with their scale.
@@ -87,8 +88,8 @@ def downsample(df: pd.DataFrame, max_steps: int = 400, *, step: str = "step",
     A table with no more than ``max_steps`` logged steps (per run) comes back unchanged but
     for the ``step_lo`` / ``step_hi`` columns. Cost: one group-by over the rows.
     """
-    if max_steps < 2:
-        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 2")
+    if max_steps < 3:
+        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
     if by is None:
         by = [c for c in ("run", "layer") if c in df.columns]
     by = list(by)
@@ -197,7 +198,7 @@ def step_formatter() -> FuncFormatter:
 
 def _step_axis(ax: Axes) -> None:
     """Whole-number step ticks with short labels (20k, 1.5M)."""
-    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=3))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=1))
     ax.xaxis.set_major_formatter(step_formatter())
 
 

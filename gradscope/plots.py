@@ -36,9 +36,10 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 __all__ = [
     "CBAR_LABELS", "LABELS", "MOMENTS", "activation_distributions", "activation_summary",
-    "dead_unit_map", "dead_units", "downsample", "gradient_heatmap", "gradient_profile",
-    "heatmap_matrix", "learning_curves", "moment_steps", "run_comparison", "step_formatter",
-    "update_ratio",
+    "SWEEP_LABELS", "dead_unit_map", "dead_units", "depth_dead_units", "downsample",
+    "gradient_heatmap", "gradient_profile", "grid_heatmap", "heatmap_matrix",
+    "learning_curves", "moment_steps", "phase_diagram", "profile_comparison",
+    "run_comparison", "step_formatter", "update_ratio",
 ]
 
 #: Axis labels of the layer metrics, with their scale.
@@ -976,3 +977,458 @@ def run_comparison(*, summary: pd.DataFrame, x: str = "run", y: str = "ratio", h
                         frameon=False)
     return ax
 
+
+
+# -- sweeps: one row per run ----------------------------------------------------------------
+#: Axis / colour-bar labels of the per-run columns of a sweep (report.run_table and
+#: sweep.summarize use these names).
+SWEEP_LABELS = {
+    "ratio_early": "||delta_0|| / ||delta_out||\n(median over the first half of training)",
+    "vanishing_value": "||delta_0|| / ||delta_out||\n(median over the first half of training)",
+    "ratio_first": "||delta_0|| / ||delta_out||\n(at the first logged step)",
+    "grad_ratio_first": "||delta_0|| / ||delta_out||\n(at the first logged step)",
+    "grad_ratio_median": "||delta_0|| / ||delta_out||\n(median over all logged steps)",
+    "dead_frac": "dead units: mean share over the hidden layers\n(last probe step)",
+    "dead_frac_max": "dead units: share of the worst hidden layer\n(last probe step)",
+    "dead_units_value": "dead units: share of the worst hidden layer\n(last probe step)",
+    "accuracy": "final accuracy",
+    "final_val_accuracy": "final validation accuracy",
+    "final_train_accuracy": "final training accuracy (last epoch)",
+    "final_accuracy": "final training accuracy (last batch)",
+}
+#: Columns tried, in order, when a sweep figure's default column is missing (so that the
+#: output of :func:`gradscope.sweep.summarize` draws as well as :func:`report.run_table`'s).
+_FALLBACKS = {
+    "ratio_early": ("vanishing_value", "grad_ratio_median"),
+    "ratio_first": ("grad_ratio_first",),
+    "dead_frac": ("dead_frac_max", "dead_units_value"),
+    "accuracy": ("final_val_accuracy", "final_train_accuracy", "final_accuracy"),
+}
+
+
+def _column(summary: pd.DataFrame, name: str, what: str) -> str:
+    """``name`` if ``summary`` has it, else its first fallback holding a finite value."""
+    if name in summary.columns:
+        return name
+    for alt in _FALLBACKS.get(name, ()):
+        if alt in summary.columns and np.isfinite(
+                pd.to_numeric(summary[alt], errors="coerce").to_numpy(float)).any():
+            return alt
+    raise ValueError(f"summary has no column {name!r} for the {what}"
+                     + (f" (nor {', '.join(_FALLBACKS[name])})" if name in _FALLBACKS else "")
+                     + f"; it has: {', '.join(map(str, summary.columns))}")
+
+
+def _levels(df: pd.DataFrame, col) -> list:
+    """The distinct values of ``col`` in a stable order (sorted when they sort), or [None]."""
+    if col is None or col not in df.columns:
+        return [None]
+    vals = list(pd.unique(df[col].dropna()))
+    try:
+        return sorted(vals)
+    except TypeError:
+        return vals
+
+
+def _select(df: pd.DataFrame, **levels) -> pd.DataFrame:
+    ok = np.ones(len(df), bool)
+    for col, v in levels.items():
+        if col is not None and v is not None:
+            ok &= (df[col] == v).to_numpy(bool)
+    return df[ok]
+
+
+def _panel_axes(summary, *, col, row, ax, sharey, height, aspect):
+    """(FacetGrid or None, 2-D array of Axes, row levels, column levels).
+
+    ``ax``: None (a new FacetGrid), one Axes (one panel only) or a sequence of Axes, one
+    per panel, row by row.
+    """
+    cols, rows = _levels(summary, col), _levels(summary, row)
+    if ax is None:
+        data = summary.copy()
+        c = col if cols != [None] else None
+        r = row if rows != [None] else None
+        g = sns.FacetGrid(data, col=c, row=r, col_order=cols if c else None,
+                          row_order=rows if r else None, sharex=True, sharey=sharey,
+                          height=height, aspect=aspect, despine=False, squeeze=False)
+        return g, np.asarray(g.axes).reshape(len(rows), len(cols)), rows, cols
+    flat = list(np.ravel(np.asarray(ax, dtype=object))) if isinstance(
+        ax, (Sequence, np.ndarray)) else [ax]
+    if len(flat) != len(rows) * len(cols):
+        raise ValueError(f"{len(rows) * len(cols)} panels ({len(rows)} {row or ''} x "
+                         f"{len(cols)} {col or ''}) need as many Axes; got {len(flat)}")
+    return None, np.asarray(flat, dtype=object).reshape(len(rows), len(cols)), rows, cols
+
+
+def _panel_title(col, cv, row, rv) -> str:
+    parts = [f"{row} = {rv}" if row and rv is not None else None,
+             f"{col} = {cv}" if col and cv is not None else None]
+    return " | ".join(p for p in parts if p)
+
+
+def _blank(label: str) -> tuple[str, Line2D]:
+    return label, Line2D([], [], color="none", label=label)
+
+
+def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, ylabel,
+                 palette, height, aspect, band_note=True, extra_legend=()):
+    """Shared engine of :func:`phase_diagram` and :func:`depth_dead_units`."""
+    d = summary.copy()
+    vals = pd.to_numeric(d[y], errors="coerce").to_numpy(float)
+    good = np.isfinite(vals) & ((vals > 0) if log else True)
+    d["_y"] = np.where(good, vals, np.nan)
+    d["_x"] = pd.to_numeric(d[x], errors="coerce")
+    has_pred = predicted is not None and predicted in d.columns
+    if has_pred:
+        p = pd.to_numeric(d[predicted], errors="coerce").to_numpy(float)
+        d["_p"] = np.where(np.isfinite(p) & ((p > 0) if log else True), p, np.nan)
+        has_pred = bool(np.isfinite(d["_p"]).any())
+    g, axes, rows, cols = _panel_axes(d, col=col, row=row, ax=ax, sharey=True, height=height,
+                                      aspect=aspect)
+    hues, styles = _levels(d, hue), _levels(d, style)
+    if palette is None:
+        colors = sns.color_palette("colorblind", max(len(hues), 1))
+        palette = dict(zip(hues, colors))
+    markers = dict(zip(styles, _MARKERS * (len(styles) // len(_MARKERS) + 1)))
+    xs = sorted(d["_x"].dropna().unique())
+    several = False
+    for i, rv in enumerate(rows):
+        for j, cv in enumerate(cols):
+            a = axes[i, j]
+            sub = _select(d, **{col or "_none": cv, row or "_none_": rv}) if (
+                col or row) else d
+            missing = int(sub["_y"].isna().sum())
+            for hv in hues:
+                for sv in styles:
+                    gsub = _select(sub, **{hue or "_h": hv, style or "_s": sv})
+                    if gsub.empty:
+                        continue
+                    color = palette.get(hv, "0.3")
+                    mk = markers.get(sv, "o")
+                    agg = (gsub.dropna(subset=["_y"]).groupby("_x")["_y"]
+                           .agg(["median", "min", "max", "count"]).sort_index())
+                    if len(agg):
+                        a.plot(agg.index, agg["median"], color=color, marker=mk, ms=6.5,
+                               lw=1.9, zorder=3, gid="measured")
+                        if (agg["count"] > 1).any():
+                            several = True
+                            a.fill_between(agg.index, agg["min"], agg["max"], color=color,
+                                           alpha=0.15, lw=0, zorder=2)
+                    if has_pred:
+                        pr = gsub.dropna(subset=["_p"]).groupby("_x")["_p"].median().sort_index()
+                        if len(pr):
+                            a.plot(pr.index, pr.to_numpy(), color=color, ls="--", lw=1.3,
+                                   marker=mk, ms=5, mfc="none", alpha=0.9, zorder=2.5,
+                                   gid="predicted")
+            if log:
+                a.set_yscale("log")
+            if xs:
+                if len(xs) <= 12:
+                    a.set_xticks(xs)
+                    a.set_xticklabels([_human(v) for v in xs])
+                pad = 0.04 * (xs[-1] - xs[0]) if len(xs) > 1 else 0.5
+                a.set_xlim(xs[0] - pad, xs[-1] + pad)
+            a.set_xlabel(x)
+            a.set_ylabel(ylabel if j == 0 else "")
+            a.set_title(_panel_title(col, cv, row, rv), fontsize="medium")
+            if missing:
+                what = "finite positive" if log else "finite"
+                a.text(0.99, 0.01, f"{missing} run{'s' if missing > 1 else ''} without a {what} "
+                       f"value (not drawn)", transform=a.transAxes, ha="right", va="bottom",
+                       fontsize="x-small", color="0.3")
+            if not len(sub) or sub["_y"].isna().all() and not (has_pred and
+                                                               sub["_p"].notna().any()):
+                _note(a, "no value to draw")
+    # the legend: colours (hue), markers (style), line kinds
+    items = []
+    if hue is not None and hues != [None]:
+        items.append(_blank(hue))
+        items += [(str(h), Line2D([], [], color=palette.get(h, "0.3"), lw=2.5)) for h in hues]
+    if style is not None and styles != [None]:
+        items.append(_blank(style))
+        items += [(str(s), Line2D([], [], color="0.3", marker=markers[s], ls="none", ms=6.5))
+                  for s in styles]
+    items.append(_blank("lines"))
+    items.append(("measured" + (": median over seeds,\nband = min to max" if several and
+                                band_note else ""),
+                  Line2D([], [], color="0.3", lw=1.9, marker="o", ms=5)))
+    if has_pred:
+        items.append(("mean-field prediction\nat init (plain MLP)",
+                      Line2D([], [], color="0.3", lw=1.3, ls="--", marker="o", ms=5,
+                             mfc="none")))
+    items += list(extra_legend)
+    labels, handles = [i[0] for i in items], [i[1] for i in items]
+    if g is not None:
+        g.add_legend(legend_data=dict(zip(labels, handles)), label_order=labels, title="",
+                     fontsize="small")
+        _bold_headers(g.legend, {hue, style, "lines"})
+    else:
+        top_right = axes[0, -1]
+        leg = top_right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                               frameon=False, fontsize="small", handlelength=2.6)
+        _bold_headers(leg, {hue, style, "lines"})
+    return g, axes, d
+
+
+def _bold_headers(leg, headers) -> None:
+    if leg is None:
+        return
+    for t in leg.get_texts():
+        if t.get_text() in headers:
+            t.set_fontweight("bold")
+
+
+def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "depth",
+                  hue: str | None = "activation", style: str | None = "init",
+                  col: str | None = "optimizer", row: str | None = None,
+                  predicted: str | None = "predicted_ratio", guides=(1e-3, 1e3), ax=None,
+                  palette: Mapping | None = None, height: float = 4.0, aspect: float = 1.0):
+    """The vanishing-gradient phase diagram of a sweep: gradient ratio against depth.
+
+    ``summary``: one row per run (:func:`gradscope.report.run_table`, or
+    :func:`gradscope.sweep.summarize`), with the columns named by ``x`` (numeric, default
+    ``depth``), ``y`` (default ``ratio_early``: ``delta_norm`` of layer 0 over the output
+    layer's, the median over the first half of training, as the diagnosis judges it;
+    ``ratio_first`` is the first logged step; a summarize() table has ``vanishing_value``,
+    used when ``ratio_early`` is missing) and the grouping columns ``hue`` (colour), ``style``
+    (marker), ``col`` and ``row`` (panels; None for none).
+
+    One line per hue x style level through the **median** over the rows sharing ``x`` (the
+    seeds), with a band from their minimum to their maximum when there are several. Log y;
+    rows whose ratio is not finite or not positive are counted in a note, not drawn.
+    ``predicted`` (default ``predicted_ratio``, the mean-field ``chi1^(depth/2)``-type
+    prediction at initialisation; silently left out when the column is missing or empty)
+    is drawn dashed in the line's colour with hollow markers. ``guides``: the vanishing and
+    exploding thresholds, drawn dashed with the regions beyond them shaded; a grey line
+    marks 1.
+
+    ``ax=None``: a new FacetGrid (one panel per ``row`` x ``col`` level, shared y). ``ax``:
+    one Axes per panel (a sequence, row by row; one Axes for a single panel); the legend goes
+    beside the top-right one. Returns the FacetGrid, or the Axes as a 2-D array.
+    """
+    y = _column(summary, y, "gradient ratio")
+    for c in (x, hue, style, col, row):
+        if c is not None and c not in summary.columns:
+            raise ValueError(f"summary has no column {c!r}")
+    g, axes, d = _depth_lines(summary, y=y, x=x, hue=hue, style=style, col=col, row=row,
+                              ax=ax, predicted=predicted, log=True,
+                              ylabel=SWEEP_LABELS.get(y, f"{y} (log scale)") + "",
+                              palette=palette, height=height, aspect=aspect)
+    vals = [*d["_y"].dropna()]
+    if "_p" in d.columns:
+        vals += [*d["_p"].dropna()]
+    vals += [1.0, *(guides or ())]
+    lo, hi = min(vals) / 4, max(vals) * 4
+    vanish, explode = (tuple(guides) + (None, None))[:2] if guides else (None, None)
+    for a in axes.ravel():
+        a.axhline(1.0, color="0.45", lw=1.0, zorder=1)
+        if vanish:
+            a.axhline(vanish, color="0.25", ls="--", lw=1.1, zorder=1, gid="vanishing-guide")
+            a.axhspan(lo / 10, vanish, color="#d62728", alpha=0.06, lw=0, zorder=0)
+            a.annotate(f"vanishing (< {vanish:g})", xy=(0.01, vanish),
+                       xycoords=("axes fraction", "data"), xytext=(2, -3),
+                       textcoords="offset points", va="top", fontsize="x-small", color="0.2")
+        if explode:
+            a.axhline(explode, color="0.25", ls="--", lw=1.1, zorder=1, gid="exploding-guide")
+            a.axhspan(explode, hi * 10, color="#ff7f0e", alpha=0.06, lw=0, zorder=0)
+            a.annotate(f"exploding (> {explode:g})", xy=(0.01, explode),
+                       xycoords=("axes fraction", "data"), xytext=(2, 3),
+                       textcoords="offset points", va="bottom", fontsize="x-small",
+                       color="0.2")
+        a.set_ylim(lo, hi)
+    return g if g is not None else axes
+
+
+def depth_dead_units(*, summary: pd.DataFrame, y: str = "dead_frac", x: str = "depth",
+                     hue: str | None = "activation", style: str | None = "init",
+                     col: str | None = "optimizer", row: str | None = None,
+                     threshold: float | None = None, ax=None, palette: Mapping | None = None,
+                     height: float = 4.0, aspect: float = 1.0):
+    """Share of dead units against depth, one line per hue x style level (seeds: median,
+    min-max band), panels by ``col`` / ``row``.
+
+    ``y`` (default ``dead_frac``: the mean over the hidden layers of the share of units dead
+    on the probe set at the last probe step; a summarize() table has ``dead_units_value``,
+    the worst layer's share, used when ``dead_frac`` is missing). Rows without a finite
+    value (activations whose units cannot die) are left out: pass the ReLU-family runs.
+    Linear y from 0 to 100 %; ``threshold`` drawn dashed. Returns a FacetGrid (``ax=None``)
+    or the Axes as a 2-D array, as :func:`phase_diagram`.
+    """
+    y = _column(summary, y, "dead-unit share")
+    for c in (x, hue, style, col, row):
+        if c is not None and c not in summary.columns:
+            raise ValueError(f"summary has no column {c!r}")
+    d = summary[np.isfinite(pd.to_numeric(summary[y], errors="coerce").to_numpy(float))]
+    if d.empty:
+        d = summary
+    g, axes, _ = _depth_lines(d, y=y, x=x, hue=hue, style=style, col=col, row=row, ax=ax,
+                              predicted=None, log=False, ylabel=SWEEP_LABELS.get(y, y),
+                              palette=palette, height=height, aspect=aspect)
+    for a in axes.ravel():
+        a.set_ylim(-0.02, 1.02)
+        a.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: f"{100 * v:.0f}%"))
+        if threshold is not None:
+            a.axhline(threshold, color="0.25", ls="--", lw=1.1, gid="dead-threshold")
+    return g if g is not None else axes
+
+
+def grid_heatmap(*, summary: pd.DataFrame, value: str = "accuracy", x: str = "depth",
+                 y=("activation", "init"), col: str | None = "optimizer", ax=None,
+                 agg: str = "median", vmin: float | None = 0.0, vmax: float | None = 1.0,
+                 cmap: str = "viridis", annot: bool = True, fmt: str | None = None,
+                 colorbar: bool = True, label: str | None = None, height: float = 4.0,
+                 aspect: float = 0.9):
+    """A value of each run over the grid: rows = ``y`` levels, columns = ``x``, one panel per
+    ``col`` level.
+
+    ``summary``: one row per run. ``value`` (default ``accuracy``: final validation
+    accuracy, else training; a summarize() table has ``final_val_accuracy``, used when
+    ``accuracy`` is missing). ``y``: one column or several, joined into row labels
+    ``"relu / he"``; ``x``: the columns of each panel (sorted). Rows sharing a cell (seeds)
+    are combined by ``agg`` (``median``, ``mean``, ``min``, ``max``); cells without a run
+    are left blank. Every panel has the same rows and columns. Cells are annotated with
+    their value (``fmt``, default a percentage for values within [0, 1]); the colour map
+    (default viridis, perceptually uniform) spans ``vmin``..``vmax`` (None: the data's
+    range), with one colour bar.
+
+    Returns a FacetGrid (``ax=None``) or the Axes as a 1-D array. The QuadMesh of each panel
+    holds the ``(rows, columns)`` matrix of cell values (NaN masked).
+    """
+    value = _column(summary, value, "heatmap value")
+    ys = [y] if isinstance(y, str) else list(y)
+    for c in (x, col, *ys):
+        if c is not None and c not in summary.columns:
+            raise ValueError(f"summary has no column {c!r}")
+    if agg not in ("median", "mean", "min", "max"):
+        raise ValueError(f"agg={agg!r}; accepted: median, mean, min, max")
+    d = summary.copy()
+    d["_v"] = pd.to_numeric(d[value], errors="coerce")
+    d.loc[~np.isfinite(d["_v"].to_numpy(float)), "_v"] = np.nan
+    keys = d[ys].astype(object).where(d[ys].notna(), "-")
+    order = sorted({tuple(r) for r in keys.itertuples(index=False)},
+                   key=lambda t: tuple(str(v) for v in t))
+    d["_row"] = [" / ".join(map(str, r)) for r in keys.itertuples(index=False)]
+    row_labels = [" / ".join(map(str, t)) for t in order]
+    xs = sorted(pd.to_numeric(d[x], errors="coerce").dropna().unique()) if (
+        pd.api.types.is_numeric_dtype(d[x])) else _levels(d, x)
+    d["_x"] = d[x]
+    cols = _levels(d, col)
+    g = None
+    if ax is None:
+        c = col if cols != [None] else None
+        g = sns.FacetGrid(d, col=c, col_order=cols if c else None, height=height,
+                          aspect=aspect * max(1.0, len(xs) / 4), sharex=False, sharey=False,
+                          despine=False, squeeze=False)
+        axes = list(np.ravel(g.axes))
+    else:
+        axes = list(np.ravel(np.asarray(ax, dtype=object))) if isinstance(
+            ax, (Sequence, np.ndarray)) else [ax]
+        if len(axes) != len(cols):
+            raise ValueError(f"{len(cols)} panels ({col}) need as many Axes; got {len(axes)}")
+    finite = d["_v"].dropna()
+    lo = vmin if vmin is not None else (float(finite.min()) if len(finite) else 0.0)
+    hi = vmax if vmax is not None else (float(finite.max()) if len(finite) else 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    as_pct = fmt is None and lo >= 0 and hi <= 1
+    cm = plt.get_cmap(cmap)
+    mesh = None
+    for k, (a, cv) in enumerate(zip(axes, cols)):
+        sub = _select(d, **{col or "_c": cv})
+        Z = np.full((len(row_labels), len(xs)), np.nan)
+        N = np.zeros_like(Z, dtype=int)
+        for (rl, xv), grp in sub.groupby(["_row", "_x"], sort=False):
+            v = grp["_v"].dropna()
+            if rl in row_labels and xv in xs and len(v):
+                Z[row_labels.index(rl), xs.index(xv)] = getattr(v, agg)()
+                N[row_labels.index(rl), xs.index(xv)] = len(v)
+        mesh = a.pcolormesh(np.arange(len(xs) + 1), np.arange(len(row_labels) + 1),
+                            np.ma.masked_invalid(Z), cmap=cm, vmin=lo, vmax=hi,
+                            edgecolors="white", linewidth=1.5, gid="grid-heatmap")
+        a.set_xlim(0, len(xs))
+        a.set_ylim(len(row_labels), 0)     # the first row on top
+        a.set_facecolor("0.94")
+        a.grid(False)
+        a.set_xticks(np.arange(len(xs)) + 0.5)
+        a.set_xticklabels([_human(v) if isinstance(v, (int, float, np.number)) else str(v)
+                           for v in xs])
+        a.set_yticks(np.arange(len(row_labels)) + 0.5)
+        a.set_yticklabels(row_labels if k == 0 else [])
+        a.tick_params(length=0)
+        a.set_xlabel(x)
+        a.set_ylabel(" / ".join(ys) if k == 0 else "")
+        a.set_title(f"{col} = {cv}" if col and cv is not None else "", fontsize="medium")
+        if annot:
+            fontsize = 9 if len(xs) <= 8 and len(row_labels) <= 12 else 7
+            for (i, j), v in np.ndenumerate(Z):
+                if not np.isfinite(v):
+                    a.text(j + 0.5, i + 0.5, "no run", ha="center", va="center",
+                           fontsize=fontsize - 1, color="0.45")
+                    continue
+                rgba = cm((v - lo) / (hi - lo))
+                lum = 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
+                txt = (f"{100 * v:.0f}%" if as_pct else
+                       (fmt.format(v) if fmt else f"{v:.3g}"))
+                if N[i, j] > 1:
+                    txt += f"\n(n={N[i, j]})"
+                a.text(j + 0.5, i + 0.5, txt, ha="center", va="center", fontsize=fontsize,
+                       color="white" if lum < 0.5 else "black")
+    if colorbar and mesh is not None:
+        fig = axes[0].figure
+        cb = fig.colorbar(mesh, ax=axes, shrink=0.85, pad=0.02, aspect=30)
+        cb.set_label(label or SWEEP_LABELS.get(value, value))
+        if as_pct:
+            cb.formatter = FuncFormatter(lambda v, pos: f"{100 * v:.0f}%")
+            cb.update_ticks()
+    return g if g is not None else np.asarray(axes, dtype=object)
+
+
+def profile_comparison(*, data: pd.DataFrame, runs: Sequence | None = None,
+                       titles: Mapping | None = None, value: str = "delta_norm",
+                       moments=("start", "end"), predicted: Mapping | None = None, ax=None,
+                       height: float = 4.0, aspect: float = 0.9):
+    """Gradient profiles across depth of several runs side by side, on one log y scale.
+
+    ``data``: layer tables of the runs in long form with a ``run`` column (``read_layers``
+    rows). One panel per run (``runs`` gives the order, default the order in ``data``):
+    ``value`` against layer at ``moments`` (default the first and the last logged step), as
+    :func:`gradient_profile` draws it; every panel gets the same y range so that heights
+    compare across panels. ``titles``: ``{run: panel title}``; ``predicted``: ``{run:
+    values per layer}`` drawn dashed (e.g. the mean-field profile of a plain run).
+
+    Returns a FacetGrid (``ax=None``) or the sequence of Axes given.
+    """
+    if "run" not in data.columns:
+        raise ValueError("data needs a 'run' column (one layer table per run)")
+    runs = list(runs) if runs is not None else _runs(data)
+    if ax is None:
+        g = sns.FacetGrid(data[data["run"].isin(runs)], col="run", col_order=runs,
+                          height=height, aspect=aspect, sharey=False, sharex=False,
+                          despine=False, squeeze=False)
+        axes = list(np.ravel(g.axes))
+    else:
+        g = None
+        axes = list(np.ravel(np.asarray(ax, dtype=object))) if isinstance(
+            ax, (Sequence, np.ndarray)) else [ax]
+        if len(axes) < len(runs):
+            raise ValueError(f"{len(runs)} runs need as many Axes; got {len(axes)}")
+    for a, run in zip(axes, runs):
+        pred = (predicted or {}).get(run)
+        _draw_profile(a, data[data["run"] == run], value=value, moments=moments,
+                      predicted=pred, predicted_label="mean-field prediction at init",
+                      legend_loc="in")
+        a.set_title((titles or {}).get(run, str(run)), fontsize="medium", loc="left")
+    logs = [a for a in axes[: len(runs)] if a.get_yscale() == "log"]
+    if logs:
+        lo = min(a.get_ylim()[0] for a in logs)
+        hi = max(a.get_ylim()[1] for a in logs)
+        for a in logs:
+            a.set_ylim(lo, hi)
+            _log_ticks_ok(a)
+        for a in logs[1:]:
+            a.set_ylabel("")
+    if g is not None:
+        g.tight_layout()
+        return g
+    return ax

@@ -12,9 +12,12 @@ import math
 import numpy as np
 
 from .activations import Activation
+from ._threads import pool
 from .mlp import Arch, Cache, Gradients, Params, forward
 
-SATURATION = 0.05  # a unit is saturated where phi'(z) < 5% of max phi'
+SATURATION = 0.05
+STEP_METRICS = ("grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
+                "update_ratio", "act_mean", "act_std", "saturated_frac")  # a unit is saturated where phi'(z) < 5% of max phi'
 
 
 def norm(x: np.ndarray) -> float:
@@ -51,26 +54,29 @@ def step_metrics(
     if grad_norms is None:
         grad_norms = [norm(g) for g in back.grads]
     L = len(params) // 2
-    out = {k: np.full(L, np.nan) for k in (
-        "grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
-        "update_ratio", "act_mean", "act_std", "saturated_frac")}
     threshold = SATURATION * activation.df_max
-    for l in range(L):
-        out["grad_norm"][l] = grad_norms[2 * l]
-        out["bias_grad_norm"][l] = grad_norms[2 * l + 1]
-        out["delta_norm"][l] = norm(back.deltas[l])
-        w = out["weight_norm"][l] = norm(params[2 * l])
+    nan = float("nan")
+
+    def layer(l: int) -> tuple:
+        w = norm(params[2 * l])
+        u = ratio = nan
         if updates is not None:
-            u = out["update_norm"][l] = norm(updates[2 * l])
-            out["update_ratio"][l] = u / w if w > 0 else np.inf
+            u = norm(updates[2 * l])
+            ratio = u / w if w > 0 else math.inf
+        mean = std = sat = nan
         if l < L - 1:
             a = cache.hidden(l)
-            m = float(a.sum()) / a.size  # pairwise summation: accurate in float32
-            out["act_mean"][l] = m
-            d = a - np.asarray(m, dtype=a.dtype)  # two passes: no cancellation in float32
-            out["act_std"][l] = norm(d) / math.sqrt(a.size)
-            out["saturated_frac"][l] = float(np.count_nonzero(back.dphi[l] < threshold)) / a.size
-    return out
+            mean = float(a.sum()) / a.size  # pairwise summation: accurate in float32
+            d = a - np.asarray(mean, dtype=a.dtype)  # two passes: no cancellation in float32
+            std = norm(d) / math.sqrt(a.size)
+            sat = float(np.count_nonzero(back.dphi[l] < threshold)) / a.size
+        return (grad_norms[2 * l], grad_norms[2 * l + 1], norm(back.deltas[l]), w, u, ratio,
+                mean, std, sat)
+
+    workers = pool()
+    rows = list(workers.map(layer, range(L))) if workers is not None else [layer(l) for l in range(L)]
+    cols = np.array(rows, dtype=np.float64).T
+    return dict(zip(STEP_METRICS, cols))
 
 
 def probe_metrics(

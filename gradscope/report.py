@@ -436,20 +436,28 @@ def load_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN, label=
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise LogError(f"{str(path)!r} is damaged or incomplete: {msg}") from None
     notes = []
+    # a log short enough to be read whole (no binning) is diagnosed on the tables read
+    # here, not read a second time
+    whole = (layers.drop(columns=["step_lo", "step_hi"])
+             if len(layers) == n_layer_rows and (layers["step_lo"] == layers["step_hi"]).all()
+             else None)
     diag = _diagnose(path, steps, layers, config, status, n_layer_rows, max_steps, per_bin,
-                     notes, thresholds)
+                     notes, thresholds, whole=whole)
     return RunData(path=path, label=label or path.stem, config=config, status=status,
                    steps=steps, epochs=epochs, layers=layers, probes=probes, hist=hist,
                    dead_steps=dead_steps, dead=dead, diagnosis=diag, notes=notes)
 
 
 def _diagnose(path, steps, layers, config, status, n_rows, max_steps, per_bin, notes,
-              thresholds) -> dict:
+              thresholds, whole=None) -> dict:
     try:
         from .diagnose import diagnose
     except ImportError:
         notes.append("no diagnosis: gradscope.diagnose is not available")
         return _no_diagnosis(path, config, status)
+    if whole is not None:
+        return diagnose(path, frames={"steps": steps, "layers": whole, "config": config,
+                                      "status": status}, **thresholds)
     if n_rows <= FULL_DIAGNOSE_ROWS:
         return diagnose(path, **thresholds)
     fine = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps),

@@ -34,7 +34,7 @@ from .mlp import (
     predict,
     skip_layers,
 )
-from .optimizers import OPTIMIZERS, apply_updates, make_optimizer
+from .optimizers import OPTIMIZERS, GroupedStep, make_optimizer
 from .probes import histogram_edges, norm, probe_metrics, step_metrics
 
 OPTIMIZER_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
@@ -327,6 +327,7 @@ def train(
     clipping, clip_norm, clip_value = cfg.clipping, cfg.clip_norm, cfg.clip_value
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_overrides())
     state = opt.init(params + norm_params)
+    stepper = GroupedStep(opt, [p.size for p in params + norm_params])
     loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
     X, y = prep.X, prep.y
     n = X.shape[0]
@@ -370,8 +371,8 @@ def train(
                 if not diverged:
                     if clipping:
                         grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
-                    updates, state = opt.update(grads, state,
-                                                params + norm_params if norm_params else params)
+                    new_params, updates, state = stepper(
+                        grads, state, params + norm_params if norm_params else params)
                 if diverged or step % log_every == 0 or step == total - 1:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
@@ -393,12 +394,11 @@ def train(
                     message = f"{what} became {value} at step {step} (epoch {epoch})"
                     break
                 if norm_params:
-                    new = apply_updates(params + norm_params, updates)
-                    params, norm_params = new[:n_p], new[n_p:]
+                    params, norm_params = new_params[:n_p], new_params[n_p:]
                     if cache.state is not None:
                         norm_state = cache.state
                 else:
-                    params = apply_updates(params, updates)
+                    params = new_params
                 ep_loss += loss * len(idx)
                 ep_acc += acc * len(idx)
                 ep_n += len(idx)
@@ -416,6 +416,7 @@ def train(
     finally:
         quiet.__exit__(None, None, None)
         restore()
+        stepper.close()
         writer.close(status, message, params, norm_params, norm_state)
     return RunResult(Path(out), status, message, step, loss)
 

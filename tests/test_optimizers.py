@@ -723,3 +723,34 @@ def test_mismatched_inputs():
     # without weight decay the parameters are not needed (optax-style)
     updates, _ = make_optimizer("adam").update(params, state, None)
     assert len(updates) == 3
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_grouped_step_equals_update_then_apply(name):
+    """The threaded GroupedStep gives bit-identical parameters, updates and state."""
+    from gradscope.optimizers import GroupedStep
+
+    rng = np.random.default_rng(7)
+    shapes = [(40, 30), (30,), (30, 30), (30,), (30, 5), (5,)]
+    params = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    opt = make_optimizer(name, **({"weight_decay": 0.01} if name != "rprop" else {}))
+    stepper = GroupedStep(opt, [p.size for p in params], threads=3)
+    assert len(stepper.groups) == 3
+    s1 = s2 = opt.init(params)
+    p1 = p2 = params
+    try:
+        for _ in range(4):
+            grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
+            u1, s1 = opt.update(grads, s1, p1)
+            p1 = apply_updates(p1, u1)
+            p2, u2, s2 = stepper(grads, s2, p2)
+            for a, b in zip(p1 + u1, p2 + u2):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
+            for f1, f2 in zip(s1, s2):
+                if isinstance(f1, list):
+                    assert len(f1) == len(f2)
+                    assert all(np.array_equal(x, y) for x, y in zip(f1, f2))
+                else:
+                    assert f1 == f2
+    finally:
+        stepper.close()

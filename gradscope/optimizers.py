@@ -190,11 +190,14 @@ class GroupedStep:
                              else f for f in state])
 
     def _one(self, grads, state, params):
-        updates, new = self.opt.update(grads, state, params)
+        # numpy's error state is per thread; take the caller's into the worker
+        with np.errstate(**self._err):
+            updates, new = self.opt.update(grads, state, params)
         return apply_updates(params, updates), updates, new
 
     def __call__(self, grads: Params, state, params: Params):
         """Returns ``(new_params, updates, new_state)``."""
+        self._err = np.geterr()
         if self.pool is None:
             return self._one(grads, state, params)
         futures = [self.pool.submit(self._one, [grads[i] for i in idx],

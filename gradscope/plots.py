@@ -1051,7 +1051,7 @@ def _panel_axes(summary, *, col, row, ax, sharey, height, aspect):
         r = row if rows != [None] else None
         g = sns.FacetGrid(data, col=c, row=r, col_order=cols if c else None,
                           row_order=rows if r else None, sharex=True, sharey=sharey,
-                          height=height, aspect=aspect, despine=False, squeeze=False)
+                          height=height, aspect=aspect, despine=False)
         return g, np.asarray(g.axes).reshape(len(rows), len(cols)), rows, cols
     flat = list(np.ravel(np.asarray(ax, dtype=object))) if isinstance(
         ax, (Sequence, np.ndarray)) else [ax]
@@ -1149,7 +1149,7 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
         items.append(_blank(style))
         items += [(str(s), Line2D([], [], color="0.3", marker=markers[s], ls="none", ms=6.5))
                   for s in styles]
-    items.append(_blank("lines"))
+    items.append(_blank("line"))
     items.append(("measured" + (": median over seeds,\nband = min to max" if several and
                                 band_note else ""),
                   Line2D([], [], color="0.3", lw=1.9, marker="o", ms=5)))
@@ -1162,12 +1162,12 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
     if g is not None:
         g.add_legend(legend_data=dict(zip(labels, handles)), label_order=labels, title="",
                      fontsize="small")
-        _bold_headers(g.legend, {hue, style, "lines"})
+        _bold_headers(g.legend, {hue, style, "line"})
     else:
         top_right = axes[0, -1]
         leg = top_right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                                frameon=False, fontsize="small", handlelength=2.6)
-        _bold_headers(leg, {hue, style, "lines"})
+        _bold_headers(leg, {hue, style, "line"})
     return g, axes, d
 
 
@@ -1225,13 +1225,15 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
         a.axhline(1.0, color="0.45", lw=1.0, zorder=1)
         if vanish:
             a.axhline(vanish, color="0.25", ls="--", lw=1.1, zorder=1, gid="vanishing-guide")
-            a.axhspan(lo / 10, vanish, color="#d62728", alpha=0.06, lw=0, zorder=0)
+            a.axhspan(lo / 10, vanish, color="0.5", alpha=0.09, lw=0, zorder=0,
+                      gid="vanishing-zone")
             a.annotate(f"vanishing (< {vanish:g})", xy=(0.01, vanish),
                        xycoords=("axes fraction", "data"), xytext=(2, -3),
                        textcoords="offset points", va="top", fontsize="x-small", color="0.2")
         if explode:
             a.axhline(explode, color="0.25", ls="--", lw=1.1, zorder=1, gid="exploding-guide")
-            a.axhspan(explode, hi * 10, color="#ff7f0e", alpha=0.06, lw=0, zorder=0)
+            a.axhspan(explode, hi * 10, color="0.5", alpha=0.09, lw=0, zorder=0,
+                      gid="exploding-zone")
             a.annotate(f"exploding (> {explode:g})", xy=(0.01, explode),
                        xycoords=("axes fraction", "data"), xytext=(2, 3),
                        textcoords="offset points", va="bottom", fontsize="x-small",
@@ -1319,7 +1321,7 @@ def grid_heatmap(*, summary: pd.DataFrame, value: str = "accuracy", x: str = "de
         c = col if cols != [None] else None
         g = sns.FacetGrid(d, col=c, col_order=cols if c else None, height=height,
                           aspect=aspect * max(1.0, len(xs) / 4), sharex=False, sharey=False,
-                          despine=False, squeeze=False)
+                          despine=False)
         axes = list(np.ravel(g.axes))
     else:
         axes = list(np.ravel(np.asarray(ax, dtype=object))) if isinstance(
@@ -1405,7 +1407,7 @@ def profile_comparison(*, data: pd.DataFrame, runs: Sequence | None = None,
     if ax is None:
         g = sns.FacetGrid(data[data["run"].isin(runs)], col="run", col_order=runs,
                           height=height, aspect=aspect, sharey=False, sharex=False,
-                          despine=False, squeeze=False)
+                          despine=False)
         axes = list(np.ravel(g.axes))
     else:
         g = None

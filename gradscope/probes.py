@@ -58,6 +58,11 @@ def step_metrics(
     nan = float("nan")
 
     def layer(l: int) -> tuple:
+        # numpy's error state is per thread: overflow here is a diverging run, reported as such
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return _layer(l)
+
+    def _layer(l: int) -> tuple:
         w = norm(params[2 * l])
         u = ratio = nan
         if updates is not None:

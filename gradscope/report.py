@@ -38,6 +38,7 @@ with a one-line message.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import struct
@@ -389,6 +390,7 @@ class RunData:
     dead: list | None
     diagnosis: dict
     notes: list = field(default_factory=list)
+    short: str | None = None   # a shorter label for figures (a sweep's names, shortened)
 
     @property
     def activation(self) -> str:
@@ -396,8 +398,9 @@ class RunData:
 
     @property
     def flabel(self) -> str:
-        """The label for figure text, where a "$" would start a formula."""
-        return self.label.replace("$", r"\$")
+        """The label for figure text (the short one if set), where a "$" would start a
+        formula."""
+        return (self.short or self.label).replace("$", r"\$")
 
     @property
     def relu_family(self) -> bool:
@@ -511,9 +514,10 @@ def verdict_table(diagnoses) -> str:
     """
     head = ["run", "status", "vanishing", "exploding", "dead", "saturated", "verdict"]
     rows = []
-    for d in diagnoses:
-        name = _run_name(d)
-        if len(name) > 48:
+    diagnoses = list(diagnoses)
+    names, note = _short_names([_run_name(d) for d in diagnoses])
+    for d, name in zip(diagnoses, names):
+        if len(name) > _NAME_WIDTH:
             name = name[:22] + "..." + name[-23:]
         rows.append([name, str(d.get("status", "")), _flag(d, "vanishing"),
                      _flag(d, "exploding"), _flag(d, "dead_units"), _flag(d, "saturated"),
@@ -523,7 +527,52 @@ def verdict_table(diagnoses) -> str:
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+_NAME_WIDTH = 48
+_FIGURE_NAME_WIDTH = 40
+
+
+def _short_names(names: list[str], width: int = _NAME_WIDTH) -> tuple[list[str], str]:
+    """Names that fit ``width`` where possible: when some do not, ``-``-separated words
+    that every name ends with, then words every name starts with, are left out, one at a
+    time until the names fit (a sweep's names differ in the middle); a note says which.
+    Returns the names unchanged (and no note) when nothing needs or can be left out."""
+    if len(names) < 2 or max(len(n) for n in names) <= width:
+        return names, ""
+    toks = [n.split("-") for n in names]
+    max_suf = 0
+    while (all(len(t) > max_suf + 1 for t in toks)
+           and len({t[len(t) - 1 - max_suf] for t in toks}) == 1):
+        max_suf += 1
+    max_pre = 0
+    while (all(len(t) > max_suf + max_pre + 1 for t in toks)
+           and len({t[max_pre] for t in toks}) == 1):
+        max_pre += 1
+    pre = suf = 0
+
+    def longest():
+        return max(len("-".join(t[pre:len(t) - suf])) for t in toks)
+
+    while longest() > width and (suf < max_suf or pre < max_pre):
+        if suf < max_suf:
+            suf += 1
+        else:
+            pre += 1
+    if not pre and not suf:
+        return names, ""
+    short = ["-".join(t[pre:len(t) - suf]) for t in toks]
+    if len(set(short)) < len(set(names)):
+        return names, ""
+    parts = []
+    if pre:
+        parts.append(f"start {'-'.join(toks[0][:pre])}-")
+    if suf:
+        parts.append(f"end -{'-'.join(toks[0][len(toks[0]) - suf:])}")
+    return short, f"(run names without their common {' and '.join(parts)})"
 
 
 def _fmt(x, pct=False) -> str:
@@ -589,6 +638,37 @@ def _wrap(text: str, indent: str = "", width: int = _WRAP) -> list[str]:
     return textwrap.wrap(text, width=width, initial_indent=indent,
                          subsequent_indent=indent + "    ", break_long_words=True,
                          break_on_hyphens=False) or [indent]
+
+
+def _compact_block(run: RunData) -> list[tuple[str, str]]:
+    """A run's lines on the summary pages of a sweep: what it is, how it ended, its
+    alarms (not the checks it passed)."""
+    d = run.diagnosis
+    st = run.status
+    label = run.label if len(run.label) <= 120 else run.label[:117] + "..."
+    ev = d.get("vanishing_evidence") or {}
+    acc, split = _final_accuracy(run)
+    bits = [d.get("config_summary", ""), f"status: {st.get('status', 'unknown')}"]
+    if split:
+        bits.append(f"final {split} accuracy {_fmt(acc, pct=True)}")
+    ratio = f"ratio layer 0 / output {_fmt(ev.get('ratio_median_early'))}"
+    pred = _float((d.get("theory") or {}).get("predicted_ratio"))
+    if math.isfinite(pred):
+        ratio += f" (theory {_fmt(pred)})"
+    bits.append(ratio)
+    out = [("head", label)]
+    out += [("text", line) for line in _wrap("  |  ".join(bits), "   ")]
+    verdict = d.get("verdict", "")
+    out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
+                f"   verdict: {verdict}"))
+    for v in _VERDICTS:
+        if d.get(v):
+            msg = (d.get(f"{v}_evidence") or {}).get("message", v)
+            out += [("alarm", line) for line in _wrap(f"! {msg}", "     ", width=_WRAP_BOLD)]
+    for note in run.notes:
+        out.append(("dim", f"   note: {note}"))
+    out.append(("gap", ""))
+    return out
 
 
 def _run_block(run: RunData) -> list[tuple[str, str]]:
@@ -674,12 +754,15 @@ def _grid(n: int) -> tuple[int, int]:
 def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
     table = verdict_table(diagnoses).splitlines()
     head, rows = table[:2], table[2:]
+    if rows and rows[-1].startswith("(run names without"):
+        head = [rows.pop()] + head   # repeated above the table on every page
     per = SUMMARY_LINES - 4
     blocks: list[list[tuple[str, str]]] = [
         [("mono", t) for t in head + rows[i:i + per]] + [("gap", "")]
         for i in range(0, max(len(rows), 1), per)]
+    compact = len(runs) > SAMPLE_ABOVE
     for r in runs:
-        b = _run_block(r)
+        b = _compact_block(r) if compact else _run_block(r)
         # a block longer than a page (very long messages) continues on the next page
         blocks += [b[i:i + SUMMARY_LINES] for i in range(0, len(b), SUMMARY_LINES)]
 
@@ -690,7 +773,8 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
     for block in blocks:
         is_run = block[0][0] == "head"
         if cur and (sum(height(b) for b in cur) + height(block) > SUMMARY_LINES
-                    or (is_run and n_runs_cur >= RUNS_PER_SUMMARY_PAGE)):
+                    or (is_run and n_runs_cur >= (2 * RUNS_PER_SUMMARY_PAGE if compact
+                                                   else RUNS_PER_SUMMARY_PAGE))):
             pages.append(cur)
             cur, n_runs_cur = [], 0
         cur.append(block)
@@ -726,7 +810,10 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
         caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
                    "YES = alarm, - = check passed, n/a = not applicable or not judged. "
                    "Gradient ratios compare ||delta|| = ||dL/dz|| of layer 0 (input side) "
-                   "with the output layer's.")
+                   "with the output layer's."
+                   + (f" With more than {SAMPLE_ABOVE} runs, each run's lines give its "
+                      "alarms only; a report of that run alone lists every check." if compact
+                      else ""))
         out.append(_Page(title, caption if i == 0 else "", draw, layout=False))
     return out
 
@@ -954,6 +1041,472 @@ def _comparison_page(runs, thresholds):
         draw)]
 
 
+# -- sweeps: one row per run, grids, remedies -----------------------------------------------
+#: The remedy options (docs/remedies.md): runs that differ only in these are compared side
+#: by side; and what their resolved configuration adds when they are on.
+REMEDY_KEYS = ("residual", "norm", "dropout", "clip_norm", "clip_value")
+_REMEDY_DERIVED = ("residual_layers", "norm_eps", "norm_momentum")
+#: Options that change what is logged, not what is trained: not part of a run's identity.
+LOGGING_KEYS = ("log_every", "probe_every", "probe_size", "hist_bins", "snapshot_every")
+#: The grid's axes in the sweep pages: x, colour, marker, panel.
+GRID_KEYS = ("depth", "activation", "init", "optimizer")
+#: Beyond this many runs, the per-run pages show a sample of SAMPLE_RUNS runs.
+SAMPLE_ABOVE = 12
+SAMPLE_RUNS = 6
+#: The run-by-run ratio page is left out beyond this many runs (the phase diagram covers them).
+COMPARISON_MAX_RUNS = 40
+#: Remedy comparison pages at most (one per group of runs).
+MAX_REMEDY_PAGES = 12
+_HYPER = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
+
+
+def _train_fields() -> list[str]:
+    try:
+        from dataclasses import fields
+
+        from .train import TrainConfig
+        return [f.name for f in fields(TrainConfig) if f.name != "extra"]
+    except ImportError:
+        return ["dataset", "target", "data_seed", "standardize", "depth", "width", "widths",
+                "activation", "init", "init_gain", "optimizer", *_HYPER, "batch_size",
+                "epochs", "steps", "val_fraction", "seed", "dtype", *LOGGING_KEYS,
+                *REMEDY_KEYS]
+
+
+def _options(config: dict) -> dict:
+    """A run's training options as it used them: the optimizer's defaults filled in from
+    ``optimizer_hyper``, ``widths`` None when it is ``[width] * depth``, ``depth`` and
+    ``width`` from ``widths`` otherwise."""
+    out = {k: config.get(k) for k in _train_fields()}
+    hyper = config.get("optimizer_hyper") or {}
+    for k in _HYPER:
+        if out.get(k) is None and k in hyper:
+            out[k] = hyper[k]
+    widths = config.get("widths")
+    if widths:
+        ws = [int(w) for w in widths]
+        out["depth"] = len(ws)
+        if len(set(ws)) == 1:
+            out["width"], out["widths"] = ws[0], None
+        else:
+            out["width"] = None
+    if out.get("dropout") in (None, 0, 0.0):
+        out["dropout"] = 0.0
+    out["residual"] = bool(out.get("residual"))
+    if out.get("norm") in ("none", ""):
+        out["norm"] = None
+    if out.get("init_gain") is None:
+        out["init_gain"] = 1.0
+    return out
+
+
+def _key(v) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _varying(opts: list[dict], skip=()) -> list[str]:
+    """The options that differ between runs; an optimizer option (lr, momentum, ...) only
+    when it differs between runs of the same optimizer (not merely because the optimizers
+    differ, and with them their defaults and options)."""
+    keys = [k for k in (opts[0] if opts else {}) if k not in skip]
+    out = []
+    for k in keys:
+        if len({_key(o.get(k)) for o in opts}) < 2:
+            continue
+        if k in _HYPER:
+            per_opt: dict = {}
+            for o in opts:
+                per_opt.setdefault(o.get("optimizer"), set()).add(_key(o.get(k)))
+            if all(len(v) == 1 for v in per_opt.values()):
+                continue
+        out.append(k)
+    return out
+
+
+def _setting(k: str, v) -> str:
+    if isinstance(v, bool):
+        return f"{k}={'on' if v else 'off'}"
+    if v is None:
+        return f"{k}=none"
+    if isinstance(v, float):
+        return f"{k}={v:g}"
+    if isinstance(v, (list, tuple)):
+        return f"{k}={','.join(map(str, v))}"
+    return f"{k}={v}"
+
+
+def _remedy_text(o: dict) -> str:
+    parts = []
+    if o.get("residual"):
+        parts.append("residual")
+    if o.get("norm"):
+        parts.append({"batch": "batchnorm", "layer": "layernorm"}.get(o["norm"],
+                                                                      f"norm={o['norm']}"))
+    if o.get("dropout"):
+        parts.append(f"dropout={o['dropout']:g}")
+    if o.get("clip_norm") is not None:
+        parts.append(f"clip_norm={o['clip_norm']:g}")
+    if o.get("clip_value") is not None:
+        parts.append(f"clip_value={o['clip_value']:g}")
+    return " + ".join(parts) or "none"
+
+
+def _final_accuracy(run: RunData) -> tuple[float, str]:
+    ep = run.epochs
+    if len(ep) and "val_accuracy" in ep.columns:
+        v = pd.to_numeric(ep["val_accuracy"], errors="coerce").dropna()
+        if len(v):
+            return float(v.iloc[-1]), "validation"
+    if len(ep) and "train_accuracy" in ep.columns:
+        v = pd.to_numeric(ep["train_accuracy"], errors="coerce").dropna()
+        if len(v):
+            return float(v.iloc[-1]), "training"
+    if len(run.steps) and "accuracy" in run.steps.columns:
+        v = pd.to_numeric(run.steps["accuracy"], errors="coerce").dropna()
+        if len(v):
+            return float(v.iloc[-1]), "training batch"
+    return math.nan, ""
+
+
+def run_table(runs) -> pd.DataFrame:
+    """One row per run: its options and the numbers the sweep pages draw.
+
+    ``runs``: :class:`RunData` (from :func:`load_run`). The table is what
+    :func:`gradscope.plots.phase_diagram`, :func:`~gradscope.plots.depth_dead_units` and
+    :func:`~gradscope.plots.grid_heatmap` take. Columns:
+
+    - ``run`` (the label), ``file``, ``status``, ``verdict``;
+    - the options as the run used them: ``dataset``, ``depth``, ``width`` (None for
+      unequal ``widths``), ``widths``, ``activation``, ``init``, ``init_gain``,
+      ``optimizer``, ``lr`` (the optimizer's default filled in), ``batch_size``, ``seed``,
+      ``dropout``, ``residual``, ``norm``, ``clip_norm``, ``clip_value``;
+    - ``remedy``: the remedies that are on (``"residual + batchnorm"``) or ``"none"``;
+      ``variant``: the options other than depth, activation, init, optimizer and seed that
+      differ between these runs, as text (``"residual=on"``; ``""`` when none does);
+    - ``ratio_first`` (``delta_norm`` of layer 0 over the output layer's at the first
+      logged step, ``first_step``) and ``ratio_early`` (its median over the first half of
+      training): the diagnosis's ``ratio_first`` and ``ratio_median_early`` evidence;
+      ``predicted_ratio``: the mean-field prediction at initialisation
+      (``predicted_delta_profile(...)[0]`` with the run's weight variances, as
+      :func:`gradscope.diagnose.theory_check` computes it; NaN with skips, normalisation or
+      dropout);
+    - ``dead_frac``: the mean over the hidden layers of the share of dead units at the last
+      usable probe step (the diagnosis's per-layer values), ``dead_frac_max`` the worst
+      layer's, ``dead_step`` that probe step (NaN / None outside the ReLU family);
+    - ``accuracy``: the final validation accuracy, else the last epoch's training accuracy,
+      else the last batch's; ``accuracy_split`` says which (``validation``, ``training``,
+      ``training batch``); ``n_classes``;
+    - the verdict booleans ``vanishing``, ``exploding``, ``dead_units``, ``saturated``,
+      ``diverged``.
+    """
+    runs = list(runs)
+    opts = [_options(r.config) for r in runs]
+    skip = ({"depth", "activation", "init", "optimizer", "seed", "widths"}
+            | set(LOGGING_KEYS))
+    var_keys = _varying(opts, skip)
+    rows = []
+    for r, o in zip(runs, opts):
+        d = r.diagnosis
+        ev = d.get("vanishing_evidence") or {}
+        dead_ev = d.get("dead_units_evidence") or {}
+        by_layer = {k: _float(v) for k, v in (dead_ev.get("by_layer") or {}).items()}
+        finite = [v for v in by_layer.values() if math.isfinite(v)]
+        relu = r.relu_family and dead_ev.get("applicable", True) and finite
+        theory = d.get("theory") or {}
+        acc, split = _final_accuracy(r)
+        row = {"run": r.label, "file": r.path.name, "status": d.get("status", ""),
+               "verdict": d.get("verdict", "")}
+        for k in ("dataset", "depth", "width", "widths", "activation", "init", "init_gain",
+                  "optimizer", "lr", "batch_size", "seed", *REMEDY_KEYS):
+            v = o.get(k)
+            row[k] = ",".join(map(str, v)) if isinstance(v, list) else v
+        row["remedy"] = _remedy_text(o)
+        row["variant"] = ", ".join(_setting(k, o.get(k)) for k in var_keys)
+        row.update({
+            "ratio_first": _float(ev.get("ratio_first")), "first_step": ev.get("first_step"),
+            "ratio_early": _float(ev.get("ratio_median_early")),
+            "predicted_ratio": _float(theory.get("predicted_ratio")),
+            "dead_frac": float(np.mean(finite)) if relu else math.nan,
+            "dead_frac_max": float(np.max(finite)) if relu else math.nan,
+            "dead_step": dead_ev.get("step") if relu else None,
+            "accuracy": acc, "accuracy_split": split,
+            "n_classes": r.config.get("n_outputs") if r.config.get("task", "classification")
+            == "classification" else None,
+        })
+        for v in _VERDICTS:
+            row[v] = bool(d.get(v, False))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _from_sweep_folder(runs) -> bool:
+    return bool(runs) and all((r.path.parent / "sweep.json").is_file() for r in runs)
+
+
+def sweep_layout(table: pd.DataFrame, *, from_sweep: bool = False) -> dict | None:
+    """How the sweep pages draw these runs, or None when they do not form a grid.
+
+    A grid: at least 3 runs, whose depths differ, and at least one of activation, init and
+    optimizer differs too (or the runs are a sweep folder's, ``from_sweep``), with at least
+    one line of the phase diagram (an activation / init / optimizer / variant) holding two
+    depths. Returns ``{"x": "depth", "hue": "activation", "style": "init", "col":
+    "optimizer", "row": "variant" or None, "seeds": most runs per grid point}``.
+    """
+    if len(table) < 3 or "depth" not in table or table["depth"].nunique() < 2:
+        return None
+    others = [c for c in ("activation", "init", "optimizer") if table[c].nunique() > 1]
+    if not others and not from_sweep:
+        return None
+    lines = table.groupby(["activation", "init", "optimizer", "variant"], dropna=False)
+    if lines["depth"].nunique().max() < 2:
+        return None
+    point = ["depth", "activation", "init", "optimizer", "variant"]
+    return {"x": "depth", "hue": "activation", "style": "init", "col": "optimizer",
+            "row": "variant" if table["variant"].nunique() > 1 else None,
+            "seeds": int(table.groupby(point, dropna=False).size().max())}
+
+
+def _seeds_text(table: pd.DataFrame, layout: dict) -> str:
+    n = layout["seeds"]
+    if n <= 1:
+        return "one run per point"
+    return (f"up to {n} runs (seeds) per point: the line joins their medians, the band "
+            "spans their minimum to maximum")
+
+
+def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
+    row = layout["row"]
+    n_rows = table[row].nunique() if row else 1
+    n_cols = table["optimizer"].nunique()
+    seeds = _seeds_text(table, layout)
+    pages = []
+
+    def grid(fig, n_r, n_c):
+        return fig.subplots(n_r, n_c, squeeze=False, sharey=True, sharex=True)
+
+    def draw_phase(fig):
+        axes = grid(fig, n_rows, n_cols)
+        plots.phase_diagram(summary=table, ax=axes, row=row,
+                            guides=(thr.get("vanishing", 1e-3), thr.get("exploding", 1e3)))
+
+    with_theory = table["predicted_ratio"].notna()
+    theory_note = ("Dashed, hollow markers: the mean-field prediction at initialisation in the "
+                   "line's colour, predicted_delta_profile(...)[0] with each run's weight "
+                   "variance, the output layer's included (about chi1^(depth/2)). "
+                   if with_theory.any() else "")
+    if with_theory.any() and not with_theory.all():
+        theory_note += "(The theory covers plain MLPs only: no dashed line with remedies.) "
+    pages.append(_Page(
+        "Vanishing-gradient phase diagram",
+        "Gradient ratio ||delta_0|| / ||delta_out|| (back-propagated gradient at the first "
+        "layer over the output layer's) against depth, log scale: the median over the "
+        "logged steps of the first half of training, the number the vanishing and exploding "
+        "verdicts judge. One line per activation (colour) and init (marker), one panel per "
+        f"optimizer{' and variant' if row else ''}; {seeds}. " + theory_note
+        + f"In the shaded band below the dashed {thr.get('vanishing', 1e-3):g} line the "
+        f"gradient has vanished, above {thr.get('exploding', 1e3):g} exploded; grey line: "
+        "1, no change. A straight line is a constant factor per layer.", draw_phase))
+
+    relu = table[np.isfinite(table["dead_frac"].to_numpy(float))]
+    if len(relu):
+        not_relu = sorted(set(table["activation"]) - set(relu["activation"]))
+        n_rows_r = relu[row].nunique() if row else 1
+        n_cols_r = relu["optimizer"].nunique()
+
+        def draw_dead(fig):
+            axes = grid(fig, n_rows_r, n_cols_r)
+            plots.depth_dead_units(summary=relu, ax=axes, row=row)
+
+        pages.append(_Page(
+            "Dead ReLU units across depth",
+            "Mean over the hidden layers of the share of units dead on the probe set (pre-"
+            "activation <= 0 on every probe example) at the last probe step, against depth. "
+            f"One line per activation and init, one panel per optimizer; {seeds}. The "
+            f"dead-unit verdict looks at the worst single layer (threshold "
+            f"{100 * thr.get('dead_units', 0.5):.0f}% of its units), so a run can be "
+            "flagged with a lower mean."
+            + (f" Not shown: {', '.join(not_relu)} (units cannot die)." if not_relu else ""),
+            draw_dead))
+
+    ys = ["activation", "init"] + (["variant"] if row else [])
+    splits = sorted(set(table["accuracy_split"]) - {""})
+    what = {"validation": "validation accuracy after the last epoch",
+            "training": "training accuracy of the last epoch (no validation split)",
+            "training batch": "training accuracy of the last batch (no epoch completed)"}
+    classes = sorted({int(c) for c in table["n_classes"].dropna()}) if (
+        "n_classes" in table) else []
+    chance = (f" Chance level: {100 / classes[0]:.0f}% ({classes[0]} classes)."
+              if len(classes) == 1 and classes[0] > 1 else "")
+    label = ("final validation accuracy" if splits == ["validation"] else
+             "final accuracy" + (f" ({', '.join(splits)})" if splits else ""))
+    regression = not table["accuracy"].notna().any()
+    if not regression:
+        def draw_acc(fig):
+            axes = fig.subplots(1, n_cols, squeeze=False)[0]
+            plots.grid_heatmap(summary=table, value="accuracy", y=ys, ax=axes, label=label)
+
+        pages.append(_Page(
+            "Final accuracy over the grid",
+            "Final accuracy of each run: " + "; ".join(what[s] for s in splits if s in what)
+            + ". Rows: activation / init" + (" / variant" if row else "") + "; columns: "
+            "depth; one panel per optimizer. Several runs in a cell (seeds): their median, "
+            "n = runs. Colours: viridis from 0 to 100%." + chance, draw_acc))
+    return pages
+
+
+def remedy_groups(runs) -> list[list]:
+    """Groups of runs that differ only in their remedies (docs/remedies.md).
+
+    Runs whose options (as they used them, :func:`run_table`'s) are equal except for
+    ``residual``, ``norm``, ``dropout``, ``clip_norm`` and ``clip_value`` (and what those
+    add to the configuration) form a group; the seed is part of a run's identity, so runs
+    of different seeds are never compared, and options that only change what is logged
+    (:data:`LOGGING_KEYS`) are ignored. A group holds two or more different remedy
+    settings (a repeated setting keeps its first run), the run with the fewest remedies on
+    first. Returns the groups in the order of their first run.
+    """
+    runs = list(runs)
+    groups: dict[str, list] = {}
+    for r in runs:
+        o = _options(r.config)
+        ident = {k: v for k, v in o.items() if k not in REMEDY_KEYS and k not in LOGGING_KEYS}
+        groups.setdefault(_key(ident), []).append((r, o))
+    out = []
+    for members in groups.values():
+        seen, keep = set(), []
+        for r, o in members:
+            k = _key({x: o.get(x) for x in REMEDY_KEYS})
+            if k not in seen:
+                seen.add(k)
+                keep.append((r, o))
+        if len(keep) < 2:
+            continue
+        keep.sort(key=lambda ro: (_remedy_count(ro[1]), runs.index(ro[0])))
+        out.append([r for r, _ in keep])
+    return out
+
+
+def _remedy_count(o: dict) -> int:
+    return (bool(o.get("residual")) + bool(o.get("norm")) + bool(o.get("dropout"))
+            + (o.get("clip_norm") is not None) + (o.get("clip_value") is not None))
+
+
+def _remedy_value(k: str, v) -> str:
+    if k == "residual":
+        return "on" if v else "off"
+    if k == "norm":
+        return v or "none"
+    if v in (None, 0, 0.0):
+        return "off"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _remedy_pages(groups: list[list]) -> list[_Page]:
+    pages = []
+    described = []
+    for group in groups[:MAX_REMEDY_PAGES]:
+        opts = [_options(r.config) for r in group]
+        keys = [k for k in REMEDY_KEYS if len({_key(o.get(k)) for o in opts}) > 1]
+        flags = [f"--{k.replace('_', '-')}" for k in keys]
+        if len(keys) == 1:
+            vals = [_remedy_value(keys[0], o.get(keys[0])) for o in opts]
+            title = f"Remedy: {flags[0]} ({' vs '.join(vals)})"
+        else:
+            title = f"Remedies: {', '.join(flags)} ({len(group)} settings)"
+        described.append((title, group, opts, keys))
+    # groups with the same title: name what sets them apart (depth, activation, ...)
+    by_title: dict[str, list] = {}
+    for i, (title, *_rest) in enumerate(described):
+        by_title.setdefault(title, []).append(i)
+    for title, idx in by_title.items():
+        if len(idx) < 2:
+            continue
+        bases = [{k: v for k, v in described[i][2][0].items() if k not in REMEDY_KEYS
+                  and k not in LOGGING_KEYS} for i in idx]
+        apart = _varying(bases)
+        for i, base in zip(idx, bases):
+            t, g, o, k = described[i]
+            extra = ", ".join(_setting(a, base.get(a)).replace("=", " ") for a in apart[:3])
+            described[i] = (f"{t}: {extra}" if extra else t, g, o, k)
+    skipped = len(groups) - len(described)
+    for n, (title, group, opts, keys) in enumerate(described):
+        base = group[0].diagnosis.get("config_summary") or _config_summary(group[0].config)
+        seed = opts[0].get("seed")
+        titles, preds = {}, {}
+        for r, o in zip(group, opts):
+            setting = ", ".join(f"--{k.replace('_', '-')} {_remedy_value(k, o.get(k))}"
+                                for k in keys)
+            titles[r.flabel] = f"{setting}: {r.diagnosis.get('verdict', '')}"
+            p = _predicted_profile(r)
+            if p is not None:
+                preds[r.flabel] = p
+        data = pd.concat([r.layers.assign(run=r.flabel) for r in group], ignore_index=True)
+        chunks = _chunks(group, PANELS_PER_PAGE)
+        for chunk in chunks:
+            def draw(fig, chunk=chunk, data=data, titles=titles, preds=preds):
+                r_, c_ = _grid(len(chunk))
+                axes = fig.subplots(r_, c_, squeeze=False, sharey=True).ravel()
+                labels = [r.flabel for r in chunk]
+                plots.profile_comparison(data=data, runs=labels, titles=titles,
+                                         predicted=preds, ax=axes[:len(chunk)])
+                for ax, r in zip(axes, chunk):
+                    alarm = r.diagnosis.get("verdict") not in ("healthy", "no data",
+                                                               "not diagnosed")
+                    ax.set_title(titles[r.flabel], loc="left", fontsize=11,
+                                 fontweight="bold", color="#a50f15" if alarm else "#005a32")
+                for ax in axes[len(chunk):]:
+                    ax.set_axis_off()
+            caption = (
+                f"The same network and training ({base}, seed {seed}) with "
+                + (f"{', '.join('--' + k.replace('_', '-') for k in keys)} changed" if keys
+                   else "different remedies")
+                + ": ||delta_l|| = ||dL/dz_l|| of each layer (log scale, one scale for every "
+                "panel) at the first and the last logged step. Each panel's title: the "
+                "setting and the run's verdict (red: an alarm). A line falling towards layer "
+                "0 is a gradient that vanishes on its way back; dashed: the mean-field "
+                "prediction at initialisation (plain MLP only).")
+            if skipped and n == len(described) - 1:
+                caption += (f" {skipped} more group{'s' if skipped > 1 else ''} of runs "
+                            f"differing only in remedies not shown (at most "
+                            f"{MAX_REMEDY_PAGES} pages).")
+            pages.append(_Page(title, caption, draw))
+    return pages
+
+
+def _sample_runs(runs: list[RunData], table: pd.DataFrame,
+                 k: int = SAMPLE_RUNS) -> list[RunData]:
+    """``k`` runs for the per-run pages: one per verdict in turn (alarms first), within a
+    verdict the most extreme first (deepest, then the ratio farthest from 1), preferring an
+    activation / init not in the sample yet; in the runs' order."""
+    if len(runs) <= SAMPLE_ABOVE:
+        return list(runs)
+    by_verdict: dict[str, list[int]] = {}
+    for i, v in enumerate(table["verdict"]):
+        by_verdict.setdefault(str(v), []).append(i)
+
+    def extremeness(i):
+        r = _float(table["ratio_early"].iloc[i])
+        far = abs(math.log10(r)) if math.isfinite(r) and r > 0 else math.inf
+        depth = _float(table["depth"].iloc[i])
+        return (-(depth if math.isfinite(depth) else 0), -far)
+
+    order = sorted(by_verdict, key=lambda v: (v in ("healthy", "no data", "not diagnosed"),
+                                              -len(by_verdict[v]), v))
+    queues = [sorted(by_verdict[v], key=extremeness) for v in order]
+    picked: list[int] = []
+    shown: set = set()   # (activation, init) pairs already in the sample
+    while len(picked) < k and any(queues):
+        for q in queues:
+            if q and len(picked) < k:
+                # prefer an activation / init not shown yet
+                pos = next((n for n, i in enumerate(q) if (table["activation"].iloc[i],
+                            table["init"].iloc[i]) not in shown), 0)
+                i = q.pop(pos)
+                shown.add((table["activation"].iloc[i], table["init"].iloc[i]))
+                picked.append(i)
+    return [runs[i] for i in sorted(picked)]
+
+
 # -- the report -----------------------------------------------------------------------------
 def _labels(paths: list[Path]) -> list[str]:
     stems = [p.stem for p in paths]
@@ -989,16 +1542,36 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     runs = [load_run(p, max_steps=max_steps, label=lab, **thresholds)
             for p, lab in zip(paths, labels)]
     diagnoses = [r.diagnosis for r in runs]
+    table = run_table(runs)
+    layout = sweep_layout(table, from_sweep=_from_sweep_folder(runs))
+    groups = remedy_groups(runs)
+    sample = _sample_runs(runs, table)
+    shorts, short_note = _short_names(labels, width=_FIGURE_NAME_WIDTH)
+    if short_note:
+        for r, sh in zip(runs, shorts):
+            r.short = sh
+        short_note = " " + short_note[1:-1].replace("run names", "Run names", 1) + "."
 
     pages: list[_Page] = []
     pages += _summary_pages(runs, diagnoses)
-    pages += _flow_pages(runs)
-    pages += _profile_pages(runs)
-    pages += _dead_pages(runs, thr)
-    pages += _activation_pages(runs)
-    pages += _update_pages(runs)
-    pages += _learning_page(runs)
-    if len(runs) > 1:
+    if layout is not None:
+        pages += _sweep_pages(table, layout, thr)
+    pages += _remedy_pages(groups)
+    per_run = (_flow_pages(sample) + _profile_pages(sample) + _dead_pages(sample, thr)
+               + _activation_pages(sample) + _update_pages(sample) + _learning_page(sample))
+    if len(sample) < len(runs):
+        note = (f" Showing {len(sample)} of {len(runs)} runs, a sample: one run per verdict "
+                "in turn, the deepest and most extreme first (" + ", ".join(
+                    r.short or r.label for r in sample) + "). The summary"
+                + (", the sweep pages" if layout is not None else "")
+                + (" and the run-by-run ratios" if len(runs) <= COMPARISON_MAX_RUNS else "")
+                + " cover every run.")
+        for p in per_run:
+            p.caption += note
+    for p in per_run if short_note else ():
+        p.caption += short_note
+    pages += per_run
+    if 1 < len(runs) <= COMPARISON_MAX_RUNS:
         pages += _comparison_page(runs, thr)
 
     # number the pages of a figure that spans several: "Gradient flow (2 of 3)"
@@ -1045,4 +1618,6 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
         if tmp.exists():
             tmp.unlink()
     return {"out": out, "pages": len(pages), "titles": titles, "runs": labels,
-            "diagnoses": diagnoses, "seconds": time.perf_counter() - t0}
+            "diagnoses": diagnoses, "table": table, "sweep": layout,
+            "remedy_groups": [[r.label for r in g] for g in groups],
+            "sampled": [r.label for r in sample], "seconds": time.perf_counter() - t0}

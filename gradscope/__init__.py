@@ -1,8 +1,14 @@
-"""gradscope: see why deep networks fail to train."""
+"""gradscope: see why deep networks fail to train.
+
+The public API: train and read logs, diagnose them, and compare them with mean-field
+theory. Figures live in :mod:`gradscope.plots` and the PDF report in
+:mod:`gradscope.report` (both import matplotlib, so they are not imported here).
+"""
 
 __version__ = "0.1.0"
 
 from .data import load_dataset  # noqa: E402
+from .diagnose import diagnose  # noqa: E402
 from .log import (  # noqa: E402
     read_config,
     read_dead_units,
@@ -13,10 +19,11 @@ from .log import (  # noqa: E402
     read_steps,
     read_weights,
 )
+from .theory import advise, mean_field  # noqa: E402
 from .train import TrainConfig, train  # noqa: E402
 
 __all__ = [
-    "__version__", "load_dataset", "read_config", "read_dead_units", "read_epochs",
-    "read_histograms", "read_layers", "read_status", "read_steps", "read_weights",
-    "TrainConfig", "train",
+    "__version__", "load_dataset", "diagnose", "read_config", "read_dead_units",
+    "read_epochs", "read_histograms", "read_layers", "read_status", "read_steps",
+    "read_weights", "advise", "mean_field", "TrainConfig", "train",
 ]

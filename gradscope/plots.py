@@ -1072,9 +1072,14 @@ def _blank(label: str) -> tuple[str, Line2D]:
 
 
 def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, ylabel,
-                 palette, height, aspect, band_note=True, extra_legend=()):
+                 palette, height, aspect, first=None, band_note=True):
     """Shared engine of :func:`phase_diagram` and :func:`depth_dead_units`."""
     d = summary.copy()
+    has_first = first is not None and first in d.columns
+    if has_first:
+        f = pd.to_numeric(d[first], errors="coerce").to_numpy(float)
+        d["_f"] = np.where(np.isfinite(f) & ((f > 0) if log else True), f, np.nan)
+        has_first = bool(np.isfinite(d["_f"]).any())
     vals = pd.to_numeric(d[y], errors="coerce").to_numpy(float)
     good = np.isfinite(vals) & ((vals > 0) if log else True)
     d["_y"] = np.where(good, vals, np.nan)
@@ -1115,6 +1120,11 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
                             several = True
                             a.fill_between(agg.index, agg["min"], agg["max"], color=color,
                                            alpha=0.15, lw=0, zorder=2)
+                    if has_first:
+                        fs = gsub.dropna(subset=["_f"])
+                        if len(fs):
+                            a.plot(fs["_x"], fs["_f"], ls="none", marker="x", ms=5, mew=1.3,
+                                   color=color, zorder=2.6, gid="first-step")
                     if has_pred:
                         pr = gsub.dropna(subset=["_p"]).groupby("_x")["_p"].median().sort_index()
                         if len(pr):
@@ -1153,11 +1163,13 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
     items.append(("measured" + (": median over seeds,\nband = min to max" if several and
                                 band_note else ""),
                   Line2D([], [], color="0.3", lw=1.9, marker="o", ms=5)))
+    if has_first:
+        items.append(("measured at the first\nlogged step, each run",
+                      Line2D([], [], color="0.3", ls="none", marker="x", ms=5, mew=1.3)))
     if has_pred:
         items.append(("mean-field prediction\nat init (plain MLP)",
                       Line2D([], [], color="0.3", lw=1.3, ls="--", marker="o", ms=5,
                              mfc="none")))
-    items += list(extra_legend)
     labels, handles = [i[0] for i in items], [i[1] for i in items]
     if g is not None:
         g.add_legend(legend_data=dict(zip(labels, handles)), label_order=labels, title="",
@@ -1182,7 +1194,8 @@ def _bold_headers(leg, headers) -> None:
 def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "depth",
                   hue: str | None = "activation", style: str | None = "init",
                   col: str | None = "optimizer", row: str | None = None,
-                  predicted: str | None = "predicted_ratio", guides=(1e-3, 1e3), ax=None,
+                  predicted: str | None = "predicted_ratio", first: str | None = "ratio_first",
+                  guides=(1e-3, 1e3), ax=None,
                   palette: Mapping | None = None, height: float = 4.0, aspect: float = 1.0):
     """The vanishing-gradient phase diagram of a sweep: gradient ratio against depth.
 
@@ -1199,7 +1212,10 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
     rows whose ratio is not finite or not positive are counted in a note, not drawn.
     ``predicted`` (default ``predicted_ratio``, the mean-field ``chi1^(depth/2)``-type
     prediction at initialisation; silently left out when the column is missing or empty)
-    is drawn dashed in the line's colour with hollow markers. ``guides``: the vanishing and
+    is drawn dashed in the line's colour with hollow markers, and ``first`` (default
+    ``ratio_first``, the ratio at the first logged step; ``grad_ratio_first`` in a
+    summarize() table; left out when missing) as small crosses, one per run: the measurement
+    the prediction describes. ``guides``: the vanishing and
     exploding thresholds, drawn dashed with the regions beyond them shaded; a grey line
     marks 1.
 
@@ -1211,13 +1227,16 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
     for c in (x, hue, style, col, row):
         if c is not None and c not in summary.columns:
             raise ValueError(f"summary has no column {c!r}")
+    if first is not None and first not in summary.columns:
+        first = next((c for c in _FALLBACKS.get(first, ()) if c in summary.columns), None)
     g, axes, d = _depth_lines(summary, y=y, x=x, hue=hue, style=style, col=col, row=row,
-                              ax=ax, predicted=predicted, log=True,
+                              ax=ax, predicted=predicted, log=True, first=first,
                               ylabel=SWEEP_LABELS.get(y, f"{y} (log scale)") + "",
                               palette=palette, height=height, aspect=aspect)
     vals = [*d["_y"].dropna()]
-    if "_p" in d.columns:
-        vals += [*d["_p"].dropna()]
+    for c in ("_p", "_f"):
+        if c in d.columns:
+            vals += [*d[c].dropna()]
     vals += [1.0, *(guides or ())]
     lo, hi = min(vals) / 4, max(vals) * 4
     vanish, explode = (tuple(guides) + (None, None))[:2] if guides else (None, None)

@@ -1292,8 +1292,11 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
     with_theory = table["predicted_ratio"].notna()
     theory_note = ("Dashed, hollow markers: the mean-field prediction at initialisation in the "
                    "line's colour, predicted_delta_profile(...)[0] with each run's weight "
-                   "variance, the output layer's included (about chi1^(depth/2)). "
-                   if with_theory.any() else "")
+                   "variance, the output layer's included (about chi1^(depth/2)); crosses: "
+                   "each run's ratio at its first logged step, what the prediction describes "
+                   "(training moves the solid line away from it). "
+                   if with_theory.any() else
+                   "Crosses: each run's ratio at its first logged step. ")
     if with_theory.any() and not with_theory.all():
         theory_note += "(The theory covers plain MLPs only: no dashed line with remedies.) "
     pages.append(_Page(

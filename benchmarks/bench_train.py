@@ -10,6 +10,7 @@ holds the measured one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import tempfile
@@ -55,7 +56,7 @@ def torch_rate(data: Path, steps: int) -> float | None:
         X, y = torch.from_numpy(f["X"]), torch.from_numpy(f["y"])
     layers = []
     sizes = [FEATURES] + [WIDTH] * DEPTH
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers, torch.nn.Linear(WIDTH, CLASSES))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

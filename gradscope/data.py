@@ -146,7 +146,7 @@ def load_dataset(
         if "pickle" in str(e):  # numpy's view of a file that is no .npz of plain arrays
             raise DataError(f"cannot read data file {name!r}: not an .npz of numeric arrays X and y") from None
         raise DataError(f"cannot read data file {name!r}: {str(e).splitlines()[0]}") from None
-    except Exception as e:  # unreadable, corrupt, wrong format: say so in one line
+    except Exception as e:  # noqa: BLE001 -- unreadable, corrupt, wrong format: say so in one line
         raise DataError(f"cannot read data file {name!r}: {str(e).splitlines()[0]}") from None
     return _clean(X, y, name)
 
@@ -209,7 +209,7 @@ def is_classification(y: np.ndarray) -> bool:
 def split(X, y, val_fraction: float, rng: np.random.Generator):
     """Shuffle once and hold out ``round(val_fraction * n)`` rows for validation."""
     n = X.shape[0]
-    n_val = int(round(val_fraction * n))
+    n_val = round(val_fraction * n)
     if val_fraction > 0 and n - n_val < 1:
         raise DataError(f"--val-fraction {val_fraction} leaves no training data out of {n} rows")
     perm = rng.permutation(n)

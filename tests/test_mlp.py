@@ -110,7 +110,7 @@ def test_shapes_and_predict(rng):
     assert [p.shape for p in params] == [(10, 32), (32,), (32, 16), (16,), (16, 3), (3,)]
     assert all(p.dtype == np.float32 for p in params)
     X = rng.normal(size=(7, 10)).astype(np.float32)
-    out, cache = forward(params, X, ACTIVATIONS["relu"])
+    out, _ = forward(params, X, ACTIVATIONS["relu"])
     assert out.dtype == np.float32 and out.shape == (7, 3)
     np.testing.assert_allclose(predict(params, X, ACTIVATIONS["relu"]), out, rtol=1e-6)
 

@@ -7,9 +7,9 @@ theory. Figures live in :mod:`gradscope.plots` and the PDF report in
 
 __version__ = "0.1.0"
 
-from .data import load_dataset  # noqa: E402
-from .diagnose import diagnose  # noqa: E402
-from .log import (  # noqa: E402
+from .data import load_dataset
+from .diagnose import diagnose
+from .log import (
     read_config,
     read_dead_units,
     read_epochs,
@@ -19,11 +19,23 @@ from .log import (  # noqa: E402
     read_steps,
     read_weights,
 )
-from .theory import advise, mean_field  # noqa: E402
-from .train import TrainConfig, train  # noqa: E402
+from .theory import advise, mean_field
+from .train import TrainConfig, train
 
 __all__ = [
-    "__version__", "load_dataset", "diagnose", "read_config", "read_dead_units",
-    "read_epochs", "read_histograms", "read_layers", "read_status", "read_steps",
-    "read_weights", "advise", "mean_field", "TrainConfig", "train",
+    "TrainConfig",
+    "__version__",
+    "advise",
+    "diagnose",
+    "load_dataset",
+    "mean_field",
+    "read_config",
+    "read_dead_units",
+    "read_epochs",
+    "read_histograms",
+    "read_layers",
+    "read_status",
+    "read_steps",
+    "read_weights",
+    "train",
 ]

@@ -8,8 +8,8 @@ cheaper (``a * (1 - a)`` for the logistic function).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.special import expit

@@ -7,7 +7,7 @@ the variance scale ``s_w^2 = fan_in * Var(W_ij)`` that mean-field theory uses.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

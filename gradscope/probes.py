@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from .activations import Activation
 from ._threads import pool
+from .activations import Activation
 from .mlp import Arch, Cache, Gradients, Params, forward
 
 SATURATION = 0.05

@@ -35,8 +35,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 __all__ = [
-    "CBAR_LABELS", "LABELS", "MOMENTS", "activation_distributions", "activation_summary",
-    "SWEEP_LABELS", "dead_unit_map", "dead_units", "depth_dead_units", "downsample",
+    "CBAR_LABELS", "LABELS", "MOMENTS", "SWEEP_LABELS", "activation_distributions",
+    "activation_summary", "dead_unit_map", "dead_units", "depth_dead_units", "downsample",
     "gradient_heatmap", "gradient_profile", "grid_heatmap", "heatmap_matrix",
     "learning_curves", "moment_steps", "phase_diagram", "profile_comparison",
     "run_comparison", "step_formatter", "update_ratio",
@@ -1062,9 +1062,15 @@ def _panel_axes(summary, *, col, row, ax, sharey, height, aspect):
 
 
 def _panel_title(col, cv, row, rv) -> str:
-    parts = [f"{row} = {rv}" if row and rv is not None else None,
-             f"{col} = {cv}" if col and cv is not None else None]
-    return " | ".join(p for p in parts if p)
+    def one(name, v):
+        if not name or v is None:
+            return None
+        return str(v) if "=" in str(v) else f"{name} = {v}"   # "residual=on" says it all
+
+    return " | ".join(p for p in (one(row, rv), one(col, cv)) if p)
+
+
+_LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}
 
 
 def _blank(label: str) -> tuple[str, Line2D]:
@@ -1106,6 +1112,8 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
             missing = int(sub["_y"].isna().sum())
             for hv in hues:
                 for sv in styles:
+                    if hue is not None and hue == style and hv != sv:
+                        continue     # one variable drawn as colour and marker
                     gsub = _select(sub, **{hue or "_h": hv, style or "_s": sv})
                     if gsub.empty:
                         continue
@@ -1139,7 +1147,7 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
                     a.set_xticklabels([_human(v) for v in xs])
                 pad = 0.04 * (xs[-1] - xs[0]) if len(xs) > 1 else 0.5
                 a.set_xlim(xs[0] - pad, xs[-1] + pad)
-            a.set_xlabel(x)
+            a.set_xlabel(x if i == len(rows) - 1 else "")
             a.set_ylabel(ylabel if j == 0 else "")
             a.set_title(_panel_title(col, cv, row, rv), fontsize="medium")
             if missing:
@@ -1152,10 +1160,14 @@ def _depth_lines(summary, *, y, x, hue, style, col, row, ax, predicted, log, yla
                 _note(a, "no value to draw")
     # the legend: colours (hue), markers (style), line kinds
     items = []
-    if hue is not None and hues != [None]:
+    if hue is not None and hue == style:    # one variable, colour and marker
+        items.append(_blank(hue))
+        items += [(str(h), Line2D([], [], color=palette.get(h, "0.3"), lw=2,
+                                  marker=markers[h], ms=6)) for h in hues]
+    elif hue is not None and hues != [None]:
         items.append(_blank(hue))
         items += [(str(h), Line2D([], [], color=palette.get(h, "0.3"), lw=2.5)) for h in hues]
-    if style is not None and styles != [None]:
+    if style is not None and styles != [None] and style != hue:
         items.append(_blank(style))
         items += [(str(s), Line2D([], [], color="0.3", marker=markers[s], ls="none", ms=6.5))
                   for s in styles]
@@ -1248,7 +1260,8 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
                       gid="vanishing-zone")
             a.annotate(f"vanishing (< {vanish:g})", xy=(0.01, vanish),
                        xycoords=("axes fraction", "data"), xytext=(2, -3),
-                       textcoords="offset points", va="top", fontsize="x-small", color="0.2")
+                       textcoords="offset points", va="top", fontsize="x-small", color="0.2",
+                       bbox=_LABEL_BOX)
         if explode:
             a.axhline(explode, color="0.25", ls="--", lw=1.1, zorder=1, gid="exploding-guide")
             a.axhspan(explode, hi * 10, color="0.5", alpha=0.09, lw=0, zorder=0,
@@ -1256,7 +1269,7 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
             a.annotate(f"exploding (> {explode:g})", xy=(0.01, explode),
                        xycoords=("axes fraction", "data"), xytext=(2, 3),
                        textcoords="offset points", va="bottom", fontsize="x-small",
-                       color="0.2")
+                       color="0.2", bbox=_LABEL_BOX)
         a.set_ylim(lo, hi)
     return g if g is not None else axes
 
@@ -1308,8 +1321,9 @@ def grid_heatmap(*, summary: pd.DataFrame, value: str = "accuracy", x: str = "de
     ``accuracy`` is missing). ``y``: one column or several, joined into row labels
     ``"relu / he"``; ``x``: the columns of each panel (sorted). Rows sharing a cell (seeds)
     are combined by ``agg`` (``median``, ``mean``, ``min``, ``max``); cells without a run
-    are left blank. Every panel has the same rows and columns. Cells are annotated with
-    their value (``fmt``, default a percentage for values within [0, 1]); the colour map
+    are left blank ("no run"). Every panel has the same rows and columns. Cells are
+    annotated with their value (``fmt``, default a percentage for values within [0, 1]),
+    and with the number of runs ``n`` where that differs between cells; the colour map
     (default viridis, perceptually uniform) spans ``vmin``..``vmax`` (None: the data's
     range), with one colour bar.
 
@@ -1355,6 +1369,10 @@ def grid_heatmap(*, summary: pd.DataFrame, value: str = "accuracy", x: str = "de
     as_pct = fmt is None and lo >= 0 and hi <= 1
     cm = plt.get_cmap(cmap)
     mesh = None
+    # runs per cell: annotated only where cells differ in it
+    counts = d.dropna(subset=["_v"]).groupby([c for c in (col, "_row", "_x") if c],
+                                             dropna=False).size()
+    uneven = counts.nunique() > 1
     for k, (a, cv) in enumerate(zip(axes, cols)):
         sub = _select(d, **{col or "_c": cv})
         Z = np.full((len(row_labels), len(xs)), np.nan)
@@ -1391,7 +1409,7 @@ def grid_heatmap(*, summary: pd.DataFrame, value: str = "accuracy", x: str = "de
                 lum = 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
                 txt = (f"{100 * v:.0f}%" if as_pct else
                        (fmt.format(v) if fmt else f"{v:.3g}"))
-                if N[i, j] > 1:
+                if uneven:
                     txt += f"\n(n={N[i, j]})"
                 a.text(j + 0.5, i + 0.5, txt, ha="center", va="center", fontsize=fontsize,
                        color="white" if lum < 0.5 else "black")

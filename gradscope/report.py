@@ -15,10 +15,39 @@ writes one PDF (A4 landscape), one idea per page:
    spread per layer when no histogram was recorded);
 6. update / weight ratio with the 1e-3 guide;
 7. loss and accuracy, training and validation, every run overlaid;
-8. with several runs: the first-to-last-layer gradient ratio of each run, grouped by
-   activation / init / optimizer.
+8. with several runs (up to ``COMPARISON_MAX_RUNS``): the first-to-last-layer gradient
+   ratio of each run, grouped by activation / init / optimizer.
 
 Pages 2-6 hold at most 6 panels (3 runs for the two-panel figures) and repeat for more runs.
+
+Runs that form a grid (:func:`sweep_layout`: at least 3 runs whose depths differ along
+with the activation, init or optimizer, e.g. a ``gradscope sweep`` folder) get three pages
+after the summary, drawn from :func:`run_table` (one row per run):
+
+- the vanishing-gradient phase diagram, :func:`gradscope.plots.phase_diagram`: the
+  layer-0 / output gradient ratio (median over the first half of training, what the
+  verdict judges) against depth, one line per activation x init, a panel per optimizer
+  (and per variant: other options that differ, e.g. ``residual=on``), seeds as a median
+  with a min-max band, the mean-field prediction dashed and the first-step ratios as
+  crosses;
+- dead ReLU units against depth (:func:`~gradscope.plots.depth_dead_units`), when some
+  runs are of the ReLU family;
+- the final accuracy over the grid (:func:`~gradscope.plots.grid_heatmap`).
+
+Runs that differ only in a remedy (:func:`remedy_groups`: ``--residual``, ``--norm``,
+``--dropout``, ``--clip-norm``, ``--clip-value``; same seed) get one page per group
+after those: their gradient profiles across depth side by side on one log scale
+(:func:`~gradscope.plots.profile_comparison`), titled ``Remedy: --residual (off vs on)``,
+each panel titled with its setting and verdict.
+
+With more than ``SAMPLE_ABOVE`` (12) runs the report stays short: the summary's verdict
+table lists every run, followed by the alarms of the runs that have one (or did not
+complete), not every check of every run; and the per-run pages 2-7 show a sample of
+``SAMPLE_RUNS`` (6) runs (one per verdict in turn, the deepest and most extreme first; the
+captions name them). A 36-run sweep folder of 300-step runs reports in about 15 s (14
+pages; 75 s and 55 pages without the sample). Long sweep names are shortened in the
+verdict table and the figures by leaving out the words every name starts or ends with (a
+line says which).
 
 Long logs are read binned (:func:`read_layers_binned`): at most ``max_steps`` time bins,
 each the medians over a window of at most ``per_bin`` logged steps at its centre, so the
@@ -41,6 +70,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import struct
 import textwrap
 import time
@@ -72,7 +102,8 @@ from .log import (
 
 __all__ = [
     "PAGE_SIZE", "RunData", "check_log_file", "collect_logs", "comparison_summary",
-    "load_run", "make_report", "read_layers_binned", "verdict_table",
+    "load_run", "make_report", "read_layers_binned", "remedy_groups", "run_table",
+    "sweep_layout", "verdict_table",
 ]
 
 #: A4 landscape, inches.
@@ -109,7 +140,8 @@ _RELU_FAMILY = ("relu", "leaky_relu", "elu")
 def collect_logs(inputs) -> list[Path]:
     """Log files named by ``inputs`` (paths of files or directories, or one such path).
 
-    A directory stands for its ``*.h5`` files (sorted by name, not recursive); a file is
+    A directory stands for its ``*.h5`` files (sorted by name, numbers by value: ``d4``
+    before ``d12``; not recursive); a file is
     kept as given (whether it is a gradscope log is checked when it is read). Duplicates
     are dropped. Raises :class:`LogError` for a path that does not exist or a directory
     without ``*.h5`` files.
@@ -120,7 +152,7 @@ def collect_logs(inputs) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.glob("*.h5") if q.is_file())
+            found = sorted((q for q in p.glob("*.h5") if q.is_file()), key=_natural)
             if not found:
                 raise LogError(f"{str(item)!r} is a directory without .h5 logs")
             out.extend(found)
@@ -137,6 +169,12 @@ def collect_logs(inputs) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _natural(p: Path) -> tuple:
+    """Sort key of a file name with its digit runs compared as numbers."""
+    parts = re.split(r"(\d+)", p.name)
+    return tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in parts), p.name
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -640,6 +678,12 @@ def _wrap(text: str, indent: str = "", width: int = _WRAP) -> list[str]:
                          break_on_hyphens=False) or [indent]
 
 
+def _needs_block(run: RunData) -> bool:
+    d = run.diagnosis
+    return (d.get("verdict") not in ("healthy",) or d.get("status") != "completed"
+            or bool(run.notes))
+
+
 def _compact_block(run: RunData) -> list[tuple[str, str]]:
     """A run's lines on the summary pages of a sweep: what it is, how it ended, its
     alarms (not the checks it passed)."""
@@ -762,6 +806,8 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
         for i in range(0, max(len(rows), 1), per)]
     compact = len(runs) > SAMPLE_ABOVE
     for r in runs:
+        if compact and not _needs_block(r):
+            continue   # healthy and completed: the table's line says it all
         b = _compact_block(r) if compact else _run_block(r)
         # a block longer than a page (very long messages) continues on the next page
         blocks += [b[i:i + SUMMARY_LINES] for i in range(0, len(b), SUMMARY_LINES)]
@@ -811,9 +857,9 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
                    "YES = alarm, - = check passed, n/a = not applicable or not judged. "
                    "Gradient ratios compare ||delta|| = ||dL/dz|| of layer 0 (input side) "
                    "with the output layer's."
-                   + (f" With more than {SAMPLE_ABOVE} runs, each run's lines give its "
-                      "alarms only; a report of that run alone lists every check." if compact
-                      else ""))
+                   + (f" With more than {SAMPLE_ABOVE} runs, the table lists every run and "
+                      "below it each run with an alarm (or not completed) gets its alarms; a "
+                      "report of one run lists every check." if compact else ""))
         out.append(_Page(title, caption if i == 0 else "", draw, layout=False))
     return out
 
@@ -887,7 +933,7 @@ def _dead_pages(runs, thresholds):
     others = [r for r in runs if not r.relu_family]
     note = ""
     if others:
-        names = ", ".join(f"{r.label} ({r.activation})" for r in others[:6])
+        names = ", ".join(f"{r.short or r.label} ({r.activation})" for r in others[:6])
         more = f" and {len(others) - 6} more" if len(others) > 6 else ""
         note = f" Not applicable to {names}{more}: their units cannot die."
     out = []
@@ -901,8 +947,7 @@ def _dead_pages(runs, thresholds):
                 a1.set_title(f"{run.flabel}: dead units per layer", fontsize=10, loc="left")
                 if run.dead is not None and len(run.dead_steps):
                     plots.dead_unit_map(steps=run.dead_steps, dead=run.dead, ax=a2)
-                    a2.set_title(f"{run.flabel}: which units were dead when", fontsize=10,
-                                 loc="left")
+                    a2.set_title("which units were dead when", fontsize=10, loc="left")
                 else:
                     a2.set_axis_off()
         out.append(_Page(
@@ -1316,15 +1361,19 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
         n_rows_r = relu[row].nunique() if row else 1
         n_cols_r = relu["optimizer"].nunique()
 
+        # one ReLU-family activation: colour by init (a line per init either way)
+        hue = "activation" if relu["activation"].nunique() > 1 else "init"
+
         def draw_dead(fig):
             axes = grid(fig, n_rows_r, n_cols_r)
-            plots.depth_dead_units(summary=relu, ax=axes, row=row)
+            plots.depth_dead_units(summary=relu, ax=axes, row=row, hue=hue)
 
         pages.append(_Page(
             "Dead ReLU units across depth",
             "Mean over the hidden layers of the share of units dead on the probe set (pre-"
             "activation <= 0 on every probe example) at the last probe step, against depth. "
-            f"One line per activation and init, one panel per optimizer; {seeds}. The "
+            f"One line per activation and init (colour: {hue}), one panel per optimizer"
+            f"{' and variant' if row else ''}; {seeds}. The "
             f"dead-unit verdict looks at the worst single layer (threshold "
             f"{100 * thr.get('dead_units', 0.5):.0f}% of its units), so a run can be "
             "flagged with a lower mean."
@@ -1352,8 +1401,10 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
             "Final accuracy over the grid",
             "Final accuracy of each run: " + "; ".join(what[s] for s in splits if s in what)
             + ". Rows: activation / init" + (" / variant" if row else "") + "; columns: "
-            "depth; one panel per optimizer. Several runs in a cell (seeds): their median, "
-            "n = runs. Colours: viridis from 0 to 100%." + chance, draw_acc))
+            "depth; one panel per optimizer. "
+            + ("Several runs in a cell (seeds): their median (n = runs, shown where it "
+               "varies). " if layout["seeds"] > 1 else "")
+            + "Colours: viridis from 0 to 100%." + chance, draw_acc))
     return pages
 
 
@@ -1366,7 +1417,7 @@ def remedy_groups(runs) -> list[list]:
     of different seeds are never compared, and options that only change what is logged
     (:data:`LOGGING_KEYS`) are ignored. A group holds two or more different remedy
     settings (a repeated setting keeps its first run), the run with the fewest remedies on
-    first. Returns the groups in the order of their first run.
+    first. Returns the groups ordered by depth, activation, init, optimizer and seed.
     """
     runs = list(runs)
     groups: dict[str, list] = {}
@@ -1386,7 +1437,13 @@ def remedy_groups(runs) -> list[list]:
             continue
         keep.sort(key=lambda ro: (_remedy_count(ro[1]), runs.index(ro[0])))
         out.append([r for r, _ in keep])
-    return out
+    # in grid order: depth (as a number), activation, init, optimizer, seed
+    def order(group):
+        o = _options(group[0].config)
+        return tuple((v if isinstance(v, (int, float)) else math.inf, str(v))
+                     for v in (o.get(k) for k in (*GRID_KEYS, "seed")))
+
+    return sorted(out, key=order)
 
 
 def _remedy_count(o: dict) -> int:
@@ -1528,7 +1585,9 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     beside ``out`` and renamed at the end, so a failed report leaves no partial file.
 
     Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
-    "diagnoses": [diagnose() dicts]}``. Raises :class:`LogError` (one line) for a missing,
+    "diagnoses": [diagnose() dicts], "table": run_table(), "sweep": sweep_layout() or None,
+    "remedy_groups": [[labels]], "sampled": [labels of the runs with per-run pages],
+    "seconds": float}``. Raises :class:`LogError` (one line) for a missing,
     non-HDF5, non-gradscope or truncated file, ``ValueError`` for a bad threshold.
     """
     t0 = time.perf_counter()

@@ -319,3 +319,155 @@ def test_run_comparison_log_axis_groups_and_missing():
     assert ax2.get_xscale() == "log"
     lo, hi = ax2.get_xlim()
     assert lo <= 1e-7 and hi >= 1e3              # the guides stay in view
+
+
+# -- sweeps: one row per run ----------------------------------------------------------------
+def sweep_table(seeds=(0, 1), optimizers=("sgd", "adam")):
+    """ratio = c**depth per activation / init; seeds scale it by (1 + seed)."""
+    rates = {("sigmoid", "standard"): 0.1, ("sigmoid", "he"): 0.3, ("relu", "standard"): 0.5,
+             ("relu", "he"): 1.0}
+    rows = []
+    for opt in optimizers:
+        for (act, init), c in rates.items():
+            for depth in (2, 4, 8):
+                for seed in seeds:
+                    rows.append({
+                        "optimizer": opt, "activation": act, "init": init, "depth": depth,
+                        "seed": seed, "ratio_early": c ** depth * (1 + seed),
+                        "ratio_first": c ** depth, "predicted_ratio": c ** depth / 2,
+                        "dead_frac": 0.01 * depth * (1 + seed) if act == "relu" else np.nan,
+                        "accuracy": 0.5 + 0.01 * depth + 0.1 * (act == "relu") + 0.01 * seed
+                                    + 0.05 * (opt == "adam")})
+    return pd.DataFrame(rows)
+
+
+def measured(ax):
+    return [l for l in ax.get_lines() if l.get_gid() == "measured"]
+
+
+def test_phase_diagram_lines_per_activation_and_init_log_scale_and_guides():
+    t = sweep_table()
+    g = plots.phase_diagram(summary=t)
+    assert isinstance(g, sns.FacetGrid)
+    axes = list(g.axes.flat)
+    assert [a.get_title() for a in axes] == ["optimizer = adam", "optimizer = sgd"]
+    for ax in axes:
+        assert ax.get_yscale() == "log"
+        lines = measured(ax)
+        assert len(lines) == 4                          # activation x init
+        # the median over the seeds: c**depth * 1.5
+        ys = sorted(tuple(np.round(np.log10(l.get_ydata()), 6)) for l in lines)
+        want = sorted(tuple(np.round(np.log10(c ** np.array([2, 4, 8]) * 1.5), 6))
+                      for c in (0.1, 0.3, 0.5, 1.0))
+        assert ys == want
+        for l in lines:
+            assert list(l.get_xdata()) == [2, 4, 8]
+        # the prediction: dashed, in the colour of its measured line
+        pred = [l for l in ax.get_lines() if l.get_gid() == "predicted"]
+        assert len(pred) == 4 and all(l.get_linestyle() == "--" for l in pred)
+        assert {l.get_color() for l in pred} == {l.get_color() for l in lines}
+        # seeds: a min-max band per line; the first step: one cross per run
+        assert len(ax.collections) == 4
+        firsts = [l for l in ax.get_lines() if l.get_gid() == "first-step"]
+        assert sum(len(l.get_xdata()) for l in firsts) == 4 * 3 * 2
+        guides = {l.get_gid(): l.get_ydata()[0] for l in ax.get_lines()
+                  if l.get_gid() in ("vanishing-guide", "exploding-guide")}
+        assert guides == {"vanishing-guide": 1e-3, "exploding-guide": 1e3}
+        lo, hi = ax.get_ylim()
+        assert lo <= 0.1 ** 8 and hi >= 1e3
+    # colours: one per activation, the same in both panels; markers: one per init
+    legend = [t.get_text() for t in g.legend.texts]
+    for word in ("activation", "sigmoid", "relu", "init", "standard", "he",
+                 "mean-field prediction\nat init (plain MLP)"):
+        assert word in legend
+
+
+def test_phase_diagram_on_given_axes_missing_values_and_summarize_columns():
+    t = sweep_table(seeds=(0,), optimizers=("sgd",))
+    t.loc[0, "ratio_early"] = 0.0                      # underflow: not on a log axis
+    t = t.rename(columns={"ratio_early": "vanishing_value", "ratio_first": "grad_ratio_first"})
+    t = t.drop(columns="predicted_ratio")
+    _, ax = plt.subplots()
+    axes = plots.phase_diagram(summary=t, ax=ax, guides=(1e-4, 1e4))
+    assert axes.shape == (1, 1) and axes[0, 0] is ax
+    assert len(measured(ax)) == 4
+    assert not [l for l in ax.get_lines() if l.get_gid() == "predicted"]
+    assert any("1 run without a finite positive value" in x.get_text() for x in ax.texts)
+    assert "first half" in ax.get_ylabel()
+    assert ax.get_legend() is not None
+    with pytest.raises(ValueError, match="panels"):
+        _, two = plt.subplots(1, 2)
+        plots.phase_diagram(summary=sweep_table(), ax=two[:1])
+    with pytest.raises(ValueError, match="no column"):
+        plots.phase_diagram(summary=t.drop(columns="vanishing_value"))
+
+
+def test_depth_dead_units_relu_rows_only_linear_scale():
+    t = sweep_table()
+    g = plots.depth_dead_units(summary=t, threshold=0.5)
+    ax = g.axes.flat[0]
+    assert ax.get_yscale() == "linear"
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    lines = measured(ax)
+    assert len(lines) == 2                              # relu x (standard, he)
+    for l in lines:
+        assert list(l.get_ydata()) == pytest.approx([0.03, 0.06, 0.12])
+    assert [l for l in ax.get_lines() if l.get_gid() == "dead-threshold"]
+
+
+def test_grid_heatmap_cells_are_the_accuracies():
+    t = sweep_table(seeds=(0,))
+    t = t[~((t["activation"] == "relu") & (t["init"] == "he") & (t["depth"] == 8))]  # a hole
+    g = plots.grid_heatmap(summary=t)
+    assert isinstance(g, sns.FacetGrid)
+    for ax, opt in zip(g.axes.flat, ["adam", "sgd"]):
+        mesh = next(c for c in ax.collections if c.get_gid() == "grid-heatmap")
+        assert mesh.get_cmap().name == "viridis"
+        Z = np.ma.filled(mesh.get_array(), np.nan)
+        rows = [t.get_text() for t in g.axes.flat[0].get_yticklabels()]
+        assert rows == ["relu / he", "relu / standard", "sigmoid / he", "sigmoid / standard"]
+        sub = t[t["optimizer"] == opt]
+        for i, row in enumerate(rows):
+            act, init = row.split(" / ")
+            for j, depth in enumerate((2, 4, 8)):
+                cell = sub[(sub["activation"] == act) & (sub["init"] == init)
+                           & (sub["depth"] == depth)]["accuracy"]
+                if len(cell):
+                    assert Z[i, j] == pytest.approx(cell.iloc[0])
+                else:
+                    assert np.isnan(Z[i, j])
+        texts = [x.get_text() for x in ax.texts]
+        assert "no run" in texts
+        assert f"{100 * sub['accuracy'].iloc[0]:.0f}%" in texts
+    cbar = g.figure.axes[-1]
+    assert "accuracy" in cbar.get_ylabel()
+
+
+def test_grid_heatmap_median_over_seeds_on_given_axes():
+    t = sweep_table(seeds=(0, 1, 2), optimizers=("sgd",))
+    t = t.drop(index=t.index[-1])    # cells of 6 runs (2 inits x 3 seeds), one of 5: n shown
+    _, ax = plt.subplots()
+    plots.grid_heatmap(summary=t, ax=ax, y="activation", agg="median")
+    mesh = next(c for c in ax.collections if c.get_gid() == "grid-heatmap")
+    Z = np.ma.filled(mesh.get_array(), np.nan)
+    assert Z.shape == (2, 3)
+    want = t[(t["activation"] == "relu") & (t["depth"] == 2)]["accuracy"].median()
+    assert Z[0, 0] == pytest.approx(want)
+    texts = [x.get_text() for x in ax.texts]
+    assert sum("(n=5)" in x for x in texts) == 1 and sum("(n=6)" in x for x in texts) == 5
+    with pytest.raises(ValueError, match="agg"):
+        plots.grid_heatmap(summary=t, agg="mode")
+
+
+def test_profile_comparison_shares_one_log_scale():
+    a = layer_table(n_steps=5, n_layers=4, run="plain")
+    b = layer_table(n_steps=5, n_layers=4, run="residual")
+    b["delta_norm"] = b["delta_norm"] * 1e-4
+    g = plots.profile_comparison(data=pd.concat([a, b]), titles={"plain": "off: vanishing"})
+    ax1, ax2 = g.axes.flat
+    assert ax1.get_yscale() == ax2.get_yscale() == "log"
+    assert ax1.get_ylim() == ax2.get_ylim()
+    assert ax1.get_title(loc="left") == "off: vanishing"
+    assert ax2.get_title(loc="left") == "residual"
+    # start and end
+    assert len([l for l in ax1.get_lines() if l.get_label().startswith(("start", "end"))]) == 2

@@ -268,3 +268,10 @@ def test_report_without_the_diagnose_module(logs, tmp_path, monkeypatch):
     d, = r["diagnoses"]
     assert d["verdict"] == "not diagnosed" and d["theory"] is None
     assert r["pages"] == pdf_pages(tmp_path / "nodiag.pdf")
+
+
+def test_collect_logs_orders_numbers_by_value(tmp_path):
+    for name in ("run-d12.h5", "run-d4.h5", "run-d8.h5", "other.h5"):
+        (tmp_path / name).write_bytes(b"")
+    got = [p.name for p in report.collect_logs(tmp_path)]
+    assert got == ["other.h5", "run-d4.h5", "run-d8.h5", "run-d12.h5"]

@@ -287,6 +287,23 @@ def _need_params(name: str, params: Params | None, n: int) -> Params:
     return params
 
 
+def _zeros(params: Params) -> Params:
+    return [np.zeros_like(p) for p in params]
+
+
+def _inputs(name: str, grads: Params, state_list: list, params: Params | None,
+            weight_decay: float) -> Params | None:
+    """Check the gradients against the state; the parameters are needed for weight decay."""
+    _check_lengths(name, grads, state_list)
+    return _need_params(name, params, len(grads)) if weight_decay else params
+
+
+def _with_decay(grads: Params, params: Params | None, weight_decay: float):
+    """``(i, g_i + weight_decay * theta_i)`` for each array (L2 decay as torch adds it)."""
+    for i, g in enumerate(grads):
+        yield i, (_l2(g, params[i], weight_decay) if weight_decay else g)
+
+
 def _l2(g: np.ndarray, p: np.ndarray, weight_decay: float) -> np.ndarray:
     """``g + weight_decay * p`` in one new array."""
     out = np.multiply(p, weight_decay)
@@ -329,13 +346,11 @@ def _sgd(name: str, lr, momentum, dampening, weight_decay, nesterov) -> Optimize
     }
 
     def init(params: Params) -> SGDState:
-        return SGDState(0, [np.zeros_like(p) for p in params] if mom else [])
+        return SGDState(0, _zeros(params) if mom else [])
 
     def update(grads: Params, state: SGDState, params: Params | None = None):
         if mom:
-            _check_lengths(name, grads, state.momentum_buffer)
-        if wd:
-            params = _need_params(name, params, len(grads))
+            params = _inputs(name, grads, state.momentum_buffer, params, wd)
         updates, bufs = [], []
         for i, g in enumerate(grads):
             fresh = False
@@ -460,15 +475,11 @@ def adagrad(*, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_valu
         return AdagradState(0, [np.full_like(p, acc0) for p in params])
 
     def update(grads: Params, state: AdagradState, params: Params | None = None):
-        _check_lengths(name, grads, state.sum)
-        if wd:
-            params = _need_params(name, params, len(grads))
+        params = _inputs(name, grads, state.sum, params, wd)
         t = state.count + 1
         clr = lr / (1.0 + (t - 1) * lr_decay)
         updates, sums = [], []
-        for i, g in enumerate(grads):
-            if wd:
-                g = _l2(g, params[i], wd)
+        for i, g in _with_decay(grads, params, wd):
             s = np.multiply(g, g)
             s += state.sum[i]
             u = np.sqrt(s)
@@ -515,17 +526,13 @@ def adadelta(*, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0) -> Optimizer:
     }
 
     def init(params: Params) -> AdadeltaState:
-        return AdadeltaState(0, [np.zeros_like(p) for p in params],
-                             [np.zeros_like(p) for p in params])
+        return AdadeltaState(0, _zeros(params),
+                             _zeros(params))
 
     def update(grads: Params, state: AdadeltaState, params: Params | None = None):
-        _check_lengths(name, grads, state.square_avg)
-        if wd:
-            params = _need_params(name, params, len(grads))
+        params = _inputs(name, grads, state.square_avg, params, wd)
         updates, sq, acc = [], [], []
-        for i, g in enumerate(grads):
-            if wd:
-                g = _l2(g, params[i], wd)
+        for i, g in _with_decay(grads, params, wd):
             v = np.multiply(g, g)
             _ema(state.square_avg[i], v, rho, out=v)
             u = np.add(v, eps)
@@ -595,18 +602,14 @@ def rmsprop(*, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
 
     def init(params: Params) -> RMSpropState:
         def zeros(on: bool) -> list:
-            return [np.zeros_like(p) for p in params] if on else []
+            return _zeros(params) if on else []
 
         return RMSpropState(0, zeros(True), zeros(centered), zeros(mom > 0.0))
 
     def update(grads: Params, state: RMSpropState, params: Params | None = None):
-        _check_lengths(name, grads, state.square_avg)
-        if wd:
-            params = _need_params(name, params, len(grads))
+        params = _inputs(name, grads, state.square_avg, params, wd)
         updates, sq, gav, bufs = [], [], [], []
-        for i, g in enumerate(grads):
-            if wd:
-                g = _l2(g, params[i], wd)
+        for i, g in _with_decay(grads, params, wd):
             v = np.multiply(g, g)
             _ema(state.square_avg[i], v, alpha, out=v)
             if centered:
@@ -676,7 +679,7 @@ def rprop(*, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)) -> Optimizer:
     }
 
     def init(params: Params) -> RpropState:
-        return RpropState(0, [np.zeros_like(p) for p in params],
+        return RpropState(0, _zeros(params),
                           [np.full_like(p, lr) for p in params])
 
     def update(grads: Params, state: RpropState, params: Params | None = None):
@@ -726,14 +729,12 @@ def _adam(name: str, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled: bo
     }
 
     def init(params: Params) -> AdamState:
-        zeros = [np.zeros_like(p) for p in params]
-        return AdamState(0, zeros, [np.zeros_like(p) for p in params],
-                         [np.zeros_like(p) for p in params] if ams else [])
+        zeros = _zeros(params)
+        return AdamState(0, zeros, _zeros(params),
+                         _zeros(params) if ams else [])
 
     def update(grads: Params, state: AdamState, params: Params | None = None):
-        _check_lengths(name, grads, state.mu)
-        if wd:
-            params = _need_params(name, params, len(grads))
+        params = _inputs(name, grads, state.mu, params, wd)
         t = state.count + 1
         # Kingma & Ba sec. 2: m^/(sqrt(v^) + eps) == alpha_t/lr * m/(sqrt(v) + eps_t)
         bc2_sqrt = math.sqrt(1.0 - b2**t)
@@ -741,9 +742,7 @@ def _adam(name: str, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled: bo
         eps_t = eps * bc2_sqrt
         decay = lr * wd
         updates, ms, vs, vmaxs = [], [], [], []
-        for i, g in enumerate(grads):
-            if wd and not decoupled:
-                g = _l2(g, params[i], wd)
+        for i, g in _with_decay(grads, params, 0.0 if decoupled else wd):
             m = _ema(state.mu[i], g, b1, out=np.empty_like(state.mu[i]))
             v = np.multiply(g, g)
             _ema(state.nu[i], v, b2, out=v)
@@ -870,13 +869,11 @@ def nadam(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
     }
 
     def init(params: Params) -> NadamState:
-        return NadamState(0, 1.0, [np.zeros_like(p) for p in params],
-                          [np.zeros_like(p) for p in params])
+        return NadamState(0, 1.0, _zeros(params),
+                          _zeros(params))
 
     def update(grads: Params, state: NadamState, params: Params | None = None):
-        _check_lengths(name, grads, state.mu)
-        if wd:
-            params = _need_params(name, params, len(grads))
+        params = _inputs(name, grads, state.mu, params, wd)
         t = state.count + 1
         bc2_sqrt = math.sqrt(1.0 - b2**t)
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
@@ -887,9 +884,7 @@ def nadam(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
         c_g = -lr * (1.0 - mu_t) / (1.0 - mu_product) * bc2_sqrt
         eps_t = eps * bc2_sqrt
         updates, ms, vs = [], [], []
-        for i, g in enumerate(grads):
-            if wd:
-                g = _l2(g, params[i], wd)
+        for i, g in _with_decay(grads, params, wd):
             m = _ema(state.mu[i], g, b1, out=np.empty_like(state.mu[i]))
             v = np.multiply(g, g)
             _ema(state.nu[i], v, b2, out=v)
@@ -937,19 +932,15 @@ def adamax(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> Op
     }
 
     def init(params: Params) -> AdamaxState:
-        return AdamaxState(0, [np.zeros_like(p) for p in params],
-                           [np.zeros_like(p) for p in params])
+        return AdamaxState(0, _zeros(params),
+                           _zeros(params))
 
     def update(grads: Params, state: AdamaxState, params: Params | None = None):
-        _check_lengths(name, grads, state.mu)
-        if wd:
-            params = _need_params(name, params, len(grads))
+        params = _inputs(name, grads, state.mu, params, wd)
         t = state.count + 1
         clr = lr / (1.0 - b1**t)
         updates, ms, us = [], [], []
-        for i, g in enumerate(grads):
-            if wd:
-                g = _l2(g, params[i], wd)
+        for i, g in _with_decay(grads, params, wd):
             m = _ema(state.mu[i], g, b1, out=np.empty_like(state.mu[i]))
             u = np.abs(g)
             u += eps

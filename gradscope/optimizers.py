@@ -162,12 +162,15 @@ class GroupedStep:
     opt : the optimizer.
     sizes : the number of elements of each parameter array, to balance the groups.
     threads : how many groups (default: the number of cores, at most 4); 1 runs inline.
+    measure : the norm :meth:`step` reports (default: the Frobenius norm).
     """
 
-    def __init__(self, opt: Optimizer, sizes: list[int], threads: int | None = None):
+    def __init__(self, opt: Optimizer, sizes: list[int], threads: int | None = None,
+                 measure: Callable[[np.ndarray], float] | None = None):
         from ._threads import n_threads, pool
 
         self.opt = opt
+        self.measure = measure or (lambda x: float(np.linalg.norm(x)))
         self.n = len(sizes)
         threads = min(threads or n_threads(), self.n)
         bins: list[list[int]] = [[] for _ in range(max(threads, 1))]
@@ -189,37 +192,55 @@ class GroupedStep:
         return type(state)(*[[f[i] for i in idx] if isinstance(f, list) and len(f) == self.n
                              else f for f in state])
 
-    def _one(self, grads, state, params):
+    def _one(self, grads, state, params, want):
         # numpy's error state is per thread; take the caller's into the worker
         with np.errstate(**self._err):
+            gn = [self.measure(g) for g in grads] if want[0] else None
             updates, new = self.opt.update(grads, state, params)
-        return apply_updates(params, updates), updates, new
+            new_params = apply_updates(params, updates)
+            un = pn = None
+            if want[1]:  # while the fresh arrays are still in this core's cache
+                un = [self.measure(u) for u in updates]
+                pn = [self.measure(q) for q in new_params]
+        return new_params, updates, new, (gn, un, pn)
 
     def __call__(self, grads: Params, state, params: Params):
         """Returns ``(new_params, updates, new_state)``."""
+        return self.step(grads, state, params)[:3]
+
+    def step(self, grads: Params, state, params: Params, grad_norms: bool = False,
+             out_norms: bool = False):
+        """Returns ``(new_params, updates, new_state, (grad_norms, update_norms, param_norms))``.
+
+        The norms (by ``measure``) are lists in parameter order, or None where not asked for:
+        ``grad_norms`` of the gradients, ``out_norms`` of the updates and new parameters.
+        """
         self._err = np.geterr()
+        want = (grad_norms, out_norms)
         if self.pool is None:
-            return self._one(grads, state, params)
+            return self._one(grads, state, params, want)
         futures = [self.pool.submit(self._one, [grads[i] for i in idx],
-                                    self._split(state, idx), [params[i] for i in idx])
+                                    self._split(state, idx), [params[i] for i in idx], want)
                    for idx in self.groups]
         results = [f.result() for f in futures]
-        new_params: Params = [None] * self.n  # type: ignore[list-item]
-        updates: Params = [None] * self.n  # type: ignore[list-item]
+
+        def merge(get):
+            merged = [None] * self.n
+            for idx, res in zip(self.groups, results):
+                part = get(res)
+                for k, i in enumerate(idx):
+                    merged[i] = part[k]
+            return merged
+
         fields = []
         for j, field in enumerate(state):
             if isinstance(field, list) and len(field) == self.n:
-                merged = [None] * self.n
-                for idx, (_, _, st) in zip(self.groups, results):
-                    for k, i in enumerate(idx):
-                        merged[i] = st[j][k]
-                fields.append(merged)
+                fields.append(merge(lambda r, j=j: r[2][j]))
             else:
                 fields.append(results[0][2][j])
-        for idx, (ps, us, _) in zip(self.groups, results):
-            for k, i in enumerate(idx):
-                new_params[i], updates[i] = ps[k], us[k]
-        return new_params, updates, type(state)(*fields)
+        norms = tuple(merge(lambda r, m=m: r[3][m]) if results[0][3][m] is not None else None
+                      for m in range(3))
+        return merge(lambda r: r[0]), merge(lambda r: r[1]), type(state)(*fields), norms
 
     def close(self) -> None:
         """Shut down a pool of its own (the shared pool stays for the next run)."""

@@ -41,12 +41,16 @@ def step_metrics(
     updates: Params | None,
     activation: Activation,
     grad_norms: list[float] | None = None,
+    *,
+    weight_norms: list[float] | None = None,
+    update_norms: list[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """One value per layer for every column of the ``layers`` table but step and layer.
 
     ``updates`` is None when no update was applied (a diverged step): update norms are NaN.
-    ``grad_norms`` are the norms of ``back.grads`` if the caller has them already (further
-    entries, e.g. normalisation gradients, are ignored).
+    ``grad_norms``, ``weight_norms`` and ``update_norms`` are the norms of ``back.grads``,
+    ``params`` and ``updates`` (same order) if the caller has them already (further
+    entries, e.g. normalisation parameters, are ignored).
     Activation statistics describe the training batch's hidden activations
     ``phi(u_l)`` (``u_l = z_l``, or its normalisation with ``--norm``), before dropout and
     before a residual skip adds the layer's input; they are NaN for the linear output layer.
@@ -63,10 +67,10 @@ def step_metrics(
             return _layer(l)
 
     def _layer(l: int) -> tuple:
-        w = norm(params[2 * l])
+        w = norm(params[2 * l]) if weight_norms is None else weight_norms[2 * l]
         u = ratio = nan
         if updates is not None:
-            u = norm(updates[2 * l])
+            u = norm(updates[2 * l]) if update_norms is None else update_norms[2 * l]
             ratio = u / w if w > 0 else math.inf
         mean = std = sat = nan
         if l < L - 1:

@@ -327,7 +327,7 @@ def train(
     clipping, clip_norm, clip_value = cfg.clipping, cfg.clip_norm, cfg.clip_value
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_overrides())
     state = opt.init(params + norm_params)
-    stepper = GroupedStep(opt, [p.size for p in params + norm_params])
+    stepper = GroupedStep(opt, [p.size for p in params + norm_params], measure=norm)
     loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
     X, y = prep.X, prep.y
     n = X.shape[0]
@@ -346,6 +346,7 @@ def train(
     status, message = "completed", ""
     step, epoch, loss = 0, 0, float("nan")
     t0 = time.perf_counter()
+    weight_norms = None
     restore = _sigterm_raises_interrupt()
     # overflow on the way to divergence is detected and reported as a result, not warned about
     quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
@@ -364,20 +365,37 @@ def train(
                 loss, dout = loss_fn(out_b, yb)
                 back = backward(params, cache, dout, act)
                 grads = back.grads if back.norm_grads is None else back.grads + back.norm_grads
-                gnorms = [norm(g) for g in grads]
-                gnorm = math.sqrt(sum(g * g for g in gnorms))
-                diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
-                updates, clipped = None, False
-                if not diverged:
-                    if clipping:
+                logged = step % log_every == 0 or step == total - 1
+                # norms of the updates and new parameters, taken by the optimizer's threads,
+                # when this step or the next is recorded
+                want = logged or (step + 1) % log_every == 0 or step + 1 == total - 1
+                current = params + norm_params if norm_params else params
+                clipped, out_norms = False, (None, None, None)
+                if clipping:  # the norm decides the clipping: take it first
+                    gnorms = [norm(g) for g in grads]
+                    gnorm = math.sqrt(sum(g * g for g in gnorms))
+                    diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
+                    if not diverged:
                         grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
-                    new_params, updates, state = stepper(
-                        grads, state, params + norm_params if norm_params else params)
-                if diverged or step % log_every == 0 or step == total - 1:
+                        new_params, updates, new_state, out_norms = stepper.step(
+                            grads, state, current, out_norms=want)
+                else:  # a diverged step's update is computed in passing and thrown away
+                    new_params, updates, new_state, out_norms = stepper.step(
+                        grads, state, current, grad_norms=True, out_norms=want)
+                    gnorms = out_norms[0]
+                    gnorm = math.sqrt(sum(g * g for g in gnorms))
+                    diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
+                if diverged:
+                    updates = None
+                else:
+                    state = new_state
+                if diverged or logged:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
                                   time=time.perf_counter() - t0, clipped=int(clipped))
-                    m = step_metrics(params, cache, back, updates, act, gnorms)
+                    m = step_metrics(params, cache, back, updates, act, gnorms,
+                                     weight_norms=weight_norms,
+                                     update_norms=None if diverged else out_norms[1])
                     writer.append("layers", L, step=step, layer=layer_idx, **m)
                     if diverged or step % probe_every == 0 or step == total - 1:
                         pm, dead, hist = probe_metrics(params, X_probe, act, edges, arch=arch,
@@ -393,6 +411,7 @@ def train(
                     status = "diverged"
                     message = f"{what} became {value} at step {step} (epoch {epoch})"
                     break
+                weight_norms = out_norms[2]  # of the parameters the next step starts from
                 if norm_params:
                     params, norm_params = new_params[:n_p], new_params[n_p:]
                     if cache.state is not None:

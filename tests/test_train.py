@@ -360,3 +360,24 @@ def test_regression_on_teacher(tmp_path):
     pred = (np.tanh(prep.X @ W0 + b0) @ W1 + b1)[:, 0]
     assert gradscope.read_steps(out2)["loss"][0] == pytest.approx(np.mean((pred - prep.y) ** 2),
                                                                   rel=1e-12)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_weight_and_update_norms_match_snapshots(tmp_path, log_every):
+    """weight_norm and update_norm (taken in the optimizer's threads) against the snapshots."""
+    from gradscope import read_layers, read_weights
+    from gradscope.train import TrainConfig, train as run_train
+
+    out = tmp_path / "n.h5"
+    run_train(TrainConfig(dataset="moons", depth=3, width=16, optimizer="adam", steps=10,
+                          log_every=log_every, snapshot_every=1, val_fraction=0.0), out)
+    layers = read_layers(out)
+    for step in sorted(layers.step.unique()):
+        before = read_weights(out, step=int(step))
+        after = read_weights(out, step=int(step) + 1) if step < 9 else read_weights(out, "final")
+        rows = layers[layers.step == step].set_index("layer")
+        for l, ((W0, _), (W1, _)) in enumerate(zip(before, after)):
+            assert rows.loc[l, "weight_norm"] == pytest.approx(
+                np.linalg.norm(W0.astype(np.float64)), rel=1e-5)
+            assert rows.loc[l, "update_norm"] == pytest.approx(
+                np.linalg.norm(W1.astype(np.float64) - W0), rel=1e-3)

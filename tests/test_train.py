@@ -366,7 +366,8 @@ def test_regression_on_teacher(tmp_path):
 def test_weight_and_update_norms_match_snapshots(tmp_path, log_every):
     """weight_norm and update_norm (taken in the optimizer's threads) against the snapshots."""
     from gradscope import read_layers, read_weights
-    from gradscope.train import TrainConfig, train as run_train
+    from gradscope.train import TrainConfig
+    from gradscope.train import train as run_train
 
     out = tmp_path / "n.h5"
     run_train(TrainConfig(dataset="moons", depth=3, width=16, optimizer="adam", steps=10,

@@ -231,7 +231,12 @@ def config_summary(config: dict) -> str:
     bs = config.get("batch_size")
     if bs is not None:
         parts.append(f"bs={bs}")
-    # the remedies (docs/remedies.md), only when on
+    return " ".join(parts + remedy_parts(config))
+
+
+def remedy_parts(config: dict) -> list[str]:
+    """The remedies that are on (docs/remedies.md): ``["residual", "batchnorm", ...]``."""
+    parts = []
     if config.get("residual"):
         parts.append("residual")
     norm = config.get("norm")
@@ -243,7 +248,7 @@ def config_summary(config: dict) -> str:
         parts.append(f"clip_norm={config['clip_norm']:g}")
     if config.get("clip_value") is not None:
         parts.append(f"clip_value={config['clip_value']:g}")
-    return " ".join(parts)
+    return parts
 
 
 def format_diagnosis(result: dict) -> str:

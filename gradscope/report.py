@@ -1181,19 +1181,11 @@ def _setting(k: str, v) -> str:
 
 
 def _remedy_text(o: dict) -> str:
-    parts = []
-    if o.get("residual"):
-        parts.append("residual")
-    if o.get("norm"):
-        parts.append({"batch": "batchnorm", "layer": "layernorm"}.get(o["norm"],
-                                                                      f"norm={o['norm']}"))
-    if o.get("dropout"):
-        parts.append(f"dropout={o['dropout']:g}")
-    if o.get("clip_norm") is not None:
-        parts.append(f"clip_norm={o['clip_norm']:g}")
-    if o.get("clip_value") is not None:
-        parts.append(f"clip_value={o['clip_value']:g}")
-    return " + ".join(parts) or "none"
+    try:
+        from .diagnose import remedy_parts
+    except ImportError:  # the report also renders without the diagnosis module
+        return "n/a"
+    return " + ".join(remedy_parts(o)) or "none"
 
 
 def _final_accuracy(run: RunData) -> tuple[float, str]:

@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import tempfile
-import threading
 import time
 import types
 import typing
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._signals import StopRequest
 from .data import DataError
 from .log import LogError, read_config, read_epochs, read_layers, read_status, read_steps
 from .optimizers import make_optimizer
@@ -494,6 +494,7 @@ def _blas_env_for_children():
 
 
 _STOPPING = False
+_POLL = 0.2  # seconds between two looks at the results and at a stop request
 
 
 def _worker_init() -> None:
@@ -581,23 +582,6 @@ def _needs_training(path: Path) -> bool:
         return read_status(path)["status"] not in FINAL_STATUSES
     except (LogError, OSError, KeyError, ValueError):
         return True  # unreadable: a half-written or foreign file
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM ends the sweep like Ctrl-C, so that workers are stopped (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
@@ -747,17 +731,18 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
             report(slots, in_flight, run.name, status, message, where)
 
     try:
-        with _sigterm_interrupts():
+        # Ctrl-C and SIGTERM end the sweep between two results (see _signals)
+        with StopRequest() as stop:
             if not todo:
                 report(0, 0, where="nothing to train")
             elif client is not None:
-                _run_dask(todo, out, client, retries, report, finished)
+                _run_dask(todo, out, client, retries, report, finished, stop)
             else:
                 n = min(jobs or _default_jobs(), len(todo))
                 if n <= 1:
-                    _run_inline(todo, out, report, finished)
+                    _run_inline(todo, out, report, finished, stop)
                 else:
-                    _run_pool(todo, out, n, report, finished)
+                    _run_pool(todo, out, n, report, finished, stop)
         if state["interrupted"]:
             raise KeyboardInterrupt
     finally:
@@ -770,7 +755,7 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
     return summary
 
 
-def _run_inline(todo, out, report, finished):
+def _run_inline(todo, out, report, finished, stop):
     where = "this process"
     report(1, len(todo), where=where)
     for i, run in enumerate(todo):
@@ -778,9 +763,10 @@ def _run_inline(todo, out, report, finished):
         finished(run, result, 1, len(todo) - i - 1, where)
         if result["status"] == "interrupted":
             raise KeyboardInterrupt
+        stop.check()
 
 
-def _run_pool(todo, out, n, report, finished):
+def _run_pool(todo, out, n, report, finished, stop):
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -798,7 +784,8 @@ def _run_pool(todo, out, n, report, finished):
         report(n, len(futures), where=where)
         pending = set(futures)
         while pending:
-            ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+            stop.check()
+            ready, pending = wait(pending, timeout=_POLL, return_when=FIRST_COMPLETED)
             for fut in ready:
                 run = futures[fut]
                 try:
@@ -828,7 +815,7 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _run_dask(todo, out, client, retries, report, finished):
+def _run_dask(todo, out, client, retries, report, finished, stop):
     import distributed
 
     where = f"dask {client.scheduler.address}"
@@ -850,7 +837,12 @@ def _run_dask(todo, out, client, retries, report, finished):
             futures[submit(run)] = run
         report(slots(), len(futures), where=where)
         ac = distributed.as_completed(list(futures), loop=client.loop)
-        for fut in ac:
+        while not ac.is_empty():
+            stop.check()
+            if not ac.has_ready():
+                time.sleep(_POLL)
+                continue
+            fut = next(ac)
             run = futures.pop(fut)
             try:
                 result = fut.result()

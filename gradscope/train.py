@@ -8,8 +8,6 @@ bad option is refused before any file is written.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +17,7 @@ import numpy as np
 
 from . import data as data_mod
 from ._malloc import keep_freed_memory
+from ._signals import StopRequest
 from .activations import get_activation
 from .initializers import INITIALIZERS
 from .log import LogWriter
@@ -310,7 +309,8 @@ def train(
     ``out`` is created (or replaced: refusing to overwrite is the caller's decision).
     ``progress(step, total, loss)`` is called after every step when given.
     The run ends ``completed``, ``diverged`` (non-finite loss or gradients: the step is
-    logged and no update applied) or ``interrupted`` (KeyboardInterrupt or SIGTERM).
+    logged and no update applied) or ``interrupted`` (Ctrl-C or SIGTERM, which end the loop
+    between two steps, or KeyboardInterrupt raised by ``progress``).
     """
     prep = config if isinstance(config, Prepared) else prepare(config)
     keep_freed_memory()
@@ -347,7 +347,8 @@ def train(
     step, epoch, loss = 0, 0, float("nan")
     t0 = time.perf_counter()
     weight_norms = None
-    restore = _sigterm_raises_interrupt()
+    # Ctrl-C and SIGTERM stop the loop between steps (see _signals: never inside a lock)
+    stop = StopRequest().__enter__()
     # overflow on the way to divergence is detected and reported as a result, not warned about
     quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
     quiet.__enter__()
@@ -424,6 +425,7 @@ def train(
                 step += 1
                 if progress is not None:
                     progress(step, total, loss)
+                stop.check()
             if status == "diverged":
                 break
             _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n,
@@ -434,9 +436,11 @@ def train(
         status, message = "interrupted", f"interrupted at step {step} (epoch {epoch})"
     finally:
         quiet.__exit__(None, None, None)
-        restore()
-        stepper.close()
-        writer.close(status, message, params, norm_params, norm_state)
+        try:
+            stepper.close()
+            writer.close(status, message, params, norm_params, norm_state)
+        finally:
+            stop.__exit__()
     return RunResult(Path(out), status, message, step, loss)
 
 
@@ -488,15 +492,3 @@ def clip_gradients(
             out.append(g)
         grads = out
     return grads, clipped
-
-
-def _sigterm_raises_interrupt() -> Callable[[], None]:
-    """Make SIGTERM end the run like Ctrl-C (main thread only); returns the undo."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, old)

@@ -302,6 +302,42 @@ def _wait_for(cond, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_local_sweep_and_resume_finishes_it(tmp_path, signum):
+    out = tmp_path / "out"
+    args = ["--dataset", "moons", "--width", "8", "--steps", "4000", "--depth", "2",
+            "--seeds", "0:3", "--jobs", "2", "--out-dir", str(out)]
+    cmd = [sys.executable, "-c", "from gradscope.sweep_cli import sweep; sweep()", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        # stop it while trainings run (their logs are in .partial) and before all are done
+        _wait_for(lambda: any((out / PARTIAL_DIR).glob("*.h5")) or proc.poll() is not None,
+                  60, "a training to start")
+        time.sleep(0.5)
+        os.kill(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "sweep interrupted" in stderr and "run the same command again" in stderr
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    assert len(finished) < 4
+    for p in (out / PARTIAL_DIR).glob("*.h5"):  # stopped trainings closed their logs
+        assert read_status(p)["status"] == "interrupted"
+    # the same command again trains only what is missing
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(finished)} complete already, {4 - len(finished)} to train" in res.stderr
+    assert len(list(out.glob("*.h5"))) == 4
+    assert {n: (out / n).stat().st_mtime_ns for n in finished} == finished
+    assert set(pd.read_csv(out / SUMMARY_FILE)["status"]) == {"completed"}
+
+
 def test_dask_subprocess_cluster_survives_a_killed_worker(tmp_path):
     distributed = pytest.importorskip("distributed")
     dask = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")

@@ -2,7 +2,9 @@
 independently in numpy from the stored weights, and the run's bookkeeping."""
 
 import math
+import os
 import signal
+import time
 
 import h5py
 import numpy as np
@@ -253,9 +255,62 @@ def test_keyboard_interrupt_from_progress_ends_interrupted(tmp_path):
 
 
 def test_sigterm_handler_restored_after_training(tmp_path):
-    before = signal.getsignal(signal.SIGTERM)
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     train(TrainConfig(**SMALL, steps=2), tmp_path / "x.h5")
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_the_run_between_two_steps(tmp_path, signum):
+    # the handler only asks the loop to stop: the step running when the signal arrives is
+    # completed, logged and applied, and the run ends before the next one
+    seen = []
+
+    def progress(step, total, loss):
+        seen.append(step)
+        if step == 7:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.2)  # the handler has run by now ...
+            seen.append("returned")  # ... and raised nothing here
+
+    out = tmp_path / "sig.h5"
+    r = train(TrainConfig(**SMALL, steps=1000, seed=4), out, progress=progress)
+    assert seen == [*range(1, 8), "returned"]
+    assert (r.status, r.steps) == ("interrupted", 7)
+    assert gradscope.read_status(out)["message"] == "interrupted at step 7 (epoch 0)"
+    assert list(gradscope.read_steps(out)["step"]) == list(range(7))
+    ref = tmp_path / "seven.h5"
+    train(TrainConfig(**SMALL, steps=7, seed=4), ref)
+    for a, b in zip(flat(gradscope.read_weights(out, "final")),
+                    flat(gradscope.read_weights(ref, "final"))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_second_signal_raises_at_once():
+    from gradscope._signals import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == signal.SIGTERM  # the first only sets the flag
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs before this returns
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        def progress(step, total, loss):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        r = train(TrainConfig(**SMALL, steps=6), tmp_path / "ign.h5", progress=progress)
+        assert (r.status, r.steps) == ("completed", 6)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # -- counts: splits, epochs, steps, logging cadence ----------------------------------------------

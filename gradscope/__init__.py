@@ -7,6 +7,10 @@ theory. Figures live in :mod:`gradscope.plots` and the PDF report in
 
 __version__ = "0.1.0"
 
+from ._blas import quiet_idle_blas_threads
+
+quiet_idle_blas_threads()  # before numpy loads OpenBLAS (see _blas)
+
 from .data import load_dataset
 from .diagnose import diagnose
 from .log import (

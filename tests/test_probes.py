@@ -11,7 +11,9 @@ from gradscope.activations import ACTIVATIONS
 from gradscope.mlp import backward, forward, init_params
 from gradscope.probes import (
     SATURATION,
+    bin_counts,
     histogram_edges,
+    mean_std,
     norm,
     probe_metrics,
     step_metrics,
@@ -270,6 +272,29 @@ def test_histogram_end_bins_take_out_of_range_values():
     _, _, hist = probe_metrics(params, X, act, edges)
     # -100, -5, -4.99 -> bin 0; 0 -> bin 5; 2.5 -> bin 7; 4.99, 5, 7, 1e9 -> bin 9
     np.testing.assert_array_equal(hist[0], [3, 0, 0, 0, 0, 1, 0, 1, 0, 4])
+
+
+def test_bin_counts_nan_and_infinities_go_to_the_end_bins():
+    a = np.array([np.nan, -np.inf, np.inf, 0.5, 9.99, 10.0, -0.01], dtype=np.float32)
+    # bins of width 1 over [0, 10): NaN, -inf, -0.01 -> 0; 0.5 -> 0; 9.99, 10, inf -> 9
+    np.testing.assert_array_equal(bin_counts(a, 0.0, 10.0, 10), [4, 0, 0, 0, 0, 0, 0, 0, 0, 3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bin_counts_match_numpy_histogram(rng, dtype):
+    a = rng.uniform(-1.5, 6.5, size=(300, 40)).astype(dtype)
+    expected, _ = np.histogram(np.clip(a, -1.0, 6.0), bins=28, range=(-1.0, 6.0))
+    np.testing.assert_array_equal(bin_counts(a, -1.0, 6.0, 28), expected)
+
+
+def test_mean_std_of_a_saturated_float32_layer(rng):
+    # a mean that dwarfs the spread: E[a^2] - mean^2 would cancel to noise in float32
+    a = (1.0 - 1e-4 * rng.random((256, 512))).astype(np.float32)
+    ref = a.astype(np.float64)
+    mean, std = mean_std(a)
+    assert mean == pytest.approx(ref.mean(), rel=1e-6)
+    assert std == pytest.approx(ref.std(), rel=1e-3)
+    assert all(math.isnan(v) for v in mean_std(np.zeros((0, 3), np.float32)))
 
 
 # -- norms -------------------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""Keep OpenBLAS's idle threads from spinning over the optimizer's work.
+
+After each matrix product OpenBLAS's worker threads busy-wait for the next one (by default
+for 2**28 clock ticks) before they sleep. A training step ends with the optimizer's
+elementwise loops in gradscope's own worker threads (``optimizers.GroupedStep``), and a
+spinning BLAS thread takes one of the two cores from them: on the 8 x 512 benchmark the Adam
+step took 10 ms right after a matrix product against 4.8 ms without one; with a timeout
+of 2**4 ticks it took 4.4 ms (docs/performance.md). OpenBLAS reads
+``OPENBLAS_THREAD_TIMEOUT`` (the exponent, 4 to 30) once, when numpy loads it, so this must
+run before numpy is imported: it is the first thing ``import gradscope`` does. A value set by
+the user is kept; in a process that imported numpy first it has no effect.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+THREAD_TIMEOUT = "4"
+
+
+def quiet_idle_blas_threads() -> bool:
+    """Set ``OPENBLAS_THREAD_TIMEOUT`` unless the user set it or numpy is already loaded.
+    True if this call set it."""
+    if "numpy" in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return False
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = THREAD_TIMEOUT
+    return True

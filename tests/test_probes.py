@@ -287,6 +287,15 @@ def test_bin_counts_match_numpy_histogram(rng, dtype):
     np.testing.assert_array_equal(bin_counts(a, -1.0, 6.0, 28), expected)
 
 
+@pytest.mark.parametrize("loc, scale", [(0.0, 1.0), (0.5, 0.2), (-3.0, 2.0), (1e3, 1e3)])
+def test_mean_std_float32_against_float64(rng, loc, scale):
+    a = rng.normal(loc, scale, size=(256, 512)).astype(np.float32)
+    ref = a.astype(np.float64)
+    mean, std = mean_std(a)
+    assert mean == pytest.approx(ref.mean(), rel=1e-6, abs=1e-6 * scale)
+    assert std == pytest.approx(ref.std(), rel=1e-5)
+
+
 def test_mean_std_of_a_saturated_float32_layer(rng):
     # a mean that dwarfs the spread: E[a^2] - mean^2 would cancel to noise in float32
     a = (1.0 - 1e-4 * rng.random((256, 512))).astype(np.float32)

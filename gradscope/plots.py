@@ -23,7 +23,7 @@ so a figure of a million logged steps costs no more to draw than one of a few hu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -215,6 +215,23 @@ def _new_ax(ax, figsize=(7, 4.5)) -> Axes:
     return ax
 
 
+def _check_one_axes(runs, ax) -> None:
+    if ax is not None:
+        raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
+
+
+def _one_or_facet(data: pd.DataFrame, ax, draw: Callable, **kw):
+    """``draw(ax, data, **kw)`` on ``ax`` (or a new Axes) for one run; for several runs, a
+    grid of panels (one a run) from :func:`_facet`, which refuses a single ``ax``."""
+    runs = _runs(data)
+    if len(runs) > 1:
+        _check_one_axes(runs, ax)
+        return _facet(data, draw, **kw)
+    ax = _new_ax(ax)
+    draw(ax, data, **kw)
+    return ax
+
+
 def _facet(data: pd.DataFrame, drawer, *, col_wrap=None, height=3.6, aspect=1.35,
            sharey=False, sharex=False, **kw) -> sns.FacetGrid:
     """One panel per run; ``drawer(ax, run_data, legend_loc="in", **kw)`` draws each.
@@ -399,8 +416,7 @@ def gradient_profile(*, data: pd.DataFrame, value: str = "delta_norm",
     """
     runs = _runs(data)
     if len(runs) > 1:
-        if ax is not None:
-            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
+        _check_one_axes(runs, ax)
         return _facet(data, _draw_profile_run, value=value, moments=moments,
                       predicted=predicted, predicted_label=predicted_label)
     ax = _new_ax(ax)
@@ -468,14 +484,7 @@ def dead_units(*, data: pd.DataFrame, ax=None, threshold: float | None = None):
     """
     if "dead_frac" not in data.columns:
         raise ValueError("data has no column 'dead_frac' (read_layers gives it)")
-    runs = _runs(data)
-    if len(runs) > 1:
-        if ax is not None:
-            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
-        return _facet(data, _draw_dead, threshold=threshold)
-    ax = _new_ax(ax)
-    _draw_dead(ax, data, threshold=threshold)
-    return ax
+    return _one_or_facet(data, ax, _draw_dead, threshold=threshold)
 
 
 def _draw_dead(ax, data, legend_loc="out", threshold=None):
@@ -687,14 +696,7 @@ def activation_summary(*, data: pd.DataFrame, ax=None,
     a marker at the mean with a bar of +- one std, one series per moment (slightly offset,
     light = early, dark = late). The fallback when no histogram was recorded.
     """
-    runs = _runs(data)
-    if len(runs) > 1:
-        if ax is not None:
-            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
-        return _facet(data, _draw_act_summary, moments=moments)
-    ax = _new_ax(ax)
-    _draw_act_summary(ax, data, moments=moments)
-    return ax
+    return _one_or_facet(data, ax, _draw_act_summary, moments=moments)
 
 
 def _draw_act_summary(ax, data, *, moments=("start", "half", "end"), legend_loc="out"):
@@ -726,14 +728,7 @@ def update_ratio(*, data: pd.DataFrame, ax=None, guide: float = UPDATE_GUIDE,
     A dashed horizontal guide at ``guide`` (1e-3: the rule of thumb for a healthy
     learning rate) is labelled. Binned to ``max_steps`` (bin medians).
     """
-    runs = _runs(data)
-    if len(runs) > 1:
-        if ax is not None:
-            raise ValueError(f"data holds {len(runs)} runs; one Axes draws one run")
-        return _facet(data, _draw_update, guide=guide, max_steps=max_steps)
-    ax = _new_ax(ax)
-    _draw_update(ax, data, guide=guide, max_steps=max_steps)
-    return ax
+    return _one_or_facet(data, ax, _draw_update, guide=guide, max_steps=max_steps)
 
 
 def _draw_update(ax, data, *, guide, max_steps, legend_loc="out"):

@@ -471,3 +471,18 @@ def test_profile_comparison_shares_one_log_scale():
     assert ax2.get_title(loc="left") == "residual"
     # start and end
     assert len([l for l in ax1.get_lines() if l.get_label().startswith(("start", "end"))]) == 2
+
+
+@pytest.mark.parametrize("fn", [plots.gradient_profile, plots.dead_units,
+                                plots.activation_summary, plots.update_ratio])
+def test_one_run_draws_on_the_axes_several_make_a_grid(fn):
+    one = layer_table(run="a")
+    _, ax = plt.subplots()
+    assert fn(data=one, ax=ax) is ax
+    assert ax.lines or ax.collections
+    two = pd.concat([one, layer_table(run="b")])
+    g = fn(data=two)
+    assert isinstance(g, sns.FacetGrid) and len(g.axes.flat) == 2
+    with pytest.raises(ValueError, match="holds 2 runs; one Axes draws one run"):
+        fn(data=two, ax=ax)
+    plt.close("all")

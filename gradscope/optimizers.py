@@ -13,10 +13,14 @@ added to the gradient (``g <- g + lambda * theta``) except in AdamW, where it is
 decoupled from the gradient (Loshchilov & Hutter).
 
 Purity: ``update`` never writes into ``grads``, ``params`` or the old state, and
-nothing it returns shares memory with them.  It allocates the new state and
-update arrays and works in place on those, keeping the dtype of the inputs
-(every scalar coefficient is a Python float, so float32 stays float32 under
-NumPy 2's promotion rules).
+nothing it returns shares memory with them.  Every optimizer is written once, as
+the in-place form ``update_inplace(grads, state, params, out) -> new_state``,
+which writes the new state into the state's own arrays and the updates into
+``out`` (a training loop that owns its state saves the allocations and keeps the
+arrays in cache: see :class:`GroupedStep`); ``update`` runs it on fresh copies of
+the state.  Both keep the dtype of the inputs (every scalar coefficient is a
+Python float, so float32 stays float32 under NumPy 2's promotion rules), and both
+check their inputs before they write anything.
 """
 
 from __future__ import annotations
@@ -68,14 +72,19 @@ class Optimizer(NamedTuple):
     ----------
     name : registry name (``"adam"``, ``"nesterov"``, ...).
     init : ``init(params) -> state``.
-    update : ``update(grads, state, params) -> (updates, new_state)``.
+    update : ``update(grads, state, params) -> (updates, new_state)``, pure.
     hyper : every hyperparameter in use, defaults included (JSON-serialisable).
+    update_inplace : ``update_inplace(grads, state, params, out) -> new_state``: the same
+        step written into the arrays of ``state`` (which the caller gives up) and the
+        updates into ``out`` (one array like each gradient); ``grads`` and ``params`` are
+        only read.  The returned state holds the same arrays with the counters advanced.
     """
 
     name: str
     init: Callable[[Params], Any]
     update: Callable[[Params, Any, Params], tuple[Params, Any]]
     hyper: dict
+    update_inplace: Callable[[Params, Any, Params, Params], Any] | None = None
 
 
 class OptimizerKeyError(KeyError):
@@ -157,6 +166,12 @@ class GroupedStep:
     per-array lists are split by group and put back in order; its scalar fields (the
     step count, NAdam's ``mu_product``) are the same in every group.
 
+    ``step(..., inplace=True)`` runs the optimizer's ``update_inplace`` instead: the new
+    state is written into the state's arrays, the new parameters into ``params`` and the
+    updates into buffers this object keeps (valid until its next in-place step), so a
+    training loop allocates nothing and works on arrays that are still in cache. The
+    numbers are the same as the pure step's, bit for bit.
+
     Parameters
     ----------
     opt : the optimizer.
@@ -180,6 +195,7 @@ class GroupedStep:
             bins[k].append(i)
             load[k] += sizes[i]
         self.groups = [sorted(b) for b in bins if b]
+        self._out: Params | None = None  # the update buffers of the in-place step
         self.pool = None
         if len(self.groups) > 1:
             self.pool = pool()
@@ -192,12 +208,18 @@ class GroupedStep:
         return type(state)(*[[f[i] for i in idx] if isinstance(f, list) and len(f) == self.n
                              else f for f in state])
 
-    def _one(self, grads, state, params, want):
+    def _one(self, grads, state, params, want, out=None):
         # numpy's error state is per thread; take the caller's into the worker
         with np.errstate(**self._err):
             gn = [self.measure(g) for g in grads] if want[0] else None
-            updates, new = self.opt.update(grads, state, params)
-            new_params = apply_updates(params, updates)
+            if out is None:
+                updates, new = self.opt.update(grads, state, params)
+                new_params = apply_updates(params, updates)
+            else:
+                updates, new = out, self.opt.update_inplace(grads, state, params, out)
+                for p, u in zip(params, updates):
+                    p += u
+                new_params = params
             un = pn = None
             if want[1]:  # while the fresh arrays are still in this core's cache
                 un = [self.measure(u) for u in updates]
@@ -209,18 +231,27 @@ class GroupedStep:
         return self.step(grads, state, params)[:3]
 
     def step(self, grads: Params, state, params: Params, grad_norms: bool = False,
-             out_norms: bool = False):
+             out_norms: bool = False, inplace: bool = False):
         """Returns ``(new_params, updates, new_state, (grad_norms, update_norms, param_norms))``.
 
         The norms (by ``measure``) are lists in parameter order, or None where not asked for:
         ``grad_norms`` of the gradients, ``out_norms`` of the updates and new parameters.
+        ``inplace``: write into ``state`` and ``params`` (see the class); an optimizer
+        without ``update_inplace`` takes the pure step.
         """
         self._err = np.geterr()
         want = (grad_norms, out_norms)
+        out = None
+        if inplace and self.opt.update_inplace is not None:
+            if self._out is None or len(self._out) != len(grads) or any(
+                    u.shape != g.shape or u.dtype != g.dtype for u, g in zip(self._out, grads)):
+                self._out = [np.empty_like(g) for g in grads]
+            out = self._out
         if self.pool is None:
-            return self._one(grads, state, params, want)
+            return self._one(grads, state, params, want, out)
         futures = [self.pool.submit(self._one, [grads[i] for i in idx],
-                                    self._split(state, idx), [params[i] for i in idx], want)
+                                    self._split(state, idx), [params[i] for i in idx], want,
+                                    None if out is None else [out[i] for i in idx])
                    for idx in self.groups]
         results = [f.result() for f in futures]
 
@@ -332,16 +363,37 @@ def _l2(g: np.ndarray, p: np.ndarray, weight_decay: float) -> np.ndarray:
     return out
 
 
-def _ema(old: np.ndarray, new: np.ndarray, decay: float, out: np.ndarray) -> np.ndarray:
-    """``decay * old + (1 - decay) * new`` into ``out`` (which may be ``new``).
+def _ema_(avg: np.ndarray, new: np.ndarray, decay: float, scratch: np.ndarray) -> None:
+    """``avg <- decay * avg + (1 - decay) * new`` in place (``scratch`` may be ``new``).
 
-    Written as ``old + (1 - decay) * (new - old)`` (torch's ``lerp_``), which needs
-    no scratch array.
+    Written as ``avg + (1 - decay) * (new - avg)`` (torch's ``lerp_``).
     """
-    np.subtract(new, old, out=out)
-    out *= 1.0 - decay
-    out += old
-    return out
+    np.subtract(new, avg, out=scratch)
+    scratch *= 1.0 - decay
+    avg += scratch
+
+
+def _ema_sq_(avg: np.ndarray, g: np.ndarray, decay: float, scratch: np.ndarray) -> None:
+    """``avg <- decay * avg + (1 - decay) * g**2`` in place, through ``scratch``."""
+    np.multiply(g, g, out=scratch)
+    _ema_(avg, scratch, decay, scratch)
+
+
+def _pure(update_inplace: Callable) -> Callable:
+    """The pure ``update`` of an in-place one: it runs on copies of the state's arrays."""
+
+    def update(grads: Params, state, params: Params | None = None):
+        fresh = type(state)(*[[np.array(a, copy=True) for a in f] if isinstance(f, list) else f
+                              for f in state])
+        out = [np.empty_like(g) for g in grads]
+        return out, update_inplace(grads, fresh, params, out)
+
+    update.__doc__ = "``(updates, new_state)``: " + (update_inplace.__doc__ or "")
+    return update
+
+
+def _optimizer(name: str, init: Callable, update_inplace: Callable, hyper: dict) -> Optimizer:
+    return Optimizer(name, init, _pure(update_inplace), hyper, update_inplace)
 
 
 # --------------------------------------------------------------------------- SGD
@@ -369,41 +421,35 @@ def _sgd(name: str, lr, momentum, dampening, weight_decay, nesterov) -> Optimize
     def init(params: Params) -> SGDState:
         return SGDState(0, _zeros(params) if mom else [])
 
-    def update(grads: Params, state: SGDState, params: Params | None = None):
+    def update_inplace(grads: Params, state: SGDState, params: Params | None, out: Params):
         if mom:
             params = _inputs(name, grads, state.momentum_buffer, params, wd)
-        updates, bufs = [], []
-        for i, g in enumerate(grads):
-            fresh = False
-            if wd:
-                g, fresh = _l2(g, params[i], wd), True
+        elif wd:
+            params = _need_params(name, params, len(grads))
+        for i, g in _with_decay(grads, params, wd):
+            u = out[i]
             if not mom:
-                u = g if fresh else np.array(g, copy=True)
-                u *= -lr
-                updates.append(u)
+                np.multiply(g, -lr, out=u)
                 continue
+            buf = state.momentum_buffer[i]
             if state.count == 0:
-                buf = g if fresh else np.array(g, copy=True)
-                u = np.empty_like(buf)
+                np.copyto(buf, g)
             else:
-                buf = np.multiply(state.momentum_buffer[i], mom)
+                buf *= mom
                 if damp:
-                    u = np.multiply(g, 1.0 - damp)
+                    np.multiply(g, 1.0 - damp, out=u)
                     buf += u
                 else:
                     buf += g
-                    u = np.empty_like(buf)
             if nest:
                 np.multiply(buf, mom, out=u)
                 u += g
                 u *= -lr
             else:
                 np.multiply(buf, -lr, out=u)
-            updates.append(u)
-            bufs.append(buf)
-        return updates, SGDState(state.count + 1, bufs)
+        return SGDState(state.count + 1, state.momentum_buffer)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 _SGD_DOC = r"""
@@ -495,23 +541,21 @@ def adagrad(*, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_valu
     def init(params: Params) -> AdagradState:
         return AdagradState(0, [np.full_like(p, acc0) for p in params])
 
-    def update(grads: Params, state: AdagradState, params: Params | None = None):
+    def update_inplace(grads: Params, state: AdagradState, params: Params | None, out: Params):
         params = _inputs(name, grads, state.sum, params, wd)
         t = state.count + 1
         clr = lr / (1.0 + (t - 1) * lr_decay)
-        updates, sums = [], []
         for i, g in _with_decay(grads, params, wd):
-            s = np.multiply(g, g)
-            s += state.sum[i]
-            u = np.sqrt(s)
+            s, u = state.sum[i], out[i]
+            np.multiply(g, g, out=u)
+            s += u
+            np.sqrt(s, out=u)
             u += eps
             np.divide(g, u, out=u)
             u *= -clr
-            updates.append(u)
-            sums.append(s)
-        return updates, AdagradState(t, sums)
+        return AdagradState(t, state.sum)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 # --------------------------------------------------------------------------- Adadelta
@@ -550,27 +594,23 @@ def adadelta(*, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0) -> Optimizer:
         return AdadeltaState(0, _zeros(params),
                              _zeros(params))
 
-    def update(grads: Params, state: AdadeltaState, params: Params | None = None):
+    def update_inplace(grads: Params, state: AdadeltaState, params: Params | None,
+                       out: Params):
         params = _inputs(name, grads, state.square_avg, params, wd)
-        updates, sq, acc = [], [], []
         for i, g in _with_decay(grads, params, wd):
-            v = np.multiply(g, g)
-            _ema(state.square_avg[i], v, rho, out=v)
-            u = np.add(v, eps)
+            v, acc, u = state.square_avg[i], state.acc_delta[i], out[i]
+            _ema_sq_(v, g, rho, u)
+            np.add(v, eps, out=u)
             np.sqrt(u, out=u)                      # RMS[g]_t
-            a = np.add(state.acc_delta[i], eps)
+            a = np.add(acc, eps)
             np.sqrt(a, out=a)                      # RMS[dx]_{t-1}
             np.divide(a, u, out=u)
             u *= g                                 # dx_t
-            np.multiply(u, u, out=a)
-            _ema(state.acc_delta[i], a, rho, out=a)
+            _ema_sq_(acc, u, rho, a)
             u *= -lr
-            updates.append(u)
-            sq.append(v)
-            acc.append(a)
-        return updates, AdadeltaState(state.count + 1, sq, acc)
+        return AdadeltaState(state.count + 1, state.square_avg, state.acc_delta)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 # --------------------------------------------------------------------------- RMSprop
@@ -627,34 +667,33 @@ def rmsprop(*, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
 
         return RMSpropState(0, zeros(True), zeros(centered), zeros(mom > 0.0))
 
-    def update(grads: Params, state: RMSpropState, params: Params | None = None):
+    def update_inplace(grads: Params, state: RMSpropState, params: Params | None,
+                       out: Params):
         params = _inputs(name, grads, state.square_avg, params, wd)
-        updates, sq, gav, bufs = [], [], [], []
         for i, g in _with_decay(grads, params, wd):
-            v = np.multiply(g, g)
-            _ema(state.square_avg[i], v, alpha, out=v)
+            v, u = state.square_avg[i], out[i]
+            _ema_sq_(v, g, alpha, u)
             if centered:
-                ga = _ema(state.grad_avg[i], g, alpha, out=np.empty_like(v))
-                u = np.multiply(ga, ga)
+                ga = state.grad_avg[i]
+                _ema_(ga, g, alpha, u)
+                np.multiply(ga, ga, out=u)
                 np.subtract(v, u, out=u)
                 np.sqrt(u, out=u)
-                gav.append(ga)
             else:
-                u = np.sqrt(v)
+                np.sqrt(v, out=u)
             u += eps
             np.divide(g, u, out=u)
             if mom > 0.0:
-                buf = np.multiply(state.momentum_buffer[i], mom)
+                buf = state.momentum_buffer[i]
+                buf *= mom
                 buf += u
                 np.multiply(buf, -lr, out=u)
-                bufs.append(buf)
             else:
                 u *= -lr
-            updates.append(u)
-            sq.append(v)
-        return updates, RMSpropState(state.count + 1, sq, gav, bufs)
+        return RMSpropState(state.count + 1, state.square_avg, state.grad_avg,
+                            state.momentum_buffer)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 # --------------------------------------------------------------------------- Rprop
@@ -703,31 +742,27 @@ def rprop(*, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)) -> Optimizer:
         return RpropState(0, _zeros(params),
                           [np.full_like(p, lr) for p in params])
 
-    def update(grads: Params, state: RpropState, params: Params | None = None):
+    def update_inplace(grads: Params, state: RpropState, params: Params | None, out: Params):
         _check_lengths(name, grads, state.prev)
-        updates, prevs, steps = [], [], []
         for i, g in enumerate(grads):
-            u = np.multiply(g, state.prev[i])
+            prev, step, u = state.prev[i], state.step_size[i], out[i]
+            np.multiply(g, prev, out=u)
             grow = u > 0.0
             shrink = u < 0.0
-            step = np.array(state.step_size[i], copy=True)
             np.multiply(step, eta_plus, out=step, where=grow)
             np.multiply(step, eta_minus, out=step, where=shrink)
             # PyTorch's implementation clamps every step size to [min, max], also
             # where the sign product is 0 (its docs clamp only the changed ones);
             # the two differ only if lr itself lies outside step_sizes.
             np.clip(step, step_min, step_max, out=step)
-            prev = np.array(g, copy=True)
+            np.copyto(prev, g)
             prev[shrink] = 0.0
             np.sign(prev, out=u)
             u *= step
             np.negative(u, out=u)
-            updates.append(u)
-            prevs.append(prev)
-            steps.append(step)
-        return updates, RpropState(state.count + 1, prevs, steps)
+        return RpropState(state.count + 1, state.prev, state.step_size)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 # --------------------------------------------------------------------------- Adam family
@@ -754,7 +789,7 @@ def _adam(name: str, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled: bo
         return AdamState(0, zeros, _zeros(params),
                          _zeros(params) if ams else [])
 
-    def update(grads: Params, state: AdamState, params: Params | None = None):
+    def update_inplace(grads: Params, state: AdamState, params: Params | None, out: Params):
         params = _inputs(name, grads, state.mu, params, wd)
         t = state.count + 1
         # Kingma & Ba sec. 2: m^/(sqrt(v^) + eps) == alpha_t/lr * m/(sqrt(v) + eps_t)
@@ -762,28 +797,24 @@ def _adam(name: str, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled: bo
         alpha_t = lr * bc2_sqrt / (1.0 - b1**t)
         eps_t = eps * bc2_sqrt
         decay = lr * wd
-        updates, ms, vs, vmaxs = [], [], [], []
         for i, g in _with_decay(grads, params, 0.0 if decoupled else wd):
-            m = _ema(state.mu[i], g, b1, out=np.empty_like(state.mu[i]))
-            v = np.multiply(g, g)
-            _ema(state.nu[i], v, b2, out=v)
+            m, v, u = state.mu[i], state.nu[i], out[i]
+            _ema_(m, g, b1, u)
+            _ema_sq_(v, g, b2, u)
             if ams:
-                vmax = np.maximum(state.nu_max[i], v)
-                vmaxs.append(vmax)
-                u = np.sqrt(vmax)
+                vmax = state.nu_max[i]
+                np.maximum(vmax, v, out=vmax)
+                np.sqrt(vmax, out=u)
             else:
-                u = np.sqrt(v)
+                np.sqrt(v, out=u)
             u += eps_t
             np.divide(m, u, out=u)
             u *= -alpha_t
             if decoupled and wd:
                 u -= np.multiply(params[i], decay)
-            updates.append(u)
-            ms.append(m)
-            vs.append(v)
-        return updates, AdamState(t, ms, vs, vmaxs)
+        return AdamState(t, state.mu, state.nu, state.nu_max)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 _ADAM_DOC = r"""
@@ -893,7 +924,7 @@ def nadam(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
         return NadamState(0, 1.0, _zeros(params),
                           _zeros(params))
 
-    def update(grads: Params, state: NadamState, params: Params | None = None):
+    def update_inplace(grads: Params, state: NadamState, params: Params | None, out: Params):
         params = _inputs(name, grads, state.mu, params, wd)
         t = state.count + 1
         bc2_sqrt = math.sqrt(1.0 - b2**t)
@@ -904,24 +935,20 @@ def nadam(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
         c_m = -lr * mu_next / (1.0 - mu_product * mu_next) * bc2_sqrt
         c_g = -lr * (1.0 - mu_t) / (1.0 - mu_product) * bc2_sqrt
         eps_t = eps * bc2_sqrt
-        updates, ms, vs = [], [], []
         for i, g in _with_decay(grads, params, wd):
-            m = _ema(state.mu[i], g, b1, out=np.empty_like(state.mu[i]))
-            v = np.multiply(g, g)
-            _ema(state.nu[i], v, b2, out=v)
+            m, v, u = state.mu[i], state.nu[i], out[i]
+            _ema_(m, g, b1, u)
+            _ema_sq_(v, g, b2, u)
             d = np.sqrt(v)
             d += eps_t
-            u = np.divide(g, d)
+            np.divide(g, d, out=u)
             u *= c_g
             np.divide(m, d, out=d)
             d *= c_m
             u += d
-            updates.append(u)
-            ms.append(m)
-            vs.append(v)
-        return updates, NadamState(t, mu_product, ms, vs)
+        return NadamState(t, mu_product, state.mu, state.nu)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 def adamax(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> Optimizer:
@@ -956,25 +983,22 @@ def adamax(*, lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0) -> Op
         return AdamaxState(0, _zeros(params),
                            _zeros(params))
 
-    def update(grads: Params, state: AdamaxState, params: Params | None = None):
+    def update_inplace(grads: Params, state: AdamaxState, params: Params | None, out: Params):
         params = _inputs(name, grads, state.mu, params, wd)
         t = state.count + 1
         clr = lr / (1.0 - b1**t)
-        updates, ms, us = [], [], []
         for i, g in _with_decay(grads, params, wd):
-            m = _ema(state.mu[i], g, b1, out=np.empty_like(state.mu[i]))
-            u = np.abs(g)
+            m, inf, u = state.mu[i], state.inf_norm[i], out[i]
+            _ema_(m, g, b1, u)
+            np.abs(g, out=u)
             u += eps
-            inf = np.multiply(state.inf_norm[i], b2)
+            inf *= b2
             np.maximum(inf, u, out=inf)
             np.divide(m, inf, out=u)
             u *= -clr
-            updates.append(u)
-            ms.append(m)
-            us.append(inf)
-        return updates, AdamaxState(t, ms, us)
+        return AdamaxState(t, state.mu, state.inf_norm)
 
-    return Optimizer(name, init, update, hyper)
+    return _optimizer(name, init, update_inplace, hyper)
 
 
 # --------------------------------------------------------------------------- registry

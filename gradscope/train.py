@@ -370,41 +370,39 @@ def train(
                 # norms of the updates and new parameters, taken by the optimizer's threads,
                 # when this step or the next is recorded
                 want = logged or (step + 1) % log_every == 0 or step + 1 == total - 1
-                current = params + norm_params if norm_params else params
-                clipped, out_norms = False, (None, None, None)
-                if clipping:  # the norm decides the clipping: take it first
-                    gnorms = [norm(g) for g in grads]
-                    gnorm = math.sqrt(sum(g * g for g in gnorms))
-                    diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
-                    if not diverged:
+                # the gradient norms decide divergence (and clipping) before anything is
+                # updated: the optimizer then writes into the parameters and its state
+                gnorms = [norm(g) for g in grads]
+                gnorm = math.sqrt(sum(g * g for g in gnorms))
+                diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
+                probed = (diverged or logged) and (
+                    diverged or step % probe_every == 0 or step == total - 1)
+                # what describes the parameters before this step is taken before the update
+                if probed:
+                    probe = probe_metrics(params, X_probe, act, edges, arch=arch,
+                                          norm_params=norm_params, state=norm_state)
+                if (diverged or logged) and weight_norms is None:
+                    weight_norms = [norm(p) for p in params]
+                if snap_every and step % snap_every == 0:
+                    writer.append_snapshot(step, params, norm_params, norm_state)
+                clipped, updates, out_norms = False, None, (None, None, None)
+                if not diverged:
+                    if clipping:
                         grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
-                        new_params, updates, new_state, out_norms = stepper.step(
-                            grads, state, current, out_norms=want)
-                else:  # a diverged step's update is computed in passing and thrown away
-                    new_params, updates, new_state, out_norms = stepper.step(
-                        grads, state, current, grad_norms=True, out_norms=want)
-                    gnorms = out_norms[0]
-                    gnorm = math.sqrt(sum(g * g for g in gnorms))
-                    diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
-                if diverged:
-                    updates = None
-                else:
-                    state = new_state
+                    current = params + norm_params if norm_params else params
+                    new_params, updates, state, out_norms = stepper.step(
+                        grads, state, current, out_norms=want, inplace=True)
                 if diverged or logged:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
                                   time=time.perf_counter() - t0, clipped=int(clipped))
                     m = step_metrics(params, cache, back, updates, act, gnorms,
-                                     weight_norms=weight_norms,
-                                     update_norms=None if diverged else out_norms[1])
+                                     weight_norms=weight_norms, update_norms=out_norms[1])
                     writer.append("layers", L, step=step, layer=layer_idx, **m)
-                    if diverged or step % probe_every == 0 or step == total - 1:
-                        pm, dead, hist = probe_metrics(params, X_probe, act, edges, arch=arch,
-                                                       norm_params=norm_params, state=norm_state)
+                    if probed:
+                        pm, dead, hist = probe
                         writer.append("probes", L, step=step, layer=layer_idx, **pm)
                         writer.append_units(step, dead, hist)
-                if snap_every and step % snap_every == 0:
-                    writer.append_snapshot(step, params, norm_params, norm_state)
                 writer.end_step()
                 if diverged:
                     what = "loss" if not math.isfinite(loss) else "gradient norm"

@@ -754,3 +754,50 @@ def test_grouped_step_equals_update_then_apply(name):
                     assert f1 == f2
     finally:
         stepper.close()
+
+
+@pytest.mark.parametrize(("name", "overrides"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_inplace_step_equals_pure_step_and_writes_into_its_arrays(name, overrides, threads):
+    """GroupedStep(inplace=True), as the training loop runs it, against the pure update
+    followed by apply_updates: the same numbers bit for bit over several steps, written into
+    the parameter and state arrays it was given, with the gradients left untouched."""
+    from gradscope.optimizers import GroupedStep
+
+    opt = make_optimizer(name, **overrides)
+    params = _params(3, np.float32)
+    stepper = GroupedStep(opt, [p.size for p in params], threads=threads)
+    s_pure = opt.init(params)
+    p_pure = params
+    p_in = [p.copy() for p in params]
+    s_in = opt.init(p_in)
+    ids_p = [id(p) for p in p_in]
+    ids_s = [id(a) for a in _arrays(s_in)]
+    try:
+        for grads in _grad_sequence(5, seed=11):
+            grads = [g.astype(np.float32) for g in grads]
+            for g in grads:
+                g.flags.writeable = False  # a write into a gradient raises
+            u_pure, s_pure = opt.update(grads, s_pure, p_pure)
+            p_pure = apply_updates(p_pure, u_pure)
+            p_in, u_in, s_in, _ = stepper.step(grads, s_in, p_in, inplace=True)
+            assert [id(p) for p in p_in] == ids_p
+            assert [id(a) for a in _arrays(s_in)] == ids_s
+            _assert_tree_equal(p_in, p_pure)
+            _assert_tree_equal(u_in, u_pure)
+            _assert_tree_equal(list(s_in), list(s_pure))
+    finally:
+        stepper.close()
+
+
+def test_inplace_update_checks_its_inputs_before_writing():
+    params = _params(8)
+    opt = make_optimizer("adam", weight_decay=0.1)
+    state = opt.init(params)
+    for a in _arrays(state):
+        a.flags.writeable = False  # a write before the error would raise something else
+    out = [np.empty_like(p) for p in params]
+    with pytest.raises(ValueError, match="holds 3"):
+        opt.update_inplace(params[:2], state, params, out)
+    with pytest.raises(ValueError, match="needs the 3 current parameter arrays"):
+        opt.update_inplace(params, state, None, out)

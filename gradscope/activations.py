@@ -67,7 +67,7 @@ def _relu(z):
 
 
 def _d_relu(z, a):
-    return (z > 0).astype(z.dtype)
+    return np.greater(z, 0, out=np.empty_like(z))  # 1.0 / 0.0 in one pass
 
 
 def _leaky_relu(z):

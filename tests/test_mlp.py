@@ -135,3 +135,19 @@ def test_forward_matches_torch(rng):
     assert loss == pytest.approx(tl.item(), rel=1e-12)
     for g, t in zip(back.grads, tp):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_column_sums_against_float64_and_relu_derivative_values():
+    from gradscope.activations import get_activation
+    from gradscope.mlp import column_sums
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(256, 40)).astype(np.float32)
+    s = column_sums(a)
+    assert s.dtype == np.float32 and s.shape == (40,)
+    exact = a.astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(s, exact, rtol=0, atol=256 * 2e-7 * np.abs(a).max())
+    assert column_sums(np.ones((1, 3))).tolist() == [1.0, 1.0, 1.0]
+    z = np.array([[-1.0, 0.0, 2.5, np.nan]], dtype=np.float32)
+    d = get_activation("relu").df(z, np.maximum(z, 0))
+    assert d.dtype == np.float32 and d.tolist() == [[0.0, 0.0, 1.0, 0.0]]

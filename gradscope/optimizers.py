@@ -388,7 +388,8 @@ def _pure(update_inplace: Callable) -> Callable:
         out = [np.empty_like(g) for g in grads]
         return out, update_inplace(grads, fresh, params, out)
 
-    update.__doc__ = "``(updates, new_state)``: " + (update_inplace.__doc__ or "")
+    update.__doc__ = ("``update(grads, state, params) -> (updates, new_state)``: the in-place "
+                      "step on copies of the state; nothing given is written.")
     return update
 
 

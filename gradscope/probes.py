@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .activations import Activation
-from .mlp import Arch, Cache, Gradients, Params, forward
+from .mlp import Arch, Cache, Gradients, Params, column_sums, forward
 
 SATURATION = 0.05
 STEP_METRICS = ("grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
@@ -31,7 +31,9 @@ def norm(x: np.ndarray) -> float:
 def mean_std(a: np.ndarray) -> tuple[float, float]:
     """Mean and (population) standard deviation of all of ``a``, accurate in float32.
 
-    The mean by pairwise summation; the variance as ``E[a^2] - mean^2`` from one BLAS dot
+    The mean from the column sums of a 2-D array (one BLAS product, each column summed in
+    ``a``'s precision) added in float64, or by pairwise summation for other shapes (three
+    times slower); the variance as ``E[a^2] - mean^2`` from one BLAS dot
     product when the spread is at least a tenth of ``E[a^2]`` (the float32 dot's relative
     error, about 1e-7, then moves the variance by at most 1e-6), else as the squared norm
     of ``a - mean`` (two passes: no cancellation when the mean dwarfs the spread, as in a
@@ -40,7 +42,8 @@ def mean_std(a: np.ndarray) -> tuple[float, float]:
     n = a.size
     if n == 0:
         return math.nan, math.nan
-    mean = float(a.sum()) / n
+    total = float(column_sums(a).sum(dtype=np.float64)) if a.ndim == 2 else float(a.sum())
+    mean = total / n
     v = a.ravel()
     second = float(np.dot(v, v)) / n
     var = second - mean * mean

@@ -366,3 +366,12 @@ def test_logged_probes_recomputed_from_snapshots(tmp_path):
     # probe columns are NaN at the other logged steps
     other = layers[~layers.step.isin(probe_steps)]
     assert len(other) == 8 * 3 and other["probe_act_mean"].isna().all()
+
+
+@pytest.mark.parametrize("shape", [(131072,), (64, 32, 64), (1, 4096), (4096, 1)])
+def test_mean_std_of_other_shapes_against_float64(rng, shape):
+    a = rng.normal(0.3, 2.0, size=shape).astype(np.float32)
+    ref = a.astype(np.float64)
+    mean, std = mean_std(a)
+    assert mean == pytest.approx(ref.mean(), rel=1e-6, abs=2e-6)
+    assert std == pytest.approx(ref.std(), rel=1e-5)

@@ -375,8 +375,8 @@ def train(
                 gnorms = [norm(g) for g in grads]
                 gnorm = math.sqrt(sum(g * g for g in gnorms))
                 diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
-                probed = (diverged or logged) and (
-                    diverged or step % probe_every == 0 or step == total - 1)
+                # probe steps are logged steps (probe_every is a multiple of log_every)
+                probed = diverged or step % probe_every == 0 or step == total - 1
                 # what describes the parameters before this step is taken before the update
                 if probed:
                     probe = probe_metrics(params, X_probe, act, edges, arch=arch,

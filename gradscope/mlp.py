@@ -26,6 +26,7 @@ never modified in place.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import NamedTuple
@@ -34,6 +35,7 @@ import numpy as np
 
 from .activations import Activation
 from .initializers import INITIALIZERS
+from .stats import column_sums, mean_std, norm, saturated_fraction
 
 Params = list[np.ndarray]
 
@@ -112,6 +114,8 @@ class Cache(NamedTuple):
     norm : per hidden layer, a :class:`NormCache`.
     state : batch norm's running statistics after this pass (updated by a training pass,
         unchanged by an evaluation pass).
+    act_stats : per hidden layer, ``mean_std(phi(u_l))`` (:func:`gradscope.stats.mean_std`)
+        when the pass was asked to ``measure``, else None.
     """
 
     inputs: list[np.ndarray]
@@ -122,6 +126,7 @@ class Cache(NamedTuple):
     skips: list[bool] | None = None
     norm: list[NormCache] | None = None
     state: Params | None = None
+    act_stats: list[tuple[float, float]] | None = None
 
     def phi_input(self, l: int) -> np.ndarray:
         """The input of hidden layer ``l``'s activation (``z_l``, or its normalisation)."""
@@ -139,12 +144,37 @@ class Gradients(NamedTuple):
     deltas : ``delta_l = dL/dz_l`` for each layer, shape ``(batch, fan_out_l)``.
     dphi : ``phi'(u_l)`` for each hidden layer (one fewer than layers).
     norm_grads : ``[dL/dgamma_0, dL/dbeta_0, ...]`` with normalisation, else None.
+    delta_norms, saturated : when the pass was asked to ``measure``, ``norm(delta_l)`` for
+        each layer and ``saturated_fraction(dphi_l)`` for each hidden layer
+        (:mod:`gradscope.stats`), else None.
     """
 
     grads: Params
     deltas: list[np.ndarray]
     dphi: list[np.ndarray]
     norm_grads: Params | None = None
+    delta_norms: list[float] | None = None
+    saturated: list[float] | None = None
+
+
+_QUIET = {"over": "ignore", "under": "ignore", "invalid": "ignore", "divide": "ignore"}
+
+
+def _quiet(f, *args):
+    with np.errstate(**_QUIET):
+        return f(*args)
+
+
+def _call(f, *args):
+    return f(*args)
+
+
+def _measurer():
+    """How a pass calls its measurements: a diverging layer measures NaN or inf and a
+    vanishing one tiny numbers, not a warning. numpy's error state is set around each call only if the caller has not
+    silenced it already (the training loop has; setting it costs about 12 us a call)."""
+    err = np.geterr()
+    return _call if all(err[k] == v for k, v in _QUIET.items()) else _quiet
 
 
 def layer_sizes(n_in: int, widths: list[int], n_out: int) -> list[int]:
@@ -256,6 +286,7 @@ def forward(
     state: Params | None = None,
     train: bool = True,
     rng: np.random.Generator | None = None,
+    measure: bool = False,
 ) -> tuple[np.ndarray, Cache]:
     """Run the network on ``X`` of shape ``(batch, n_in)``.
 
@@ -269,8 +300,13 @@ def forward(
     train : training mode (dropout on, batch statistics) or evaluation mode (no dropout,
         running statistics).
     rng : the generator of the dropout masks (training with dropout only).
+    measure : also take each hidden activation's mean and std (``Cache.act_stats``) right
+        after computing it, while it is in cache (on an 8 x 512 net, batch 256, that
+        costs half as much as reading the arrays again after the step).
     """
     inputs, pre = [], []
+    act_stats = [] if measure else None
+    measured = _measurer() if measure else None
     a = X
     last = n_layers(params) - 1
     if arch is None or not arch.active:
@@ -282,7 +318,9 @@ def forward(
             pre.append(z)
             if l < last:
                 a = activation.f(z)
-        return pre[-1], Cache(inputs, pre)
+                if measure:
+                    act_stats.append(measured(mean_std, a))
+        return pre[-1], Cache(inputs, pre, act_stats=act_stats)
 
     skips = skip_layers(params, arch.residual)
     p = float(arch.dropout) if train else 0.0
@@ -333,6 +371,8 @@ def forward(
             phi_in.append(u)
             norms.append(nc)
         h = activation.f(u)
+        if measure:
+            act_stats.append(measured(mean_std, h))
         if keep_act:
             acts.append(h)
         r = h
@@ -342,19 +382,13 @@ def forward(
             masks.append(mask)
             r = h * mask
         a = a + r if skips[l] else r
-    cache = Cache(inputs, pre, phi_in, acts, masks, skips, norms, new_state)
+    cache = Cache(inputs, pre, phi_in, acts, masks, skips, norms, new_state, act_stats)
     return pre[-1], cache
 
 
-def column_sums(a: np.ndarray) -> np.ndarray:
-    """``a.sum(axis=0)`` of a ``(batch, n)`` array as one BLAS product with a vector of
-    ones: three times faster than numpy's row-by-row reduction, and no less accurate (both
-    accumulate in the array's precision)."""
-    return np.ones(a.shape[0], dtype=a.dtype) @ a
-
-
 def backward(
-    params: Params, cache: Cache, dout: np.ndarray, activation: Activation
+    params: Params, cache: Cache, dout: np.ndarray, activation: Activation,
+    measure: bool = False,
 ) -> Gradients:
     """Back-propagate ``dout = dL/d(output)`` through the cached forward pass.
 
@@ -364,30 +398,42 @@ def backward(
         g_{l+1} = delta_{l+1} W_{l+1}^T  (+ g_{l+2} if layer l+1 has a skip)
         dL/du_l = g_{l+1} * m_l * phi'(u_l)
         delta_l = dL/dz_l = N_l'^T (dL/du_l)       (the normalisation's backward)
+
+    ``measure``: also take each ``delta_l``'s norm and each ``phi'``'s saturated share
+    (``Gradients.delta_norms``, ``.saturated``) as they are computed, while in cache.
     """
     L = n_layers(params)
     grads: Params = [None] * (2 * L)  # type: ignore[list-item]
     deltas: list[np.ndarray] = [None] * L  # type: ignore[list-item]
     dphi: list[np.ndarray] = [None] * (L - 1)  # type: ignore[list-item]
+    delta_norms = [math.nan] * L if measure else None
+    saturated = [math.nan] * (L - 1) if measure else None
+    measured = _measurer() if measure else None
     delta = dout
     if cache.skips is None:  # the plain MLP
         for l in range(L - 1, -1, -1):
             deltas[l] = delta
+            if measure:
+                delta_norms[l] = measured(norm, delta)
             grads[2 * l] = cache.inputs[l].T @ delta
             grads[2 * l + 1] = column_sums(delta)
             if l > 0:
                 # delta_{l-1} = (delta_l W_l^T) * phi'(z_{l-1}); a_l = phi(z_{l-1})
                 d = activation.df(cache.pre[l - 1], cache.inputs[l])
                 dphi[l - 1] = d
+                if measure:
+                    saturated[l - 1] = measured(saturated_fraction, d, activation)
                 delta = delta @ params[2 * l].T
                 delta *= d
-        return Gradients(grads, deltas, dphi)
+        return Gradients(grads, deltas, dphi, None, delta_norms, saturated)
 
     skips = cache.skips or [False] * (L - 1)
     norm_grads = [None] * (2 * (L - 1)) if cache.norm is not None else None
     carry = None  # dL/da_l through the skip of hidden layer l (a_{l+1} = a_l + ...)
     for l in range(L - 1, -1, -1):
         deltas[l] = delta
+        if measure:
+            delta_norms[l] = measured(norm, delta)
         grads[2 * l] = cache.inputs[l].T @ delta
         grads[2 * l + 1] = column_sums(delta)
         if l == 0:
@@ -395,6 +441,8 @@ def backward(
         h = l - 1  # the hidden layer whose output a_l is this layer's input
         d = activation.df(cache.phi_input(h), cache.hidden(h))
         dphi[h] = d
+        if measure:
+            saturated[h] = measured(saturated_fraction, d, activation)
         g = delta @ params[2 * l].T  # dL/da_l through layer l's matmul
         if carry is not None:
             g += carry
@@ -408,7 +456,7 @@ def backward(
         if cache.norm is not None:
             du, norm_grads[2 * h], norm_grads[2 * h + 1] = _norm_backward(du, cache.norm[h])
         delta = du
-    return Gradients(grads, deltas, dphi, norm_grads)
+    return Gradients(grads, deltas, dphi, norm_grads, delta_norms, saturated)
 
 
 def predict(

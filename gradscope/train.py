@@ -34,7 +34,8 @@ from .mlp import (
     skip_layers,
 )
 from .optimizers import OPTIMIZERS, GroupedStep, make_optimizer
-from .probes import histogram_edges, norm, probe_metrics, step_metrics
+from .probes import histogram_edges, probe_metrics, step_metrics
+from .stats import norm
 
 OPTIMIZER_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
 DTYPES = ("float32", "float64")
@@ -360,13 +361,14 @@ def train(
                 if step >= total:
                     break
                 Xb, yb = X[idx], y[idx]
+                logged = step % log_every == 0 or step == total - 1
+                # a logged step's passes measure each layer while its arrays are in cache
                 out_b, cache = forward(params, Xb, act, arch=arch, norm_params=norm_params,
-                                       state=norm_state, rng=drop_rng)
+                                       state=norm_state, rng=drop_rng, measure=logged)
                 acc = accuracy(out_b, yb) if prep.classification else float("nan")
                 loss, dout = loss_fn(out_b, yb)
-                back = backward(params, cache, dout, act)
+                back = backward(params, cache, dout, act, measure=logged)
                 grads = back.grads if back.norm_grads is None else back.grads + back.norm_grads
-                logged = step % log_every == 0 or step == total - 1
                 # norms of the updates and new parameters, taken by the optimizer's threads,
                 # when this step or the next is recorded
                 want = logged or (step + 1) % log_every == 0 or step + 1 == total - 1

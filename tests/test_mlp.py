@@ -1,5 +1,7 @@
 """Gradients of the MLP and losses against central finite differences (float64)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -139,7 +141,7 @@ def test_forward_matches_torch(rng):
 
 def test_column_sums_against_float64_and_relu_derivative_values():
     from gradscope.activations import get_activation
-    from gradscope.mlp import column_sums
+    from gradscope.stats import column_sums
 
     rng = np.random.default_rng(3)
     a = rng.normal(size=(256, 40)).astype(np.float32)
@@ -151,3 +153,22 @@ def test_column_sums_against_float64_and_relu_derivative_values():
     z = np.array([[-1.0, 0.0, 2.5, np.nan]], dtype=np.float32)
     d = get_activation("relu").df(z, np.maximum(z, 0))
     assert d.dtype == np.float32 and d.tolist() == [[0.0, 0.0, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("errors", ["warn", "raise", "ignore"])
+def test_measuring_a_diverging_pass_adds_no_warning(errors):
+    # an activation near float32's largest value: the pass itself sets no floating-point
+    # flag, but the square in its spread overflows
+    act = ACTIVATIONS["relu"]
+    params = [np.ones((1, 1), np.float32), np.zeros(1, np.float32),
+              np.full((1, 1), 1e-30, np.float32), np.zeros(1, np.float32)]
+    X = np.array([[3e38]], np.float32)
+    for measure in (False, True):
+        with warnings.catch_warnings(), np.errstate(all=errors):
+            warnings.simplefilter("error")
+            out, cache = forward(params, X, act, measure=measure)
+            back = backward(params, cache, np.ones_like(out), act, measure=measure)
+            assert np.geterr()["over"] == errors  # the caller's state is left as it was
+    mean, std = cache.act_stats[0]
+    assert mean == pytest.approx(3e38, rel=1e-7) and std == 0.0
+    assert back.delta_norms == [pytest.approx(1e-30, rel=1e-6), 1.0] and back.saturated == [0.0]

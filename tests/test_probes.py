@@ -9,16 +9,8 @@ import pytest
 import gradscope
 from gradscope.activations import ACTIVATIONS
 from gradscope.mlp import backward, forward, init_params
-from gradscope.probes import (
-    SATURATION,
-    bin_counts,
-    histogram_edges,
-    mean_std,
-    norm,
-    probe_metrics,
-    step_metrics,
-    total_norm,
-)
+from gradscope.probes import bin_counts, histogram_edges, probe_metrics, step_metrics
+from gradscope.stats import SATURATION, mean_std, norm, total_norm
 from gradscope.train import TrainConfig, prepare, train
 
 # -- an independent reference: float64 numpy, written from the definitions in docs ---------
@@ -81,26 +73,29 @@ def fro(x):
     return float(np.sqrt(np.sum(np.asarray(x, np.float64) ** 2)))
 
 
-def _gradscope_step(params, X, y, act):
+def _gradscope_step(params, X, y, act, measure=False):
     from gradscope.losses import softmax_cross_entropy
 
-    out, cache = forward(params, X, act)
+    out, cache = forward(params, X, act, measure=measure)
     _, dout = softmax_cross_entropy(out, y)
-    return cache, backward(params, cache, dout, act)
+    return cache, backward(params, cache, dout, act, measure=measure)
 
 
 # -- step_metrics ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("measure", [False, True])  # computed afterwards, or by the passes
 @pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid"])
-def test_step_metrics_match_reference(name, rng):
+def test_step_metrics_match_reference(name, measure, rng):
     act = ACTIVATIONS[name]
     params = init_params([3, 6, 5, 4], "xavier", rng, gain=2.5, dtype=np.float64)
     for b in params[1::2]:
         b[:] = rng.normal(0, 0.5, b.shape)
     X = rng.normal(0, 2.0, (9, 3))
     y = rng.integers(0, 4, 9)
-    cache, back = _gradscope_step(params, X, y, act)
+    cache, back = _gradscope_step(params, X, y, act, measure)
+    assert (cache.act_stats is not None) == measure
+    assert (back.delta_norms is not None) == (back.saturated is not None) == measure
     lr = 0.3
     updates = [-lr * g for g in back.grads]
     m = step_metrics(params, cache, back, updates, act)
@@ -281,10 +276,16 @@ def test_bin_counts_nan_and_infinities_go_to_the_end_bins():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bin_counts_match_numpy_histogram(rng, dtype):
-    a = rng.uniform(-1.5, 6.5, size=(300, 40)).astype(dtype)
-    expected, _ = np.histogram(np.clip(a, -1.0, 6.0), bins=28, range=(-1.0, 6.0))
-    np.testing.assert_array_equal(bin_counts(a, -1.0, 6.0, 28), expected)
+@pytest.mark.parametrize("shape, bins", [((300, 40), 28), ((7, 13), 28), ((1,), 5), ((5, 3, 3), 1),
+                                         ((301, 7), 256), ((64, 9), 257)])
+def test_bin_counts_match_numpy_histogram(rng, dtype, shape, bins):
+    # even and odd sizes (bin numbers counted in pairs), one bin, the most bins counted in
+    # pairs (256) and the first beyond (257)
+    a = rng.uniform(-1.5, 6.5, size=shape).astype(dtype)
+    expected, _ = np.histogram(np.clip(a, -1.0, 6.0), bins=bins, range=(-1.0, 6.0))
+    got = bin_counts(a, -1.0, 6.0, bins)
+    assert got.shape == (bins,)
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("loc, scale", [(0.0, 1.0), (0.5, 0.2), (-3.0, 2.0), (1e3, 1e3)])

@@ -24,7 +24,8 @@ from gradscope.mlp import (
     predict,
     skip_layers,
 )
-from gradscope.probes import histogram_edges, probe_metrics, total_norm
+from gradscope.probes import histogram_edges, probe_metrics
+from gradscope.stats import total_norm
 from gradscope.sweep import expand_grid, option_kinds, parse_list, run_names
 from gradscope.train import ConfigError, TrainConfig, clip_gradients, prepare, train
 
@@ -129,6 +130,43 @@ def test_gradients_mse_all_activations(arch_name, rng):
         y = rng.normal(size=(8, 2))
         _fd_check(params, norm_params, None, X, y, arch, act, mean_squared_error, rng,
                   n_entries=3)
+
+
+@pytest.mark.parametrize("arch_name", ["plain"] + sorted(ARCHS))
+@pytest.mark.parametrize("act_name", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_measuring_passes_change_nothing_and_measure_their_arrays(arch_name, act_name, dtype,
+                                                                   rng):
+    arch = ARCHS.get(arch_name, Arch())
+    act = ACTIVATIONS[act_name]
+    params, norm_params, state = _net(rng, SIZES[0], arch, dtype)
+    X = rng.normal(0, 1.5, (12, SIZES[0][0])).astype(dtype)
+    y = rng.integers(0, SIZES[0][-1], 12)
+    passes = []
+    for measure in (False, True):
+        out, cache = forward(params, X, act, arch=arch, norm_params=norm_params, state=state,
+                             rng=np.random.default_rng(7), measure=measure)
+        _, dout = softmax_cross_entropy(out, y)
+        passes.append((out, cache, backward(params, cache, dout, act, measure=measure)))
+    (out0, cache0, back0), (out1, cache1, back1) = passes
+    # measuring leaves every number of the passes as it was, bit for bit
+    np.testing.assert_array_equal(out0, out1)
+    for a, b in zip(back0.grads + (back0.norm_grads or []), back1.grads + (back1.norm_grads or [])):
+        np.testing.assert_array_equal(a, b)
+    assert cache0.act_stats is back0.delta_norms is back0.saturated is None
+    # and the measurements describe the pass's arrays (float64 references from numpy)
+    L = len(params) // 2
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    for l in range(L):
+        d = back1.deltas[l].astype(np.float64)
+        assert back1.delta_norms[l] == pytest.approx(np.linalg.norm(d), rel=tol)
+    for l in range(L - 1):
+        h = cache1.hidden(l).astype(np.float64)
+        mean, std = cache1.act_stats[l]
+        assert mean == pytest.approx(h.mean(), rel=tol, abs=tol * h.std())
+        assert std == pytest.approx(h.std(), rel=10 * tol)
+        assert back1.saturated[l] == np.mean(back1.dphi[l] < 0.05 * act.df_max)
+    assert len(back1.delta_norms) == L and len(back1.saturated) == len(cache1.act_stats) == L - 1
 
 
 def test_batchnorm_eval_mode_gradients(rng):

@@ -36,8 +36,8 @@ import pandas as pd
 from ._signals import StopRequest
 from .data import DataError
 from .log import LogError, read_config, read_epochs, read_layers, read_status, read_steps
-from .optimizers import make_optimizer
-from .train import ConfigError, TrainConfig, prepare, train
+from .optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
+from .train import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
 
 __all__ = [
     "GRID_FILE", "PARTIAL_DIR", "SUMMARY_FILE", "SweepError", "SweepProgress", "check_configs",
@@ -319,7 +319,10 @@ def expand_grid(options: dict[str, Any]) -> list[TrainConfig]:
     Keys are TrainConfig fields (``seeds`` means ``seed``; dashes are accepted for
     underscores); values are lists (a scalar is a one-value list; for ``widths``, a list
     of width lists). Options not given keep TrainConfig's defaults. The last key varies
-    fastest. Nothing is checked here: see :func:`check_configs`.
+    fastest. An optimizer option applies to the optimizers of the grid that take it
+    (``optimizer=["sgd", "adam"], beta1=[0.8, 0.9]``: two Adam runs and one SGD run); one
+    that none of them takes is left for :func:`check_configs` to refuse. Nothing else is
+    checked here.
     """
     kinds = option_kinds()
     grid: dict[str, list] = {}
@@ -335,8 +338,26 @@ def expand_grid(options: dict[str, Any]) -> list[TrainConfig]:
             raise SweepError(f"option {name!r} has no values")
         grid[name] = vals
     names = list(grid)
-    return [TrainConfig(**dict(zip(names, combo)))
-            for combo in itertools.product(*(grid[n] for n in names))]
+    configs = [TrainConfig(**dict(zip(names, combo)))
+               for combo in itertools.product(*(grid[n] for n in names))]
+    return _where_taken(configs, [n for n in names if n in OPTIMIZER_OPTIONS])
+
+
+def _where_taken(configs: list[TrainConfig], keys: list[str]) -> list[TrainConfig]:
+    """Each configuration without the optimizer options ``keys`` its optimizer does not
+    take, when another optimizer of the grid takes them; runs that become the same are
+    kept once (in first-seen order)."""
+    takes = {o: set(optimizer_defaults(o)) for o in {c.optimizer for c in configs}
+             if o in OPTIMIZERS}  # an unknown name is refused by check_configs
+    keys = [k for k in keys if any(k in t for t in takes.values())]
+    if not keys:
+        return configs
+    kept: dict[str, TrainConfig] = {}
+    for c in configs:
+        drop = {k: None for k in keys if c.optimizer in takes and k not in takes[c.optimizer]}
+        c = replace(c, **drop) if drop else c
+        kept.setdefault(_config_hash(c), c)
+    return list(kept.values())
 
 
 def _config_dict(cfg: TrainConfig) -> dict:

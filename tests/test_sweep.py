@@ -118,6 +118,22 @@ def test_expand_grid_product_and_unique_names():
     assert [c.seed for c in configs[:3]] == [0, 1, 2]
 
 
+def test_optimizer_options_apply_to_the_optimizers_that_take_them():
+    configs = expand_grid({"optimizer": ["sgd", "adam", "rmsprop"], "beta1": [0.8, 0.9],
+                           "momentum": [0.5], "dataset": "moons", "steps": 5})
+    # beta1: Adam's only (SGD and RMSprop once each, not twice); momentum: SGD's and
+    # RMSprop's, not Adam's
+    got = [(c.optimizer, c.beta1, c.momentum) for c in configs]
+    assert got == [("sgd", None, 0.5), ("adam", 0.8, None), ("adam", 0.9, None),
+                   ("rmsprop", None, 0.5)]
+    for c in configs:
+        c.check()
+    # an option no optimizer of the grid takes is still refused, by the optimizer's check
+    (c,) = expand_grid({"optimizer": ["sgd"], "beta1": [0.8], "dataset": "moons"})
+    with pytest.raises(ConfigError, match="sgd does not take 'beta1'"):
+        c.check()
+
+
 def test_run_names_cover_every_option_and_stay_stable():
     base = TrainConfig(dataset="moons")
     assert run_name(base) == base.name()  # nothing but the defaults: as `gradscope train`
@@ -249,7 +265,7 @@ def test_cli_runs_and_resumes(tmp_path):
     (["--depth", "2:16:x"], "--depth: bad range '2:16:x'"),
     (["--depth", "4:2"], "START is above STOP"),
     (["--lr", "1e-3:1e-1"], "--lr: bad range"),
-    (["--optimizer", "sgd,adam", "--beta1", "0.8"], "beta1"),
+    (["--optimizer", "sgd,momentum", "--beta1", "0.8"], "does not take 'beta1'"),
     (["--dataset", "nosuch.csv"], "does not exist"),
     (["--batch-size", "16,0"], "--batch-size 0"),
     (["--jobs", "0"], "--jobs 0"),

@@ -212,18 +212,23 @@ class GroupedStep:
         # numpy's error state is per thread; take the caller's into the worker
         with np.errstate(**self._err):
             gn = [self.measure(g) for g in grads] if want[0] else None
+            un = pn = None
             if out is None:
                 updates, new = self.opt.update(grads, state, params)
                 new_params = apply_updates(params, updates)
+                if want[1]:
+                    un = [self.measure(u) for u in updates]
+                    pn = [self.measure(q) for q in new_params]
             else:
                 updates, new = out, self.opt.update_inplace(grads, state, params, out)
+                new_params = params
+                if want[1]:
+                    un, pn = [], []
                 for p, u in zip(params, updates):
                     p += u
-                new_params = params
-            un = pn = None
-            if want[1]:  # while the fresh arrays are still in this core's cache
-                un = [self.measure(u) for u in updates]
-                pn = [self.measure(q) for q in new_params]
+                    if want[1]:  # right after the update is applied, while both are in cache
+                        un.append(self.measure(u))
+                        pn.append(self.measure(p))
         return new_params, updates, new, (gn, un, pn)
 
     def __call__(self, grads: Params, state, params: Params):

@@ -758,15 +758,19 @@ def test_grouped_step_equals_update_then_apply(name):
 
 @pytest.mark.parametrize(("name", "overrides"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("threads", [1, 3])
-def test_inplace_step_equals_pure_step_and_writes_into_its_arrays(name, overrides, threads):
+@pytest.mark.parametrize("out_norms", [False, True])
+def test_inplace_step_equals_pure_step_and_writes_into_its_arrays(name, overrides, threads,
+                                                                    out_norms):
     """GroupedStep(inplace=True), as the training loop runs it, against the pure update
     followed by apply_updates: the same numbers bit for bit over several steps, written into
-    the parameter and state arrays it was given, with the gradients left untouched."""
+    the parameter and state arrays it was given, with the gradients left untouched; asked
+    for them, the norms of the updates and new parameters (float64 references)."""
     from gradscope.optimizers import GroupedStep
+    from gradscope.stats import norm
 
     opt = make_optimizer(name, **overrides)
     params = _params(3, np.float32)
-    stepper = GroupedStep(opt, [p.size for p in params], threads=threads)
+    stepper = GroupedStep(opt, [p.size for p in params], threads=threads, measure=norm)
     s_pure = opt.init(params)
     p_pure = params
     p_in = [p.copy() for p in params]
@@ -780,7 +784,14 @@ def test_inplace_step_equals_pure_step_and_writes_into_its_arrays(name, override
                 g.flags.writeable = False  # a write into a gradient raises
             u_pure, s_pure = opt.update(grads, s_pure, p_pure)
             p_pure = apply_updates(p_pure, u_pure)
-            p_in, u_in, s_in, _ = stepper.step(grads, s_in, p_in, inplace=True)
+            p_in, u_in, s_in, (_, un, pn) = stepper.step(grads, s_in, p_in, inplace=True,
+                                                         out_norms=out_norms)
+            if out_norms:
+                for got, arrays in ((un, u_pure), (pn, p_pure)):
+                    ref = [np.linalg.norm(a.astype(np.float64)) for a in arrays]
+                    np.testing.assert_allclose(got, ref, rtol=1e-6)
+            else:
+                assert un is None and pn is None
             assert [id(p) for p in p_in] == ids_p
             assert [id(a) for a in _arrays(s_in)] == ids_s
             _assert_tree_equal(p_in, p_pure)

@@ -28,12 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+# isort: off
+import gradscope  # noqa: F401 -- first: sets OpenBLAS's thread timeout before numpy loads it
 import numpy as np
-
-import gradscope  # noqa: F401 -- sets the BLAS thread timeout before numpy's BLAS starts
+from bench_train import BATCH, DEPTH, WIDTH, make_data  # the same MLP and data
 from gradscope.train import TrainConfig, prepare, train
+# isort: on
 
-DEPTH, WIDTH, BATCH, N, FEATURES, CLASSES = 8, 512, 256, 16384, 512, 10
 WARMUP = 6  # the first steps warm caches and threads: not counted
 
 
@@ -49,12 +50,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
     kinds: dict[str, list[float]] = {"plain": [], "norms": [], "recorded": [], "probe": []}
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "bench.npz"
-        np.savez(data, X=rng.normal(size=(N, FEATURES)).astype(np.float32),
-                 y=rng.integers(0, CLASSES, N))
+        data = make_data(Path(tmp))
         prep = prepare(TrainConfig(
             dataset=str(data), depth=DEPTH, width=WIDTH, activation="relu", init="he",
             optimizer="adam", batch_size=BATCH, steps=args.steps, val_fraction=0.0,

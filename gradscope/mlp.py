@@ -35,7 +35,7 @@ import numpy as np
 
 from .activations import Activation
 from .initializers import INITIALIZERS
-from .stats import column_sums, mean_std, norm, saturated_fraction
+from .stats import column_sums, mean_std, measurer, norm, saturated_fraction
 
 Params = list[np.ndarray]
 
@@ -155,26 +155,6 @@ class Gradients(NamedTuple):
     norm_grads: Params | None = None
     delta_norms: list[float] | None = None
     saturated: list[float] | None = None
-
-
-_QUIET = {"over": "ignore", "under": "ignore", "invalid": "ignore", "divide": "ignore"}
-
-
-def _quiet(f, *args):
-    with np.errstate(**_QUIET):
-        return f(*args)
-
-
-def _call(f, *args):
-    return f(*args)
-
-
-def _measurer():
-    """How a pass calls its measurements: a diverging layer measures NaN or inf and a
-    vanishing one tiny numbers, not a warning. numpy's error state is set around each call only if the caller has not
-    silenced it already (the training loop has; setting it costs about 12 us a call)."""
-    err = np.geterr()
-    return _call if all(err[k] == v for k, v in _QUIET.items()) else _quiet
 
 
 def layer_sizes(n_in: int, widths: list[int], n_out: int) -> list[int]:
@@ -306,7 +286,7 @@ def forward(
     """
     inputs, pre = [], []
     act_stats = [] if measure else None
-    measured = _measurer() if measure else None
+    measured = measurer() if measure else None
     a = X
     last = n_layers(params) - 1
     if arch is None or not arch.active:
@@ -408,7 +388,7 @@ def backward(
     dphi: list[np.ndarray] = [None] * (L - 1)  # type: ignore[list-item]
     delta_norms = [math.nan] * L if measure else None
     saturated = [math.nan] * (L - 1) if measure else None
-    measured = _measurer() if measure else None
+    measured = measurer() if measure else None
     delta = dout
     if cache.skips is None:  # the plain MLP
         for l in range(L - 1, -1, -1):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .activations import Activation
 from .mlp import Arch, Cache, Gradients, Params, forward
-from .stats import mean_std, norm, saturated_fraction
+from .stats import mean_std, measurer, norm, saturated_fraction
 
 STEP_METRICS = ("grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
                 "update_ratio", "act_mean", "act_std", "saturated_frac")
@@ -67,17 +67,13 @@ def step_metrics(
     ``phi(u_l)`` (``u_l = z_l``, or its normalisation with ``--norm``), before dropout and
     before a residual skip adds the layer's input; they are NaN for the linear output layer.
     """
+    measured = measurer()  # overflow here is a diverging run, reported as such
     if grad_norms is None:
-        grad_norms = [norm(g) for g in back.grads]
+        grad_norms = [measured(norm, g) for g in back.grads]
     L = len(params) // 2
     nan = float("nan")
 
     def layer(l: int) -> tuple:
-        # numpy's error state is per thread: overflow here is a diverging run, reported as such
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return _layer(l)
-
-    def _layer(l: int) -> tuple:
         w = norm(params[2 * l]) if weight_norms is None else weight_norms[2 * l]
         u = ratio = nan
         if updates is not None:
@@ -94,7 +90,7 @@ def step_metrics(
 
     # serial: on a batch's arrays (0.5 MB a layer) the work is shorter than handing it to
     # threads (1.15 against 1.7 ms for 8 x 512 units, batch 256; docs/performance.md)
-    rows = [layer(l) for l in range(L)]
+    rows = [measured(layer, l) for l in range(L)]
     cols = np.array(rows, dtype=np.float64).T
     return dict(zip(STEP_METRICS, cols))
 

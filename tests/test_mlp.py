@@ -8,6 +8,7 @@ import pytest
 from gradscope.activations import ACTIVATIONS
 from gradscope.losses import mean_squared_error, softmax_cross_entropy
 from gradscope.mlp import backward, forward, init_params, predict
+from gradscope.probes import step_metrics
 
 
 def _loss(params, X, y, act, loss_fn):
@@ -168,7 +169,10 @@ def test_measuring_a_diverging_pass_adds_no_warning(errors):
             warnings.simplefilter("error")
             out, cache = forward(params, X, act, measure=measure)
             back = backward(params, cache, np.ones_like(out), act, measure=measure)
+            # the same measurements taken afterwards, from the arrays
+            m = step_metrics(params, cache, back, None, act)
             assert np.geterr()["over"] == errors  # the caller's state is left as it was
+            assert m["act_mean"][0] == pytest.approx(3e38, rel=1e-7) and m["act_std"][0] == 0
     mean, std = cache.act_stats[0]
     assert mean == pytest.approx(3e38, rel=1e-7) and std == 0.0
     assert back.delta_norms == [pytest.approx(1e-30, rel=1e-6), 1.0] and back.saturated == [0.0]

@@ -32,7 +32,7 @@ from pathlib import Path
 import gradscope  # noqa: F401 -- first: sets OpenBLAS's thread timeout before numpy loads it
 import numpy as np
 from bench_train import BATCH, DEPTH, WIDTH, make_data  # the same MLP and data
-from gradscope.train import TrainConfig, prepare, train
+from gradscope.training.loop import TrainConfig, prepare, train
 # isort: on
 
 WARMUP = 6  # the first steps warm caches and threads: not counted

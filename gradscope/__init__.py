@@ -1,19 +1,19 @@
 """gradscope: see why deep networks fail to train.
 
 The public API: train and read logs, diagnose them, and compare them with mean-field
-theory. Figures live in :mod:`gradscope.plots` and the PDF report in
-:mod:`gradscope.report` (both import matplotlib, so they are not imported here).
+theory. Figures live in :mod:`gradscope.views.plots` and the PDF report in
+:mod:`gradscope.views.report` (both import matplotlib, so they are not imported here).
 """
 
-__version__ = "0.1.0"
-
 from ._blas import quiet_idle_blas_threads
+from ._version import __version__
 
 quiet_idle_blas_threads()  # before numpy loads OpenBLAS (see _blas)
 
-from .data import load_dataset
-from .diagnose import diagnose
-from .log import (
+from .analysis.diagnose import diagnose
+from .analysis.theory import advise, mean_field
+from .engine.data import load_dataset
+from .reading.readers import (
     read_config,
     read_dead_units,
     read_epochs,
@@ -23,8 +23,7 @@ from .log import (
     read_steps,
     read_weights,
 )
-from .theory import advise, mean_field
-from .train import TrainConfig, train
+from .training.loop import TrainConfig, train
 
 __all__ = [
     "TrainConfig",

@@ -2,7 +2,7 @@
 
 After each matrix product OpenBLAS's worker threads busy-wait for the next one (by default
 for 2**28 clock ticks, about 0.1 s) before they sleep. A training step ends with the
-optimizer's elementwise loops in gradscope's own worker threads (``optimizers.GroupedStep``),
+optimizer's elementwise loops in gradscope's own worker threads (``training.parallel.GroupedStep``),
 and a spinning BLAS thread takes one of the two cores from them: on the 8 x 512 benchmark the
 Adam step took 10 ms right after a matrix product against 4.8 ms without one. Sleeping at
 once (2**4 ticks) frees the core but makes every product wake its threads again: the 26

@@ -5,7 +5,7 @@
 multiplies the gradient by ``phi'(z)`` at every layer, so a sigmoid layer (``phi' <=
 1/4``) shrinks it by at least a factor of four before the weights act.
 
-:func:`plot_optimizer_paths` runs the optimizers of :mod:`gradscope.optimizers` --
+:func:`plot_optimizer_paths` runs the optimizers of :mod:`gradscope.engine.optimizers` --
 the very ``make_optimizer`` / ``update`` / ``apply_updates`` code that trains the
 MLPs, on a one-array parameter list ``[np.array([x, y])]`` -- on a 2-D test surface
 from :data:`SURFACES` and draws their paths over its contours.  Every surface carries
@@ -33,8 +33,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .activations import ACTIVATIONS, get_activation
-from .optimizers import OPTIMIZERS, Optimizer, apply_updates, make_optimizer
+from .engine.activations import ACTIVATIONS, get_activation
+from .engine.optimizers import OPTIMIZERS, Optimizer, apply_updates, make_optimizer
 
 __all__ = [
     "SURFACES",
@@ -90,7 +90,7 @@ def plot_activations(*, names: Sequence[str] | None = None, fig: Figure | None =
     Parameters
     ----------
     names : activations to draw (registry names or aliases); default: all of
-        :data:`gradscope.activations.ACTIVATIONS`, in registry order.
+        :data:`gradscope.engine.activations.ACTIVATIONS`, in registry order.
     fig : an empty figure to draw into; default: a new 13 x 6.6 inch figure.
     z_range : the pre-activation range shared by all panels.
     ncols : panels per row.
@@ -369,7 +369,7 @@ def optimize_path(surface: str | Surface, optimizer: str | Optimizer, lr: float 
 
     ``lr`` defaults to ``surface.lrs[optimizer]`` (the optimizer's own default if the
     table has no entry) and ``steps`` to ``surface.steps``.  ``optimizer`` may also be
-    a ready-made :class:`~gradscope.optimizers.Optimizer`, in which case ``lr`` and
+    a ready-made :class:`~gradscope.engine.optimizers.Optimizer`, in which case ``lr`` and
     ``hyper`` must not be given.
 
     Returns a float64 array of shape ``(steps + 1, 2)``; if an iterate stops being

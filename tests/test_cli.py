@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import gradscope
-from gradscope.cli import main
+from gradscope.cli.main import main
 
 GRADSCOPE = str(Path(sys.executable).parent / "gradscope")
 TINY = ["--dataset", "moons", "--depth", "2", "--width", "8"]

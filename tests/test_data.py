@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from gradscope.data import (
+from gradscope.engine.data import (
     BUILTIN,
     DataError,
     epoch_batches,

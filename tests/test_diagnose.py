@@ -1,4 +1,4 @@
-"""Tests for gradscope.diagnose: each verdict on a real run where it holds and one where it does
+"""Tests for gradscope.analysis.diagnose: each verdict on a real run where it holds and one where it does
 not, threshold overrides, the theory line, the frames= path and logs with little in them.
 
 Runs are small (digits, width 32, tens to a few hundred steps) and trained once per module.
@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import gradscope
 from gradscope import TrainConfig, read_dead_units, read_layers, read_status, train
-from gradscope.diagnose import (
+from gradscope.analysis.diagnose import (
     DEFAULT_THRESHOLDS,
     VERDICTS,
     config_summary,
@@ -32,7 +29,7 @@ from gradscope.diagnose import (
     load_frames,
     resolve_thresholds,
 )
-from gradscope.log import LAYER_COLUMNS, PROBE_COLUMNS, STEP_COLUMNS
+from gradscope.record.schema import LAYER_COLUMNS, PROBE_COLUMNS, STEP_COLUMNS
 
 EVIDENCE_KEYS = {"layers", "steps", "value", "threshold", "rule", "message", "applicable"}
 
@@ -367,17 +364,6 @@ def test_theory_message_for_tanh_standard(diag, runs):
     assert "mean-field theory predicts" in diag["tanh_standard"]["vanishing_evidence"]["message"]
     # and none is cited where the theory does not explain the alarm (dead units, lr)
     assert "mean-field" not in diag["diverged"]["exploding_evidence"]["message"]
-
-
-def test_diagnose_works_without_theory(runs, monkeypatch):
-    monkeypatch.delattr(gradscope, "theory", raising=False)
-    monkeypatch.setitem(sys.modules, "gradscope.theory", None)  # import raises ImportError
-    d = diagnose(runs["vanishing"])
-    assert d["theory"] is None and d["vanishing"] is True
-    assert "mean-field" not in d["vanishing_evidence"]["message"]
-    monkeypatch.setattr(gradscope, "theory", types.SimpleNamespace(), raising=False)
-    monkeypatch.setitem(sys.modules, "gradscope.theory", gradscope.theory)  # AttributeError
-    assert diagnose(runs["vanishing"])["theory"] is None
 
 
 # -- frames, sweeps, little data ------------------------------------------------------------------

@@ -19,10 +19,7 @@ import pandas as pd
 import pytest
 
 import gradscope
-from gradscope.log import (
-    LAYER_COLUMNS,
-    LogError,
-    LogWriter,
+from gradscope.reading.readers import (
     read_config,
     read_dead_units,
     read_epochs,
@@ -32,10 +29,12 @@ from gradscope.log import (
     read_steps,
     read_weights,
 )
-from gradscope.train import TrainConfig, train
+from gradscope.record.schema import LAYER_COLUMNS, LogError
+from gradscope.record.writer import LogWriter
+from gradscope.training.loop import TrainConfig, train
 
-# the module (the package attribute gradscope.train is the train function)
-train_mod = importlib.import_module("gradscope.train")
+# the module (the package attribute gradscope.training.loop is the train function)
+train_mod = importlib.import_module("gradscope.training.loop")
 GRADSCOPE = str(Path(sys.executable).parent / "gradscope")
 READERS = [read_config, read_status, read_steps, read_layers, read_epochs, read_dead_units,
            read_histograms, read_weights]
@@ -353,7 +352,7 @@ def test_truncated_log_is_refused_quickly(tmp_path):
     data = full.read_bytes()
     code = (
         "import sys, gradscope\n"
-        "from gradscope.log import LogError\n"
+        "from gradscope.reading.readers import LogError\n"
         "for p in sys.argv[1:]:\n"
         "    for fn in (gradscope.read_status, gradscope.read_layers):\n"
         "        try:\n"

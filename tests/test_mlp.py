@@ -5,10 +5,10 @@ import warnings
 import numpy as np
 import pytest
 
-from gradscope.activations import ACTIVATIONS
-from gradscope.losses import mean_squared_error, softmax_cross_entropy
-from gradscope.mlp import backward, forward, init_params, predict
-from gradscope.probes import step_metrics
+from gradscope.engine.activations import ACTIVATIONS
+from gradscope.engine.losses import mean_squared_error, softmax_cross_entropy
+from gradscope.engine.mlp import backward, forward, init_params, predict
+from gradscope.record.probes import step_metrics
 
 
 def _loss(params, X, y, act, loss_fn):
@@ -141,8 +141,8 @@ def test_forward_matches_torch(rng):
 
 
 def test_column_sums_against_float64_and_relu_derivative_values():
-    from gradscope.activations import get_activation
-    from gradscope.stats import column_sums
+    from gradscope.engine.activations import get_activation
+    from gradscope.engine.stats import column_sums
 
     rng = np.random.default_rng(3)
     a = rng.normal(size=(256, 40)).astype(np.float32)

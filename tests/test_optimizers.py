@@ -1,4 +1,4 @@
-"""Tests for :mod:`gradscope.optimizers`.
+"""Tests for :mod:`gradscope.engine.optimizers`.
 
 * Every optimizer, with default and non-default hyperparameters, is run for
   several steps next to a reference written here from the update equations in
@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pytest
 
-from gradscope.optimizers import (
+from gradscope.engine.optimizers import (
     OPTIMIZERS,
     Optimizer,
     OptimizerKeyError,
@@ -728,7 +728,7 @@ def test_mismatched_inputs():
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_grouped_step_equals_update_then_apply(name):
     """The threaded GroupedStep gives bit-identical parameters, updates and state."""
-    from gradscope.optimizers import GroupedStep
+    from gradscope.training.parallel import GroupedStep
 
     rng = np.random.default_rng(7)
     shapes = [(40, 30), (30,), (30, 30), (30,), (30, 5), (5,)]
@@ -765,8 +765,8 @@ def test_inplace_step_equals_pure_step_and_writes_into_its_arrays(name, override
     followed by apply_updates: the same numbers bit for bit over several steps, written into
     the parameter and state arrays it was given, with the gradients left untouched; asked
     for them, the norms of the updates and new parameters (float64 references)."""
-    from gradscope.optimizers import GroupedStep
-    from gradscope.stats import norm
+    from gradscope.engine.stats import norm
+    from gradscope.training.parallel import GroupedStep
 
     opt = make_optimizer(name, **overrides)
     params = _params(3, np.float32)

@@ -1,4 +1,4 @@
-"""gradscope.plots on small hand-made tables: what each figure draws."""
+"""gradscope.views.plots on small hand-made tables: what each figure draws."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 import seaborn as sns
 from matplotlib.collections import QuadMesh
 
-from gradscope import plots
+from gradscope.views import plots
 
 
 def layer_table(n_steps=10, n_layers=3, run=None):

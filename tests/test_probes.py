@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import gradscope
-from gradscope.activations import ACTIVATIONS
-from gradscope.mlp import backward, forward, init_params
-from gradscope.probes import bin_counts, histogram_edges, probe_metrics, step_metrics
-from gradscope.stats import SATURATION, mean_std, norm, total_norm
-from gradscope.train import TrainConfig, prepare, train
+from gradscope.engine.activations import ACTIVATIONS
+from gradscope.engine.mlp import backward, forward, init_params
+from gradscope.engine.stats import SATURATION, mean_std, norm, total_norm
+from gradscope.record.probes import bin_counts, histogram_edges, probe_metrics, step_metrics
+from gradscope.training.loop import TrainConfig, prepare, train
 
 # -- an independent reference: float64 numpy, written from the definitions in docs ---------
 
@@ -74,7 +74,7 @@ def fro(x):
 
 
 def _gradscope_step(params, X, y, act, measure=False):
-    from gradscope.losses import softmax_cross_entropy
+    from gradscope.engine.losses import softmax_cross_entropy
 
     out, cache = forward(params, X, act, measure=measure)
     _, dout = softmax_cross_entropy(out, y)

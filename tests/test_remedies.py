@@ -10,12 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import gradscope
-from gradscope.activations import ACTIVATIONS
-from gradscope.cli import main
-from gradscope.diagnose import config_summary, diagnose
-from gradscope.log import read_norm
-from gradscope.losses import mean_squared_error, softmax_cross_entropy
-from gradscope.mlp import (
+from gradscope.analysis.diagnose import config_summary, diagnose
+from gradscope.cli.main import main
+from gradscope.engine.activations import ACTIVATIONS
+from gradscope.engine.losses import mean_squared_error, softmax_cross_entropy
+from gradscope.engine.mlp import (
     Arch,
     backward,
     forward,
@@ -24,10 +23,11 @@ from gradscope.mlp import (
     predict,
     skip_layers,
 )
-from gradscope.probes import histogram_edges, probe_metrics
-from gradscope.stats import total_norm
-from gradscope.sweep import expand_grid, option_kinds, parse_list, run_names
-from gradscope.train import ConfigError, TrainConfig, clip_gradients, prepare, train
+from gradscope.engine.stats import total_norm
+from gradscope.reading.readers import read_norm
+from gradscope.record.probes import histogram_edges, probe_metrics
+from gradscope.training.loop import ConfigError, TrainConfig, clip_gradients, prepare, train
+from gradscope.training.sweep import expand_grid, option_kinds, parse_list, run_names
 
 # -- finite-difference gradient checks ------------------------------------------------------
 

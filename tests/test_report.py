@@ -1,4 +1,4 @@
-"""gradscope.report: PDF reports of real (tiny) runs, and bad inputs."""
+"""gradscope.views.report: PDF reports of real (tiny) runs, and bad inputs."""
 
 import re
 import shutil
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import gradscope
-from gradscope import report
-from gradscope.log import LogError
-from gradscope.train import TrainConfig, train
+from gradscope.record.schema import LogError
+from gradscope.training.loop import TrainConfig, train
+from gradscope.views import report
 
 PDFTOTEXT = shutil.which("pdftotext")
 GRADSCOPE = Path(sys.executable).with_name("gradscope")
@@ -157,8 +157,8 @@ def test_truncated_log_is_a_log_error(logs, tmp_path):
     tiny_bad.write_bytes(data[:40])
     code = (
         "import sys\n"
-        "from gradscope.report import make_report\n"
-        "from gradscope.log import LogError\n"
+        "from gradscope.views.report import make_report\n"
+        "from gradscope.reading.readers import LogError\n"
         "for p in sys.argv[1:]:\n"
         "    try:\n"
         "        make_report([p], p + '.pdf')\n"
@@ -206,7 +206,7 @@ def test_collect_logs(tmp_path, logs):
 
 
 def test_verdict_table(logs):
-    from gradscope.diagnose import diagnose
+    from gradscope.analysis.diagnose import diagnose
 
     ds = [diagnose(logs["relu"]), diagnose(logs["sigmoid"])]
     table = report.verdict_table(ds)
@@ -247,7 +247,7 @@ def test_predicted_profile_overlay(logs):
     run = report.load_run(logs["relu"])
     theory = run.diagnosis.get("theory")
     if not theory:
-        pytest.skip("gradscope.theory not available")
+        pytest.skip("gradscope.analysis.theory not available")
     pred = report._predicted_profile(run)
     first = run.layers[run.layers["step"] == run.layers["step"].min()]
     out_delta = float(first[first["layer"] == first["layer"].max()]["delta_norm"].iloc[0])
@@ -262,8 +262,8 @@ def test_thresholds_are_checked_before_reading(logs, tmp_path):
 
 
 def test_report_without_the_diagnose_module(logs, tmp_path, monkeypatch):
-    # gradscope.diagnose missing (an import error): the report still renders, undiagnosed
-    monkeypatch.setitem(sys.modules, "gradscope.diagnose", None)
+    # gradscope.analysis.diagnose missing (an import error): the report still renders, undiagnosed
+    monkeypatch.setitem(sys.modules, "gradscope.analysis.diagnose", None)
     r = report.make_report([logs["tanh"]], tmp_path / "nodiag.pdf")
     d, = r["diagnoses"]
     assert d["verdict"] == "not diagnosed" and d["theory"] is None

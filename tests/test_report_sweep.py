@@ -1,4 +1,4 @@
-"""gradscope.report on a real (tiny) sweep and on runs that differ only in a remedy."""
+"""gradscope.views.report on a real (tiny) sweep and on runs that differ only in a remedy."""
 
 import math
 import re
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradscope import plots, report
-from gradscope.diagnose import diagnose
-from gradscope.sweep import expand_grid, run_sweep, summarize
-from gradscope.train import TrainConfig, train
+from gradscope.analysis.diagnose import diagnose
+from gradscope.training.loop import TrainConfig, train
+from gradscope.training.sweep import expand_grid, run_sweep, summarize
+from gradscope.views import plots, report
 
 PDFTOTEXT = shutil.which("pdftotext")
 SWEEP_PAGES = ["Vanishing-gradient phase diagram", "Dead ReLU units across depth",
@@ -96,8 +96,8 @@ def test_run_table_matches_the_diagnosis(sweep_report):
 
 
 def test_predicted_ratio_is_the_theory_profile(sweep_report):
-    from gradscope import theory
-    from gradscope.initializers import weight_variance
+    from gradscope.analysis import theory
+    from gradscope.engine.initializers import weight_variance
 
     table = sweep_report["table"]
     row = table[(table["activation"] == "sigmoid") & (table["init"] == "standard")

@@ -1,12 +1,12 @@
-"""Reductions in gradscope.stats against float64 numpy."""
+"""Reductions in gradscope.engine.stats against float64 numpy."""
 
 import math
 
 import numpy as np
 import pytest
 
-from gradscope.activations import ACTIVATIONS
-from gradscope.stats import SATURATION, mean_std, norm, saturated_fraction
+from gradscope.engine.activations import ACTIVATIONS
+from gradscope.engine.stats import SATURATION, mean_std, norm, saturated_fraction
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered")

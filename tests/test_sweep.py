@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from gradscope.log import read_status, read_steps
-from gradscope.sweep import (
+from gradscope.cli.sweep import sweep
+from gradscope.reading.readers import read_status, read_steps
+from gradscope.training.loop import ConfigError, TrainConfig, train
+from gradscope.training.sweep import (
     GRID_FILE,
     PARTIAL_DIR,
     SUMMARY_FILE,
@@ -34,8 +36,6 @@ from gradscope.sweep import (
     run_sweep,
     summarize,
 )
-from gradscope.sweep_cli import sweep
-from gradscope.train import ConfigError, TrainConfig, train
 
 TINY = {"dataset": "moons", "width": 8, "steps": 30}
 VERDICTS = ["vanishing", "exploding", "dead_units", "saturated", "diverged", "verdict"]
@@ -147,7 +147,7 @@ def test_run_names_cover_every_option_and_stay_stable():
     na, nb = run_names([a, b])
     assert na != nb and "-h" in na and "-h" in nb
     with pytest.raises(SweepError, match="twice"):
-        from gradscope.sweep import check_configs
+        from gradscope.training.sweep import check_configs
 
         check_configs([TrainConfig(dataset="moons"), TrainConfig(dataset="moons")])
 
@@ -231,7 +231,7 @@ def test_bad_configuration_writes_nothing(tmp_path):
 
 # -- the command ------------------------------------------------------------------------------
 def _cli():
-    from gradscope.cli import CleanGroup
+    from gradscope.cli.main import CleanGroup
 
     @click.group(cls=CleanGroup)
     def group():
@@ -323,7 +323,7 @@ def test_signal_stops_a_local_sweep_and_resume_finishes_it(tmp_path, signum):
     out = tmp_path / "out"
     args = ["--dataset", "moons", "--width", "8", "--steps", "4000", "--depth", "2",
             "--seeds", "0:3", "--jobs", "2", "--out-dir", str(out)]
-    cmd = [sys.executable, "-c", "from gradscope.sweep_cli import sweep; sweep()", *args]
+    cmd = [sys.executable, "-c", "from gradscope.cli.sweep import sweep; sweep()", *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -388,7 +388,7 @@ def test_dask_subprocess_cluster_survives_a_killed_worker(tmp_path):
 
         out = tmp_path / "out"
         sweeper = subprocess.Popen(
-            [sys.executable, "-c", "from gradscope.sweep_cli import sweep; sweep()",
+            [sys.executable, "-c", "from gradscope.cli.sweep import sweep; sweep()",
              "--dataset", "moons", "--width", "8", "--steps", "1500", "--depth", "2,3",
              "--activation", "tanh,relu", "--seeds", "0,1", "--scheduler", address,
              "--out-dir", str(out)],

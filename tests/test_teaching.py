@@ -26,9 +26,9 @@ import pytest
 from click.testing import CliRunner
 
 from gradscope import teaching
-from gradscope.activations import ACTIVATIONS
-from gradscope.optimizers import OPTIMIZERS, apply_updates, make_optimizer
-from gradscope.plot_cli import SURFACE_NAMES, plot
+from gradscope.cli.plot import SURFACE_NAMES, plot
+from gradscope.engine.activations import ACTIVATIONS
+from gradscope.engine.optimizers import OPTIMIZERS, apply_updates, make_optimizer
 from gradscope.teaching import (
     SURFACES,
     SurfaceKeyError,
@@ -356,7 +356,7 @@ def test_cli_refuses_bad_input(tmp_path, args):
 def test_cli_help_and_lazy_import():
     r = CliRunner().invoke(plot, ["optimizers", "--help"])
     assert r.exit_code == 0 and "--noise" in r.output and "rosenbrock" in r.output
-    code = ("import sys, gradscope.plot_cli; "
+    code = ("import sys, gradscope.cli.plot; "
             "print('matplotlib' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)

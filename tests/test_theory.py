@@ -1,4 +1,4 @@
-"""Tests for gradscope.theory: mean-field fixed points, criticality, advice, and measurement.
+"""Tests for gradscope.analysis.theory: mean-field fixed points, criticality, advice, and measurement.
 
 The references here are computed independently of the module: Gaussian expectations with
 scipy.integrate.quad (split at 0, where the ReLU family bends) or Monte Carlo, and fixed
@@ -13,10 +13,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from gradscope.activations import ACTIVATIONS, LEAKY_SLOPE, get_activation
-from gradscope.initializers import INITIALIZERS, weight_variance
-from gradscope.mlp import backward, forward, init_params, layer_sizes
-from gradscope.theory import (
+from gradscope.analysis.theory import (
     advise,
     critical_weight_var,
     criticality_gain,
@@ -27,6 +24,9 @@ from gradscope.theory import (
     q_trajectory,
     weight_var_from_config,
 )
+from gradscope.engine.activations import ACTIVATIONS, LEAKY_SLOPE, get_activation
+from gradscope.engine.initializers import INITIALIZERS, weight_variance
+from gradscope.engine.mlp import backward, forward, init_params, layer_sizes
 
 # ---------------------------------------------------------------------------------------
 # independent references

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import gradscope
-from gradscope.log import LogError
-from gradscope.train import ConfigError, TrainConfig, prepare, train
+from gradscope.record.schema import LogError
+from gradscope.training.loop import ConfigError, TrainConfig, prepare, train
 
 SMALL = {"dataset": "moons", "depth": 2, "width": 8}  # moons: 1000 rows, 800 train / 200 val
 
@@ -287,7 +287,7 @@ def test_signal_ends_the_run_between_two_steps(tmp_path, signum):
 
 
 def test_second_signal_raises_at_once():
-    from gradscope._signals import StopRequest
+    from gradscope.training._signals import StopRequest
 
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -421,8 +421,8 @@ def test_regression_on_teacher(tmp_path):
 def test_weight_and_update_norms_match_snapshots(tmp_path, log_every):
     """weight_norm and update_norm (taken in the optimizer's threads) against the snapshots."""
     from gradscope import read_layers, read_weights
-    from gradscope.train import TrainConfig
-    from gradscope.train import train as run_train
+    from gradscope.training.loop import TrainConfig
+    from gradscope.training.loop import train as run_train
 
     out = tmp_path / "n.h5"
     run_train(TrainConfig(dataset="moons", depth=3, width=16, optimizer="adam", steps=10,

@@ -2,12 +2,12 @@
 
 :func:`parse_list` reads one option's values (``"2,4,8"``, ``"2:32:x2"``, ``"1e-3:1e-1:x10"``),
 :func:`expand_grid` makes the product of every option's values into
-:class:`~gradscope.train.TrainConfig` objects, :func:`run_sweep` checks them all, trains
+:class:`~gradscope.training.loop.TrainConfig` objects, :func:`run_sweep` checks them all, trains
 those whose log is missing or incomplete (in local processes or on a Dask cluster) and
 returns the summary that :func:`summarize` rebuilds from the logs. docs/sweep.md describes
 the command line, the file names, resuming and the columns of ``summary.csv``.
 
-This module does not import click; :mod:`gradscope.sweep_cli` is the command.
+This module does not import click; :mod:`gradscope.cli.sweep` is the command.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..engine.data import DataError
+from ..engine.optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
+from ..reading.readers import read_config, read_epochs, read_layers, read_status, read_steps
+from ..record.schema import LogError
 from ._signals import StopRequest
-from .data import DataError
-from .log import LogError, read_config, read_epochs, read_layers, read_status, read_steps
-from .optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
-from .train import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
+from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
 
 __all__ = [
     "GRID_FILE", "PARTIAL_DIR", "SUMMARY_FILE", "SweepError", "SweepProgress", "check_configs",
@@ -704,7 +705,7 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
     runs = [_Run(i, n, c) for i, (n, c) in enumerate(zip(names, configs))]
     grid = {_field_name(k): _as_values(_field_name(k), v)
             for k, v in (grid if grid is not None else grid_of(configs)).items()}
-    from . import __version__
+    from .._version import __version__
 
     spec = {
         "format": "gradscope-sweep", "format_version": 1, "gradscope_version": __version__,
@@ -894,9 +895,9 @@ def _run_dask(todo, out, client, retries, report, finished, stop):
 
 # -- the summary ------------------------------------------------------------------------------
 def _diagnose_fn():
-    """gradscope.diagnose.diagnose when it exists (looked up at each call)."""
+    """gradscope.analysis.diagnose.diagnose when it exists (looked up at each call)."""
     try:
-        from .diagnose import diagnose
+        from ..analysis.diagnose import diagnose
     except ImportError:
         return None
     return diagnose

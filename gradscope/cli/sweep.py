@@ -1,8 +1,8 @@
 """``gradscope sweep``: train a grid of configurations, one log each, plus summary.csv.
 
-The command's training options are generated from :class:`~gradscope.train.TrainConfig`'s
+The command's training options are generated from :class:`~gradscope.training.loop.TrainConfig`'s
 fields, so every option of ``gradscope train`` can be swept. The work is done by
-:mod:`gradscope.sweep`; docs/sweep.md is the user's guide.
+:mod:`gradscope.training.sweep`; docs/sweep.md is the user's guide.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import time
 
 import click
 
-from .sweep import (
+from ..training.loop import OPTIMIZER_OPTIONS, TrainConfig
+from ..training.sweep import (
     GRID_FILE,
     SUMMARY_FILE,
     SweepError,
@@ -23,7 +24,6 @@ from .sweep import (
     parse_list,
     run_sweep,
 )
-from .train import OPTIMIZER_OPTIONS, TrainConfig
 
 _SHOWN_DEFAULTS = {
     "target": "the last column", "epochs": "20 unless --steps", "steps": "none",
@@ -40,19 +40,19 @@ _HELP = {
 
 def _choices(name: str) -> str | None:
     if name == "activation":
-        from .activations import activation_names
+        from ..engine.activations import activation_names
 
         return f"Activation(s): {', '.join(activation_names())}."
     if name == "init":
-        from .initializers import INITIALIZERS
+        from ..engine.initializers import INITIALIZERS
 
         return f"Initialisation(s): {', '.join(INITIALIZERS)}."
     if name == "optimizer":
-        from .optimizers import OPTIMIZERS
+        from ..engine.optimizers import OPTIMIZERS
 
         return f"Optimizer(s): {', '.join(OPTIMIZERS)}."
     if name == "dtype":
-        from .train import DTYPES
+        from ..training.loop import DTYPES
 
         return f"Float type(s): {', '.join(DTYPES)}."
     return None
@@ -152,8 +152,8 @@ def sweep(ctx, out_dir, jobs, scheduler, retries, dry_run, quiet, **options):
 
     Runs whose log is complete are kept, so the same command resumes a sweep.
     """
-    from .data import DataError
-    from .train import ConfigError
+    from ..engine.data import DataError
+    from ..training.loop import ConfigError
 
     kinds = option_kinds()
     grid = {}
@@ -185,7 +185,7 @@ def sweep(ctx, out_dir, jobs, scheduler, retries, dry_run, quiet, **options):
     if dry_run:
         from pathlib import Path
 
-        from .sweep import _needs_training
+        from ..training.sweep import _needs_training
 
         out = Path(out_dir)
         n_done = 0

@@ -12,7 +12,7 @@ weights have variance ``s_w^2 / fan_in`` and biases variance ``s_b^2``:
 - the depth scale is ``xi = 1/|ln chi1|`` (infinite at criticality, ``chi1 = 1``): the
   squared norm changes by a factor ``e`` every ``xi`` layers.
 
-Layer convention (the same as :mod:`gradscope.mlp`)
+Layer convention (the same as :mod:`gradscope.engine.mlp`)
 ---------------------------------------------------
 A net with ``depth`` hidden layers has ``depth + 1`` weight matrices ``W_0 .. W_depth``.
 Layer ``l`` computes ``z_l = a_l W_l + b_l`` with ``a_0 = x`` and ``a_{l+1} = phi(z_l)``;
@@ -48,8 +48,8 @@ from numpy.polynomial.legendre import leggauss
 from scipy.optimize import brentq
 from scipy.special import erfcx
 
-from .activations import ACTIVATIONS, LEAKY_SLOPE, Activation, get_activation
-from .initializers import INITIALIZERS, weight_variance
+from ..engine.activations import ACTIVATIONS, LEAKY_SLOPE, Activation, get_activation
+from ..engine.initializers import INITIALIZERS, weight_variance
 
 INITS = tuple(INITIALIZERS)
 
@@ -264,8 +264,8 @@ def mean_field(activation: str | Activation, weight_var: float, bias_var: float 
 
     Parameters
     ----------
-    activation : name or :class:`~gradscope.activations.Activation`.
-    weight_var : ``s_w^2 = fan_in Var(W)`` (see :func:`gradscope.initializers.weight_variance`).
+    activation : name or :class:`~gradscope.engine.activations.Activation`.
+    weight_var : ``s_w^2 = fan_in Var(W)`` (see :func:`gradscope.engine.initializers.weight_variance`).
     bias_var : ``s_b^2``; gradscope starts biases at zero, so 0 for its runs.
 
     Returns

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from .activations import activation_names
-from .initializers import INITIALIZERS
-from .optimizers import OPTIMIZERS
+from ..engine.activations import activation_names
+from ..engine.initializers import INITIALIZERS
+from ..engine.optimizers import OPTIMIZERS
 
 
 class CleanGroup(click.Group):
@@ -132,9 +132,9 @@ def _opt(*names, **kw):
 @_opt("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(out, force, quiet, **options):
     """Train an MLP and record per-layer gradient diagnostics to an HDF5 log."""
-    from .data import DataError
-    from .train import ConfigError, TrainConfig, prepare
-    from .train import train as run
+    from ..engine.data import DataError
+    from ..training.loop import ConfigError, TrainConfig, prepare
+    from ..training.loop import train as run
 
     if options.get("norm") is not None and options["norm"].lower() == "none":
         options["norm"] = None
@@ -200,8 +200,8 @@ def advise(activation, depth, init, init_gain, bias_var, width):
     that puts ACTIVATION at (or nearest to) criticality."""
     import math
 
-    from .activations import get_activation
-    from .theory import advise as run_advise
+    from ..analysis.theory import advise as run_advise
+    from ..engine.activations import get_activation
 
     try:
         get_activation(activation)
@@ -250,8 +250,8 @@ def _num(x) -> str:
 def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
     """Write a multi-page PDF report on one or more logs (or folders of logs) and print
     the verdicts."""
-    from .log import LogError
-    from .report import collect_logs, make_report, verdict_table
+    from ..record.schema import LogError
+    from ..views.report import collect_logs, make_report, verdict_table
 
     thresholds = {k: v for k, v in (("vanishing", vanishing), ("exploding", exploding),
                                     ("dead_units", dead_units), ("saturated", saturated))
@@ -294,8 +294,8 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
 
 
 def _register_subcommands() -> None:
-    from .plot_cli import plot
-    from .sweep_cli import sweep
+    from .plot import plot
+    from .sweep import sweep
 
     main.add_command(sweep)
     main.add_command(plot)

@@ -1,6 +1,6 @@
 """A multi-page PDF report of one or more runs, and a plain-text verdict table.
 
-:func:`make_report` reads each log, diagnoses it (:func:`gradscope.diagnose.diagnose`) and
+:func:`make_report` reads each log, diagnoses it (:func:`gradscope.analysis.diagnose.diagnose`) and
 writes one PDF (A4 landscape), one idea per page:
 
 1. summary: each run's configuration, status, final training and validation loss and
@@ -24,20 +24,20 @@ Runs that form a grid (:func:`sweep_layout`: at least 3 runs whose depths differ
 with the activation, init or optimizer, e.g. a ``gradscope sweep`` folder) get three pages
 after the summary, drawn from :func:`run_table` (one row per run):
 
-- the vanishing-gradient phase diagram, :func:`gradscope.plots.phase_diagram`: the
+- the vanishing-gradient phase diagram, :func:`gradscope.views.plots.phase_diagram`: the
   layer-0 / output gradient ratio (median over the first half of training, what the
   verdict judges) against depth, one line per activation x init, a panel per optimizer
   (and per variant: other options that differ, e.g. ``residual=on``), seeds as a median
   with a min-max band, the mean-field prediction dashed and the first-step ratios as
   crosses;
-- dead ReLU units against depth (:func:`~gradscope.plots.depth_dead_units`), when some
+- dead ReLU units against depth (:func:`~gradscope.views.plots.depth_dead_units`), when some
   runs are of the ReLU family;
-- the final accuracy over the grid (:func:`~gradscope.plots.grid_heatmap`).
+- the final accuracy over the grid (:func:`~gradscope.views.plots.grid_heatmap`).
 
 Runs that differ only in a remedy (:func:`remedy_groups`: ``--residual``, ``--norm``,
 ``--dropout``, ``--clip-norm``, ``--clip-value``; same seed) get one page per group
 after those: their gradient profiles across depth side by side on one log scale
-(:func:`~gradscope.plots.profile_comparison`), titled ``Remedy: --residual (off vs on)``,
+(:func:`~gradscope.views.plots.profile_comparison`), titled ``Remedy: --residual (off vs on)``,
 each panel titled with its setting and verdict.
 
 With more than ``SAMPLE_ABOVE`` (12) runs the report stays short: the summary's verdict
@@ -60,7 +60,7 @@ values are left out of the log-scale figures. A truncated file (an incomplete co
 refused by :func:`check_log_file` before HDF5 opens it.
 
 :func:`collect_logs` expands directories into their ``*.h5`` logs; :func:`verdict_table`
-formats the diagnoses for a terminal. Unusable input raises :class:`~gradscope.log.LogError`
+formats the diagnoses for a terminal. Unusable input raises :class:`~gradscope.reading.readers.LogError`
 with a one-line message.
 """
 
@@ -85,11 +85,7 @@ import seaborn as sns
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from . import plots
-from .log import (
-    OPTIONAL_COLUMNS,
-    TABLES,
-    LogError,
+from ..reading.readers import (
     _committed,
     _read_table,
     open_log,
@@ -99,6 +95,8 @@ from .log import (
     read_status,
     read_steps,
 )
+from ..record.schema import OPTIONAL_COLUMNS, TABLES, LogError
+from . import plots
 
 __all__ = [
     "PAGE_SIZE", "RunData", "check_log_file", "collect_logs", "comparison_summary",
@@ -244,7 +242,7 @@ def _read_selection(ds, blocks: list[tuple[int, int, int, int]]) -> np.ndarray:
 def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
     """The layer table of a log, binned in time (at most ``max_steps`` bins).
 
-    Same columns as :func:`~gradscope.log.read_layers` plus ``step_lo`` and ``step_hi``
+    Same columns as :func:`~gradscope.reading.readers.read_layers` plus ``step_lo`` and ``step_hi``
     (the bin's first and last logged step); ``step`` is the bin's middle logged step. The
     first and the last logged step keep bins of their own; the others are cut into bins of
     ``q = ceil((k - 2) / (max_steps - 2))`` consecutive logged steps (the last bin
@@ -448,7 +446,7 @@ class RunData:
 def _relu_family(name: str) -> bool:
     """Whether units of this activation can die (the registry says; known names else)."""
     try:
-        from .activations import get_activation
+        from ..engine.activations import get_activation
         return bool(get_activation(name).relu_family)
     except (ImportError, KeyError, AttributeError):
         return name in _RELU_FAMILY
@@ -492,7 +490,7 @@ def load_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN, label=
 def _diagnose(path, steps, layers, config, status, n_rows, max_steps, per_bin, notes,
               thresholds, whole=None) -> dict:
     try:
-        from .diagnose import diagnose
+        from ..analysis.diagnose import diagnose
     except ImportError:
         notes.append("no diagnosis: gradscope.diagnose is not available")
         return _no_diagnosis(path, config, status)
@@ -523,7 +521,7 @@ def _no_diagnosis(path, config, status) -> dict:
 
 def _config_summary(config: dict) -> str:
     try:
-        from .diagnose import config_summary
+        from ..analysis.diagnose import config_summary
         return config_summary(config)
     except ImportError:
         keys = ("dataset", "depth", "width", "activation", "init", "optimizer", "lr")
@@ -1030,7 +1028,7 @@ def _learning_page(runs):
 
 
 def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
-    """One row per run and measurement for :func:`gradscope.plots.run_comparison`.
+    """One row per run and measurement for :func:`gradscope.views.plots.run_comparison`.
 
     Columns: ``run`` (label), ``label`` (activation / init / optimizer ...), ``activation``,
     ``init``, ``optimizer``, ``when`` (``"first logged step"`` or ``"median, first half"``)
@@ -1109,7 +1107,7 @@ def _train_fields() -> list[str]:
     try:
         from dataclasses import fields
 
-        from .train import TrainConfig
+        from ..training.loop import TrainConfig
         return [f.name for f in fields(TrainConfig) if f.name != "extra"]
     except ImportError:
         return ["dataset", "target", "data_seed", "standardize", "depth", "width", "widths",
@@ -1182,7 +1180,7 @@ def _setting(k: str, v) -> str:
 
 def _remedy_text(o: dict) -> str:
     try:
-        from .diagnose import remedy_parts
+        from ..analysis.diagnose import remedy_parts
     except ImportError:  # the report also renders without the diagnosis module
         return "n/a"
     return " + ".join(remedy_parts(o)) or "none"
@@ -1209,8 +1207,8 @@ def run_table(runs) -> pd.DataFrame:
     """One row per run: its options and the numbers the sweep pages draw.
 
     ``runs``: :class:`RunData` (from :func:`load_run`). The table is what
-    :func:`gradscope.plots.phase_diagram`, :func:`~gradscope.plots.depth_dead_units` and
-    :func:`~gradscope.plots.grid_heatmap` take. Columns:
+    :func:`gradscope.views.plots.phase_diagram`, :func:`~gradscope.views.plots.depth_dead_units` and
+    :func:`~gradscope.views.plots.grid_heatmap` take. Columns:
 
     - ``run`` (the label), ``file``, ``status``, ``verdict``;
     - the options as the run used them: ``dataset``, ``depth``, ``width`` (None for
@@ -1225,7 +1223,7 @@ def run_table(runs) -> pd.DataFrame:
       training): the diagnosis's ``ratio_first`` and ``ratio_median_early`` evidence;
       ``predicted_ratio``: the mean-field prediction at initialisation
       (``predicted_delta_profile(...)[0]`` with the run's weight variances, as
-      :func:`gradscope.diagnose.theory_check` computes it; NaN with skips, normalisation or
+      :func:`gradscope.analysis.diagnose.theory_check` computes it; NaN with skips, normalisation or
       dropout);
     - ``dead_frac``: the mean over the hidden layers of the share of dead units at the last
       usable probe step (the diagnosis's per-layer values), ``dead_frac_max`` the worst
@@ -1573,7 +1571,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
 
     ``paths``: log files (see :func:`collect_logs` for directories); ``thresholds``: the
     diagnosis thresholds (``vanishing``, ``exploding``, ``dead_units``, ``saturated``),
-    passed to :func:`gradscope.diagnose.diagnose`. The PDF is written to a temporary file
+    passed to :func:`gradscope.analysis.diagnose.diagnose`. The PDF is written to a temporary file
     beside ``out`` and renamed at the end, so a failed report leaves no partial file.
 
     Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
@@ -1587,7 +1585,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     if not paths:
         raise LogError("no log given")
     try:
-        from .diagnose import resolve_thresholds
+        from ..analysis.diagnose import resolve_thresholds
         thr = resolve_thresholds(**thresholds)
     except ImportError:
         thr = dict(thresholds)

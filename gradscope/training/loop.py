@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as data_mod
-from ._malloc import keep_freed_memory
-from ._signals import StopRequest
-from .activations import get_activation
-from .initializers import INITIALIZERS
-from .log import LogWriter
-from .losses import accuracy, mean_squared_error, softmax_cross_entropy
-from .mlp import (
+from ..engine import data as data_mod
+from ..engine.activations import get_activation
+from ..engine.initializers import INITIALIZERS
+from ..engine.losses import accuracy, mean_squared_error, softmax_cross_entropy
+from ..engine.mlp import (
     NORMS,
     Arch,
     backward,
@@ -33,9 +30,13 @@ from .mlp import (
     predict,
     skip_layers,
 )
-from .optimizers import OPTIMIZERS, GroupedStep, make_optimizer
-from .probes import histogram_edges, probe_metrics, step_metrics
-from .stats import norm
+from ..engine.optimizers import OPTIMIZERS, make_optimizer
+from ..engine.stats import norm
+from ..record.probes import histogram_edges, probe_metrics, step_metrics
+from ..record.writer import LogWriter
+from ._malloc import keep_freed_memory
+from ._signals import StopRequest
+from .parallel import GroupedStep
 
 OPTIMIZER_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
 DTYPES = ("float32", "float64")
@@ -165,7 +166,7 @@ class TrainConfig:
         return {k: getattr(self, k) for k in OPTIMIZER_OPTIONS if getattr(self, k) is not None}
 
     def arch(self) -> Arch | None:
-        """The architecture remedies as an :class:`~gradscope.mlp.Arch`, None when all off."""
+        """The architecture remedies as an :class:`~gradscope.engine.mlp.Arch`, None when all off."""
         a = Arch(float(self.dropout), bool(self.residual), self.norm)
         return a if a.active else None
 
@@ -226,7 +227,7 @@ class Prepared:
 def prepare(config: TrainConfig) -> Prepared:
     """Check the options, load and split the data, and resolve every default.
 
-    Raises :class:`ConfigError` or :class:`~gradscope.data.DataError`; writes nothing.
+    Raises :class:`ConfigError` or :class:`~gradscope.engine.data.DataError`; writes nothing.
     """
     config.check()
     X, y = data_mod.load_dataset(config.dataset, target=config.target, seed=config.data_seed)
@@ -262,7 +263,7 @@ def prepare(config: TrainConfig) -> Prepared:
     if probe_every is None:
         probe_every = config.log_every * max(1, round(100 / config.log_every))
     opt = make_optimizer(config.optimizer, **config.optimizer_overrides())
-    from . import __version__
+    from .._version import __version__
 
     resolved = asdict(config)
     resolved.pop("extra")

@@ -4,11 +4,11 @@ divergence.
 :func:`diagnose` reads a log (or takes already-read tables with ``frames=``) and returns a
 plain dict: one boolean per verdict, beside each an evidence dict naming the layers and steps
 where the condition holds, the number compared, the threshold and a one-line message, plus a
-one-line overall ``verdict`` and, when :mod:`gradscope.theory` is available, the mean-field
+one-line overall ``verdict`` and, when :mod:`gradscope.analysis.theory` is available, the mean-field
 prediction of the gradient ratio set beside the measured one.
 
-Only what :func:`~gradscope.log.read_steps`, :func:`~gradscope.log.read_layers`,
-:func:`~gradscope.log.read_config` and :func:`~gradscope.log.read_status` return is used.
+Only what :func:`~gradscope.reading.readers.read_steps`, :func:`~gradscope.reading.readers.read_layers`,
+:func:`~gradscope.reading.readers.read_config` and :func:`~gradscope.reading.readers.read_status` return is used.
 The rules, their default thresholds and the reasons for them are in docs/diagnosis.md.
 
 Building blocks for sweeps: :func:`load_frames`, :func:`evaluate` (DataFrames in, the
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .activations import get_activation
-from .log import LogError, read_config, read_layers, read_status, read_steps
+from ..engine.activations import get_activation
+from ..reading.readers import read_config, read_layers, read_status, read_steps
+from ..record.schema import LogError
 
 #: The booleans of a diagnosis, in the order the verdict lists them.
 VERDICTS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
@@ -75,7 +76,7 @@ def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> dict:
     **thresholds : overrides of :data:`DEFAULT_THRESHOLDS` by verdict name (``vanishing``,
         ``exploding``, ``dead_units``, ``saturated``).
 
-    Returns the dict described in :func:`evaluate`. Raises :class:`~gradscope.log.LogError`
+    Returns the dict described in :func:`evaluate`. Raises :class:`~gradscope.reading.readers.LogError`
     for an unreadable file and ``ValueError`` for an unknown or invalid threshold.
     """
     if frames is None:
@@ -108,7 +109,7 @@ def evaluate(steps: pd.DataFrame | None, layers: pd.DataFrame, config: dict,
       per verdict (docs/diagnosis.md lists them);
     - ``verdict``: ``"healthy"``, ``"no data"`` (no usable logged step), or the alarms joined
       with ``", "`` (e.g. ``"vanishing, saturated"``);
-    - ``theory``: :func:`theory_check`'s dict, or None when gradscope.theory is missing or
+    - ``theory``: :func:`theory_check`'s dict, or None when gradscope.analysis.theory is missing or
       cannot describe the run.
     """
     thr = resolve_thresholds(**thresholds)
@@ -266,7 +267,7 @@ def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
     """Mean-field prediction of ``delta_norm[0] / delta_norm[depth]`` at initialisation beside
     the measured ratio at the first logged step.
 
-    Returns None when :mod:`gradscope.theory` is not importable (or lacks the functions) or
+    Returns None when :mod:`gradscope.analysis.theory` is not importable (or lacks the functions) or
     cannot describe the run (unknown activation or init; skip connections, normalisation or
     dropout, which the plain-MLP recursion does not cover). Otherwise a dict: ``activation``,
     ``init``, ``weight_var`` (hidden ``s_w^2``), ``out_weight_var`` (the output matrix's,
@@ -282,13 +283,10 @@ def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
     """
     if config.get("residual_layers") or config.get("norm") or (config.get("dropout") or 0) > 0:
         return None  # the mean-field recursion describes the plain MLP only
-    try:
-        from . import theory
-        mean_field = theory.mean_field
-        weight_var_from_config = theory.weight_var_from_config
-        profile_fn = getattr(theory, "predicted_delta_profile", None)
-    except (ImportError, AttributeError):
-        return None
+    from . import theory
+    mean_field = theory.mean_field
+    weight_var_from_config = theory.weight_var_from_config
+    profile_fn = theory.predicted_delta_profile
     try:
         act = get_activation(str(config["activation"])).name
         init = str(config["init"])
@@ -303,7 +301,7 @@ def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
         return None
     out_sw2 = None
     try:
-        from .initializers import weight_variance
+        from ..engine.initializers import weight_variance
 
         widths = config.get("widths") or [config["width"]] * int(config["depth"])
         out_sw2 = float(weight_variance(init, int(widths[-1]), int(config["n_outputs"]), gain))

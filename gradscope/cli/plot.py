@@ -1,6 +1,6 @@
 """``gradscope plot``: the teaching figures of :mod:`gradscope.teaching` from the command line.
 
-``plot`` is a click group; ``gradscope.cli`` registers it with ``main.add_command(plot)``.
+``plot`` is a click group; ``gradscope.cli.main`` registers it with ``main.add_command(plot)``.
 Every user error is a :class:`click.ClickException` or :class:`click.BadParameter` (one
 line) raised before anything is written; the figure goes to a temporary file in the
 target folder that replaces ``--out`` only once it is complete.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .optimizers import OPTIMIZERS
+from ..engine.optimizers import OPTIMIZERS
 
 # the names of gradscope.teaching.SURFACES (kept here so that the CLI starts without
 # importing matplotlib; tests/test_teaching.py checks that the two agree)
@@ -152,7 +152,7 @@ def activations(out: str, dpi: int):
     Back-propagation multiplies the gradient by phi'(z) at every layer; the sigmoid's
     phi' is at most 0.25, so each sigmoid layer shrinks the gradient at least fourfold.
     """
-    from .teaching import plot_activations
+    from ..teaching import plot_activations
 
     path = _save(plot_activations, out, dpi)
     click.echo(str(path))
@@ -194,7 +194,7 @@ def optimizers(surface, optimizers, steps, noise, seed, lrs, out, dpi):
     out = out or f"reports/optimizer-paths-{surface}.png"
     _format_of(out)
 
-    from .teaching import plot_optimizer_paths
+    from ..teaching import plot_optimizer_paths
 
     def factory():
         return plot_optimizer_paths(surface=surface, optimizers=names, steps=steps,

@@ -1,8 +1,8 @@
 """Reductions of one array to the numbers the log records: norms, mean and spread, the
 share of saturated units.
 
-They are shared by the model's passes (:mod:`gradscope.mlp` measures each layer while its
-arrays are still in cache) and by :mod:`gradscope.probes`; definitions are in
+They are shared by the model's passes (:mod:`gradscope.engine.mlp` measures each layer while its
+arrays are still in cache) and by :mod:`gradscope.record.probes`; definitions are in
 docs/log-format.md.
 """
 

@@ -114,7 +114,7 @@ class Cache(NamedTuple):
     norm : per hidden layer, a :class:`NormCache`.
     state : batch norm's running statistics after this pass (updated by a training pass,
         unchanged by an evaluation pass).
-    act_stats : per hidden layer, ``mean_std(phi(u_l))`` (:func:`gradscope.stats.mean_std`)
+    act_stats : per hidden layer, ``mean_std(phi(u_l))`` (:func:`gradscope.engine.stats.mean_std`)
         when the pass was asked to ``measure``, else None.
     """
 
@@ -146,7 +146,7 @@ class Gradients(NamedTuple):
     norm_grads : ``[dL/dgamma_0, dL/dbeta_0, ...]`` with normalisation, else None.
     delta_norms, saturated : when the pass was asked to ``measure``, ``norm(delta_l)`` for
         each layer and ``saturated_fraction(dphi_l)`` for each hidden layer
-        (:mod:`gradscope.stats`), else None.
+        (:mod:`gradscope.engine.stats`), else None.
     """
 
     grads: Params

@@ -1,8 +1,8 @@
 """Figures of a run's gradient diagnostics, seaborn style.
 
 Every public function takes keyword-only arguments and a tidy long-form DataFrame: what
-:func:`~gradscope.log.read_layers`, :func:`~gradscope.log.read_steps`,
-:func:`~gradscope.log.read_epochs` or :func:`~gradscope.log.read_histograms` return, with an
+:func:`~gradscope.reading.readers.read_layers`, :func:`~gradscope.reading.readers.read_steps`,
+:func:`~gradscope.reading.readers.read_epochs` or :func:`~gradscope.reading.readers.read_histograms` return, with an
 added ``run`` column when several runs are combined. Each returns what it drew on:
 
 - given ``ax``, that Axes (for several runs in one Axes, e.g. :func:`learning_curves`), or
@@ -517,7 +517,7 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
                   max_steps: int = 400):
     """Which units were dead when: a unit x probe-step image from ``read_dead_units``.
 
-    ``steps`` and ``dead`` as :func:`~gradscope.log.read_dead_units` returns them; ``layer``
+    ``steps`` and ``dead`` as :func:`~gradscope.reading.readers.read_dead_units` returns them; ``layer``
     one hidden layer, a sequence of them (stacked, input side at the bottom, separated by
     lines), or None for every hidden layer. Dark = dead. With ``sort``, each layer's units
     are ordered by the probe step from which they stay dead (never-dead units on top), so
@@ -580,7 +580,7 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
 def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
     """Per-layer activation distributions at the start and the end of training.
 
-    ``hist`` from :func:`~gradscope.log.read_histograms`: density against activation value,
+    ``hist`` from :func:`~gradscope.reading.readers.read_histograms`: density against activation value,
     one line per hidden layer (as in Glorot & Bengio's figures of activation histograms).
     ``steps``: the probe steps to show (default: the first and the last with data).
 
@@ -992,7 +992,7 @@ SWEEP_LABELS = {
     "final_accuracy": "final training accuracy (last batch)",
 }
 #: Columns tried, in order, when a sweep figure's default column is missing (so that the
-#: output of :func:`gradscope.sweep.summarize` draws as well as :func:`report.run_table`'s).
+#: output of :func:`gradscope.training.sweep.summarize` draws as well as :func:`report.run_table`'s).
 _FALLBACKS = {
     "ratio_early": ("vanishing_value", "grad_ratio_median"),
     "ratio_first": ("grad_ratio_first",),
@@ -1206,8 +1206,8 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
                   palette: Mapping | None = None, height: float = 4.0, aspect: float = 1.0):
     """The vanishing-gradient phase diagram of a sweep: gradient ratio against depth.
 
-    ``summary``: one row per run (:func:`gradscope.report.run_table`, or
-    :func:`gradscope.sweep.summarize`), with the columns named by ``x`` (numeric, default
+    ``summary``: one row per run (:func:`gradscope.views.report.run_table`, or
+    :func:`gradscope.training.sweep.summarize`), with the columns named by ``x`` (numeric, default
     ``depth``), ``y`` (default ``ratio_early``: ``delta_norm`` of layer 0 over the output
     layer's, the median over the first half of training, as the diagnosis judges it;
     ``ratio_first`` is the first logged step; a summarize() table has ``vanishing_value``,

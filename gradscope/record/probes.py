@@ -1,7 +1,7 @@
 """Per-layer statistics from one training step's arrays, and from the fixed probe set.
 
 Nothing here recomputes the forward or backward pass of the training step: it reads
-the :class:`~gradscope.mlp.Cache` and :class:`~gradscope.mlp.Gradients` the model
+the :class:`~gradscope.engine.mlp.Cache` and :class:`~gradscope.engine.mlp.Gradients` the model
 handed back. Metric definitions are in docs/log-format.md.
 """
 
@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from .activations import Activation
-from .mlp import Arch, Cache, Gradients, Params, forward
-from .stats import mean_std, measurer, norm, saturated_fraction
+from ..engine.activations import Activation
+from ..engine.mlp import Arch, Cache, Gradients, Params, forward
+from ..engine.stats import mean_std, measurer, norm, saturated_fraction
 
 STEP_METRICS = ("grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
                 "update_ratio", "act_mean", "act_std", "saturated_frac")
@@ -107,7 +107,7 @@ def probe_metrics(
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Statistics of the hidden layers on the fixed probe set ``X``.
 
-    The network runs in evaluation mode (:func:`gradscope.mlp.forward` with ``train=False``:
+    The network runs in evaluation mode (:func:`gradscope.engine.mlp.forward` with ``train=False``:
     no dropout, batch norm with the running statistics ``state``). Dead units and saturation
     are judged on the input of phi, ``u_l`` (``z_l``, or its normalisation with
     ``arch.norm``); the activation statistics and histograms describe ``phi(u_l)`` before a

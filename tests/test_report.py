@@ -261,15 +261,6 @@ def test_thresholds_are_checked_before_reading(logs, tmp_path):
     assert not (tmp_path / "t.pdf").exists()
 
 
-def test_report_without_the_diagnose_module(logs, tmp_path, monkeypatch):
-    # gradscope.analysis.diagnose missing (an import error): the report still renders, undiagnosed
-    monkeypatch.setitem(sys.modules, "gradscope.analysis.diagnose", None)
-    r = report.make_report([logs["tanh"]], tmp_path / "nodiag.pdf")
-    d, = r["diagnoses"]
-    assert d["verdict"] == "not diagnosed" and d["theory"] is None
-    assert r["pages"] == pdf_pages(tmp_path / "nodiag.pdf")
-
-
 def test_collect_logs_orders_numbers_by_value(tmp_path):
     for name in ("run-d12.h5", "run-d4.h5", "run-d8.h5", "other.h5"):
         (tmp_path / name).write_bytes(b"")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine.activations import get_activation
-from ..reading.readers import read_config, read_layers, read_status, read_steps
+from ..reading.run import Run, read_frames
 from ..record.schema import LogError
 
 #: The booleans of a diagnosis, in the order the verdict lists them.
@@ -55,13 +55,10 @@ _RELU_FAMILY = ("relu", "leaky_relu", "elu")
 
 # -- public API ---------------------------------------------------------------------------------
 def load_frames(path) -> dict:
-    """The tables :func:`evaluate` needs: ``{"steps", "layers", "config", "status"}``."""
-    return {
-        "steps": read_steps(path),
-        "layers": read_layers(path),
-        "config": read_config(path),
-        "status": read_status(path),
-    }
+    """The tables :func:`evaluate` needs, read with one open: ``{"steps", "layers",
+    "config", "status"}`` (a long log's layers as time bins of medians,
+    :func:`~gradscope.reading.run.read_frames`)."""
+    return read_frames(path)
 
 
 def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> dict:
@@ -69,7 +66,8 @@ def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> dict:
 
     Parameters
     ----------
-    path : the log file. May be omitted when ``frames`` is given (then it only names the run).
+    path : the log file, or a run read already (:func:`~gradscope.reading.run.read_run`).
+        May be omitted when ``frames`` is given (then it only names the run).
     frames : already-read tables ``{"steps": DataFrame, "layers": DataFrame, "config": dict,
         "status": dict}`` as the readers return them; ``layers`` and ``config`` are required,
         ``steps`` and ``status`` optional.
@@ -79,6 +77,8 @@ def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> dict:
     Returns the dict described in :func:`evaluate`. Raises :class:`~gradscope.reading.readers.LogError`
     for an unreadable file and ``ValueError`` for an unknown or invalid threshold.
     """
+    if isinstance(path, Run):
+        frames, path = path.frames(), path.path
     if frames is None:
         if path is None:
             raise ValueError("diagnose needs a log path or frames=")

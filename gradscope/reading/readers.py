@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import struct
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ..record.schema import (
     NORM_STATE_NAMES,
     OPTIONAL_COLUMNS,
     TABLES,
+    LAYER_COLUMNS,
+    PROBE_COLUMNS,
     LogError,
 )
 
@@ -45,7 +48,7 @@ def open_log(path):
         raise LogError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
     if not is_h5:
         raise LogError(f"{str(path)!r} is not an HDF5 file (a gradscope log is one)")
-    _check_not_truncated(p)
+    check_log_file(p)
     try:
         # SWMR read works for a live run, a finished one, and one killed while writing
         f = h5py.File(p, "r", swmr=True, locking=False)
@@ -70,39 +73,214 @@ def open_log(path):
         f.close()
 
 
-def _check_not_truncated(p: Path) -> None:
-    """Refuse a file shorter than the end-of-file address its superblock records.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-    HDF5 retries failed reads of a truncated file for minutes before giving up; this
-    check answers at once. It reads superblock versions 2 and 3 (what gradscope writes,
-    with libver="latest"); for others it does nothing. A killed log is not truncated:
-    its size is at least that address.
+
+def check_log_file(path, wait: float = 0.3) -> None:
+    """Refuse a truncated HDF5 file before HDF5 opens it (the one truncation check).
+
+    A gradscope log (superblock version 2 or 3) records the end-of-file address in its
+    superblock; a file shorter than that lost its end (an incomplete copy or download).
+    HDF5 opened in SWMR mode (how gradscope reads, so that live and killed runs are
+    readable) does not check this and retries failed metadata reads for minutes, so
+    such a file would hang a reader instead of failing. A killed log is not truncated
+    (its size is at least that address); a live log may be briefly shorter while the
+    writer flushes, so the size is checked again for ``wait`` seconds.
+
+    Raises :class:`LogError`; other problems (missing file, not HDF5) are left to the reader.
     """
-    with open(p, "rb") as fh:
-        head = fh.read(48)
-        size = os.fstat(fh.fileno()).st_size
-    if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+    p = Path(path)
+    if not p.is_file():
         return
-    eof = int.from_bytes(head[28:36], "little")
-    if size < eof:
-        raise LogError(
-            f"{str(p)!r} is truncated ({size} of {eof} bytes); it cannot be read"
-        )
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(48)
+    except OSError as e:
+        raise LogError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    if head[:8] != _HDF5_SIGNATURE:
+        return  # not HDF5, or a user block: the reader says what it is
+    if len(head) < 48:
+        raise LogError(f"{str(path)!r} is truncated ({len(head)} bytes): not a complete log")
+    version, size_of_offsets = head[8], head[9]
+    if version not in (2, 3) or size_of_offsets != 8:
+        return
+    base, _ext, eof = struct.unpack("<3Q", head[12:36])
+    need = base + eof
+    deadline = time.monotonic() + wait
+    while True:
+        size = p.stat().st_size
+        if size >= need:
+            return
+        if time.monotonic() >= deadline:
+            raise LogError(f"{str(path)!r} is truncated: {size} of {need} bytes "
+                           "(an incomplete copy?)")
+        time.sleep(0.05)
 
 
-def _committed(f) -> dict[str, int]:
+def committed_rows(f) -> dict[str, int]:
+    """The committed row count of every table of the open log ``f``."""
     names = json.loads(f["committed"].attrs["names"])
     return dict(zip(names, (int(v) for v in f["committed"][()])))
 
 
-def _read_table(f, name: str) -> pd.DataFrame:
+def table_length(f, name: str, columns=None) -> int:
+    """Rows of table ``name`` that are committed and present in every stored column."""
     g = f[name]
-    n = _committed(f)[name]
     optional = OPTIONAL_COLUMNS.get(name, {})
-    cols = {c: g[c] for c in TABLES[name] if c in g or c not in optional}
-    n = min([n, *(ds.shape[0] for ds in cols.values())])
-    return pd.DataFrame({c: cols[c][:n] if c in cols else np.full(n, optional[c], dtype=dt)
-                         for c, dt in TABLES[name].items()})
+    present = [c for c in (columns or TABLES[name]) if c in g or c not in optional]
+    return min([committed_rows(f)[name], *(g[c].shape[0] for c in present)])
+
+
+def read_table(f, name: str, columns=None, rows=None) -> pd.DataFrame:
+    """Table ``name`` of the open log ``f`` as a DataFrame (committed rows only).
+
+    ``columns``: the columns to read (default: all, in the schema's order); ``rows``: a
+    slice or sorted positions to read instead of every row. A column the log was written
+    without gets its default (:data:`~gradscope.record.schema.OPTIONAL_COLUMNS`).
+    """
+    g = f[name]
+    optional = OPTIONAL_COLUMNS.get(name, {})
+    schema = TABLES[name]
+    wanted = list(schema) if columns is None else list(columns)
+    n = table_length(f, name, wanted)
+    if rows is None:
+        rows = slice(0, n)
+    elif isinstance(rows, slice):
+        rows = slice(*rows.indices(n))
+    else:
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < n]
+    out = {}
+    for c in wanted:
+        if c in g:
+            out[c] = _take(g[c], rows)
+        else:
+            size = len(range(*rows.indices(n))) if isinstance(rows, slice) else len(rows)
+            out[c] = np.full(size, optional[c], dtype=schema[c])
+    return pd.DataFrame(out)
+
+
+def _take(ds, rows) -> np.ndarray:
+    """``ds[rows]`` for a slice or sorted positions (a dense set is read as one range)."""
+    if isinstance(rows, slice):
+        return ds[rows]
+    if not len(rows):
+        return np.empty(0, dtype=ds.dtype)
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    if hi - lo <= 4 * len(rows) + 4096:
+        return ds[lo:hi][rows - lo]
+    uniq = np.unique(rows)
+    return ds[uniq][np.searchsorted(uniq, rows)]
+
+
+def read_hyperslabs(ds, blocks) -> np.ndarray:
+    """Read hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in file order,
+    with one HDF5 read. (A union of many hyperslabs is slow to build in HDF5: use one
+    regular hyperslab where possible.)"""
+    total = sum(c * b for _, c, _, b in blocks)
+    out = np.empty(total, dtype=ds.dtype)
+    if not total:
+        return out
+    space = ds.id.get_space()
+    space.select_none()
+    for start, count, stride, block in blocks:
+        space.select_hyperslab((start,), (count,), (max(stride, block),), (block,),
+                               op=h5py.h5s.SELECT_OR)
+    mspace = h5py.h5s.create_simple((total,))
+    ds.id.read(mspace, space, out)
+    return out
+
+
+def search_sorted(ds, n: int, value, side: str = "left") -> int:
+    """``np.searchsorted(ds[:n], value, side)`` for a sorted 1-D dataset, reading a few
+    values per halving instead of the column (a long log's step column is large)."""
+    lo, hi = 0, n
+    while hi - lo > 4096:
+        mid = (lo + hi) // 2
+        v = ds[mid]
+        if v < value or (side == "right" and v == value):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo + int(np.searchsorted(ds[lo:hi], value, side=side))
+
+
+def layer_count(f) -> int:
+    """Layers per logged step (weight matrices), from the first rows of the layer table."""
+    head = f["layers"]["layer"][: min(table_length(f, "layers"), 4096)]
+    if (head == 0).sum() > 1:
+        return int(np.flatnonzero(head == 0)[1])
+    return int(head.max()) + 1 if len(head) else 0
+
+
+def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.DataFrame:
+    """:func:`read_layers` on the open log ``f``."""
+    known = [*LAYER_COLUMNS, *(c for c in PROBE_COLUMNS if c not in LAYER_COLUMNS), "epoch"]
+    if columns is not None:
+        columns = [columns] if isinstance(columns, str) else list(columns)
+        bad = [c for c in columns if c not in known]
+        if bad:
+            raise ValueError(f"unknown column {bad[0]!r}; accepted: {', '.join(known)}")
+    if every is not None and (not isinstance(every, (int, np.integer)) or every < 1):
+        raise ValueError(f"every={every!r}; accepted: a whole number >= 1")
+    keep = ("step", "layer")
+    lcols = [c for c in LAYER_COLUMNS if columns is None or c in columns or c in keep]
+    pcols = [c for c in PROBE_COLUMNS if c in keep or columns is None or c in columns]
+    n = table_length(f, "layers")
+    step_ds = f["layers"]["step"]
+    rows = slice(0, n)
+    if steps is not None:
+        if isinstance(steps, tuple) and len(steps) == 2:
+            rows = slice(search_sorted(step_ds, n, steps[0], "left"),
+                         search_sorted(step_ds, n, steps[1], "right"))
+        else:
+            wanted = np.unique(np.asarray(list(np.atleast_1d(steps)), dtype=np.int64))
+            rows = np.concatenate([
+                np.arange(search_sorted(step_ds, n, s, "left"),
+                          search_sorted(step_ds, n, s, "right")) for s in wanted
+            ] or [np.empty(0, np.int64)])
+    if every not in (None, 1):
+        if isinstance(rows, slice):
+            lo, hi = rows.start, rows.stop
+            at = step_ds[lo:hi] if hi - lo <= 1 << 22 else None
+        else:
+            at = step_ds[rows[0]:rows[-1] + 1][rows - rows[0]] if len(rows) else rows
+            lo = 0
+        nl = layer_count(f)
+        if at is None and nl:  # a long range: every logged step holds nl rows in order
+            starts = np.arange(lo, hi, nl * every)
+            rows = (starts[:, None] + np.arange(nl)).ravel()
+            rows = rows[rows < hi]
+        else:
+            _, first, inverse = np.unique(at, return_index=True, return_inverse=True)
+            chosen = (np.arange(len(first)) % every == 0)[inverse]
+            rows = (np.arange(lo, lo + len(at)) if isinstance(rows, slice) else rows)[chosen]
+    layers = read_table(f, "layers", lcols, rows)
+    if len(layers):
+        lo_s, hi_s = int(layers["step"].iloc[0]), int(layers["step"].iloc[-1])
+    else:
+        lo_s, hi_s = 0, -1
+    sel = None if (steps is None and every in (None, 1)) else layers["step"].unique()
+    probes = _step_range(f, "probes", pcols, lo_s, hi_s, sel)
+    df = layers.merge(probes, on=["step", "layer"], how="left")
+    if columns is None or "epoch" in columns:
+        st = _step_range(f, "steps", ["step", "epoch"], lo_s, hi_s, sel)
+        df = df.merge(st, on="step", how="left")
+    return df
+
+
+def _step_range(f, name, columns, lo, hi, sel) -> pd.DataFrame:
+    """Rows of table ``name`` with ``lo <= step <= hi`` (and in ``sel`` when given)."""
+    n = table_length(f, name, columns)
+    ds = f[name]["step"]
+    if sel is None and lo == 0 and hi < 0:
+        rows = slice(0, 0)
+    elif sel is None:
+        rows = slice(0, n)
+    else:
+        rows = slice(search_sorted(ds, n, lo, "left"), search_sorted(ds, n, hi, "right"))
+    df = read_table(f, name, columns, rows)
+    return df if sel is None else df[df["step"].isin(sel)].reset_index(drop=True)
 
 
 def read_config(path) -> dict:
@@ -118,15 +296,23 @@ def read_status(path) -> dict:
     step (None before any), ``rows`` the committed row count of every table.
     """
     with open_log(path) as f:
-        c = _committed(f)
-        status = f["status"][()].decode().strip()
-        steps = _read_table(f, "steps")
-        return {
-            "status": status,
-            "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
-            "last_step": int(steps["step"].iloc[-1]) if len(steps) else None,
-            "rows": c,
-        }
+        return status_of(f)
+
+
+def status_of(f) -> dict:
+    """:func:`read_status` on the open log ``f`` (reads the step table's last row only)."""
+    n = table_length(f, "steps")
+    return {
+        "status": f["status"][()].decode().strip(),
+        "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
+        "last_step": int(f["steps"]["step"][n - 1]) if n else None,
+        "rows": committed_rows(f),
+    }
+
+
+def units_length(f) -> int:
+    """Committed rows of the per-unit probe arrays (``/probe_units``)."""
+    return min(committed_rows(f)["probe_units"], f["probe_units"]["step"].shape[0])
 
 
 def read_steps(path) -> pd.DataFrame:
@@ -134,29 +320,28 @@ def read_steps(path) -> pd.DataFrame:
     clipped (1 where --clip-norm or --clip-value changed the gradient, else 0; 0 in logs
     written before the column existed)."""
     with open_log(path) as f:
-        return _read_table(f, "steps")
+        return read_table(f, "steps")
 
 
 def read_epochs(path) -> pd.DataFrame:
     """One row per epoch: epoch, step, train and validation loss and accuracy, time."""
     with open_log(path) as f:
-        return _read_table(f, "epochs")
+        return read_table(f, "epochs")
 
 
-def read_layers(path) -> pd.DataFrame:
+def read_layers(path, columns=None, steps=None, every: int | None = None) -> pd.DataFrame:
     """One row per logged step and layer, metrics as columns.
 
     The probe-set metrics (``dead_frac``, ``probe_act_mean``, ``probe_act_std``,
     ``probe_saturated_frac``) are filled at probe steps and NaN elsewhere. ``epoch``
     comes from the step table.
+
+    Selections read only what they select: ``columns`` (names; ``step`` and ``layer`` are
+    always kept), ``steps`` (a ``(first, last)`` pair of steps, inclusive, or a list of
+    steps) and ``every`` (every k-th of the selected logged steps, from the first).
     """
     with open_log(path) as f:
-        layers = _read_table(f, "layers")
-        probes = _read_table(f, "probes")
-        steps = _read_table(f, "steps")[["step", "epoch"]]
-    df = layers.merge(probes, on=["step", "layer"], how="left")
-    df = df.merge(steps, on="step", how="left")
-    return df
+        return layers_frame(f, columns, steps, every)
 
 
 def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -168,7 +353,7 @@ def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
     """
     with open_log(path) as f:
         g = f["probe_units"]
-        n = min(_committed(f)["probe_units"], g["step"].shape[0])
+        n = units_length(f)
         steps = g["step"][:n]
         dead = []
         l = 0
@@ -187,7 +372,7 @@ def read_histograms(path) -> pd.DataFrame:
     with open_log(path) as f:
         g = f["probe_units"]
         edges = g.attrs["hist_edges"]
-        n = min(_committed(f)["probe_units"], g["step"].shape[0])
+        n = units_length(f)
         steps = g["step"][:n]
         frames = []
         l = 0
@@ -220,7 +405,7 @@ def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray
         if "snapshots" not in f:
             raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
         g = f["snapshots"]
-        n = min(_committed(f)["snapshots"], g["step"].shape[0])
+        n = min(committed_rows(f)["snapshots"], g["step"].shape[0])
         steps = g["step"][:n]
         hits = np.flatnonzero(steps == int(step))
         if not len(hits):
@@ -248,7 +433,7 @@ def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
             if "snapshots" not in f:
                 raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
             g = f["snapshots"]
-            n = min(_committed(f)["snapshots"], g["step"].shape[0])
+            n = min(committed_rows(f)["snapshots"], g["step"].shape[0])
             hits = np.flatnonzero(g["step"][:n] == int(step))
             if not len(hits):
                 raise LogError(f"no snapshot at step {step} in {str(path)!r}")

@@ -61,6 +61,9 @@ OPTIONAL_COLUMNS = {"steps": {"clipped": 0}}
 #: the names of the normalisation arrays in /params/* and /snapshots, in their list order
 NORM_PARAM_NAMES = ("gamma", "beta")
 NORM_STATE_NAMES = ("running_mean", "running_var")
+#: The optimizer options of a run's config: given at its top level (None: the optimizer's
+#: default), resolved in its ``optimizer_hyper``.
+OPTIMIZER_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
 STATUSES = ("running", "completed", "diverged", "interrupted")
 
 

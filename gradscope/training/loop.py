@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,12 @@ from ..engine.mlp import (
 from ..engine.optimizers import OPTIMIZERS, make_optimizer
 from ..engine.stats import norm
 from ..record.probes import histogram_edges, probe_metrics, step_metrics
+from ..record.schema import OPTIMIZER_OPTIONS
 from ..record.writer import LogWriter
 from ._malloc import keep_freed_memory
 from ._signals import StopRequest
 from .parallel import GroupedStep
 
-OPTIMIZER_OPTIONS = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
 DTYPES = ("float32", "float64")
 
 
@@ -224,6 +224,10 @@ class Prepared:
     classification: bool
 
 
+#: The training options (TrainConfig's fields), listed in every logged config.
+TRAIN_OPTIONS = [f.name for f in fields(TrainConfig) if f.name != "extra"]
+
+
 def prepare(config: TrainConfig) -> Prepared:
     """Check the options, load and split the data, and resolve every default.
 
@@ -267,8 +271,12 @@ def prepare(config: TrainConfig) -> Prepared:
 
     resolved = asdict(config)
     resolved.pop("extra")
+    act = get_activation(config.activation)
     resolved.update(
-        activation=get_activation(config.activation).name,
+        activation=act.name,
+        # what the views need of the run, so that they work from the log alone
+        relu_family=bool(act.relu_family),
+        train_options=TRAIN_OPTIONS,
         widths=config.hidden_widths,
         depth=len(config.hidden_widths),
         sizes=layer_sizes(X.shape[1], config.hidden_widths, n_out),

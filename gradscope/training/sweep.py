@@ -913,7 +913,7 @@ def _effective_config(cfg: dict) -> dict:
         except (KeyError, ValueError, TypeError):
             hyper = {}
     hyper = hyper or {}
-    for k in ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay"):
+    for k in OPTIMIZER_OPTIONS:
         if out.get(k) is None and k in hyper:
             out[k] = hyper[k]
     return out

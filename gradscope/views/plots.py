@@ -34,6 +34,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from ..reading.binned import downsample
+
 __all__ = [
     "CBAR_LABELS", "LABELS", "MOMENTS", "SWEEP_LABELS", "activation_distributions",
     "activation_summary", "dead_unit_map", "dead_units", "depth_dead_units", "downsample",
@@ -73,76 +75,6 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 # -- binning --------------------------------------------------------------------------------
-def downsample(df: pd.DataFrame, max_steps: int = 400, *, step: str = "step",
-               by: Sequence[str] | None = None) -> pd.DataFrame:
-    """Bin a long-form table in time: at most ``max_steps`` distinct steps per run.
-
-    The logged steps (distinct values of ``step``, per run) are cut into consecutive bins
-    holding equal numbers of logged steps, except that the first and the last logged step
-    keep a bin of their own (the state at initialisation and at the end are shown as they
-    are). Every other numeric column becomes its **median** over the bin's rows of each
-    group (``by``, default the ``run`` and ``layer`` columns present), NaN ignored; an
-    all-NaN group stays NaN. The bin is labelled by its middle logged step in ``step`` and
-    spans ``step_lo`` .. ``step_hi`` (columns added; kept and merged if present, so binning
-    twice is safe).
-
-    A table with no more than ``max_steps`` logged steps (per run) comes back unchanged but
-    for the ``step_lo`` / ``step_hi`` columns. Cost: one group-by over the rows.
-    """
-    if max_steps < 3:
-        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
-    if by is None:
-        by = [c for c in ("run", "layer") if c in df.columns]
-    by = list(by)
-    runs = [c for c in by if c == "run"]
-    if df.empty:
-        out = df.copy()
-        for c in ("step_lo", "step_hi"):
-            if c not in out.columns:
-                out[c] = pd.Series(dtype=df[step].dtype if step in df else "int64")
-        return out
-    if runs:
-        parts = [_downsample_one(g, max_steps, step, by) for _, g in
-                 df.groupby(runs[0], sort=False, observed=True)]
-        return pd.concat(parts, ignore_index=True)
-    return _downsample_one(df, max_steps, step, by)
-
-
-def _downsample_one(df: pd.DataFrame, max_steps: int, step: str, by: list[str]) -> pd.DataFrame:
-    df = df.copy()
-    if "step_lo" not in df.columns:
-        df["step_lo"] = df[step]
-    if "step_hi" not in df.columns:
-        df["step_hi"] = df[step]
-    steps = np.unique(df[step].to_numpy())
-    if len(steps) <= max_steps:
-        return df.reset_index(drop=True)
-    # positions of bin starts in ``steps``: [0], the middle in max_steps - 2 equal-count
-    # bins, [n - 1]
-    n = len(steps)
-    mid = np.array_split(np.arange(1, n - 1), max_steps - 2)
-    starts = np.array([0, *(m[0] for m in mid), n - 1])
-    reps = np.array([steps[0], *(steps[m[len(m) // 2]] for m in mid), steps[-1]])
-    pos = np.searchsorted(steps, df[step].to_numpy())
-    df["_bin"] = np.searchsorted(starts, pos, side="right") - 1
-    keys = [c for c in by if c != step] + ["_bin"]
-    numeric = [c for c in df.columns if c not in keys and c not in (step, "step_lo", "step_hi")
-               and pd.api.types.is_numeric_dtype(df[c])]
-    other = [c for c in df.columns if c not in keys and c not in numeric
-             and c not in (step, "step_lo", "step_hi")]
-    grouped = df.groupby(keys, sort=True, observed=True)
-    out = grouped[numeric].median() if numeric else grouped.size().to_frame("_n")[[]]
-    out["step_lo"] = grouped["step_lo"].min()
-    out["step_hi"] = grouped["step_hi"].max()
-    for c in other:  # e.g. a string label that is constant within a group
-        out[c] = grouped[c].first()
-    out = out.reset_index()
-    out[step] = reps[out["_bin"].to_numpy()].astype(df[step].dtype, copy=False)
-    out = out.drop(columns="_bin")
-    order = [c for c in df.columns if c in out.columns and c != "_bin"]
-    return out[order]
-
-
 def _finite_positive(df: pd.DataFrame, value: str) -> pd.DataFrame:
     v = pd.to_numeric(df[value], errors="coerce").to_numpy(float)
     return df[np.isfinite(v) & (v > 0)]

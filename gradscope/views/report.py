@@ -71,11 +71,10 @@ import json
 import math
 import os
 import re
-import struct
 import textwrap
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -85,17 +84,23 @@ import seaborn as sns
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from ..reading.readers import (
-    _committed,
-    _read_table,
-    open_log,
-    read_config,
-    read_epochs,
-    read_layers,
-    read_status,
-    read_steps,
+from ..analysis.diagnose import (
+    VERDICTS,
+    config_summary,
+    diagnose,
+    remedy_parts,
+    resolve_thresholds,
 )
-from ..record.schema import OPTIONAL_COLUMNS, TABLES, LogError
+from ..reading.binned import MAX_STEPS, PER_BIN, read_layers_binned
+from ..reading.readers import check_log_file
+from ..reading.run import (  # noqa: F401  (the thresholds are part of this module's API)
+    DIAGNOSE_PER_BIN,
+    DIAGNOSE_STEPS,
+    FULL_DIAGNOSE_ROWS,
+    Run,
+)
+from ..reading.run import read_run, train_options
+from ..record.schema import OPTIMIZER_OPTIONS, LogError
 from . import plots
 
 __all__ = [
@@ -106,15 +111,6 @@ __all__ = [
 
 #: A4 landscape, inches.
 PAGE_SIZE = (11.69, 8.27)
-#: Time bins of the figures.
-MAX_STEPS = 400
-#: Logged steps read per time bin at most (a window at the bin's centre).
-PER_BIN = 32
-#: Layer-table rows up to which a run is diagnosed on its full tables; longer logs are
-#: diagnosed on finer bins (DIAGNOSE_STEPS) of medians.
-FULL_DIAGNOSE_ROWS = 500_000
-DIAGNOSE_STEPS = 1000
-DIAGNOSE_PER_BIN = 16
 #: Panels per page (one per run), and runs per page for two-panel figures.
 PANELS_PER_PAGE = 6
 RUNS_PER_PAGE = 3
@@ -130,8 +126,6 @@ _RC = {
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "legend.title_fontsize": 8.5,
     "pdf.fonttype": 42, "ps.fonttype": 42,
 }
-_VERDICTS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
-_RELU_FAMILY = ("relu", "leaky_relu", "elu")
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -175,262 +169,16 @@ def _natural(p: Path) -> tuple:
     return tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in parts), p.name
 
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def check_log_file(path, wait: float = 0.3) -> None:
-    """Refuse a truncated HDF5 file before HDF5 opens it.
-
-    A gradscope log (superblock version 2 or 3) records the end-of-file address in its
-    superblock; a file shorter than that lost its end (an incomplete copy or download).
-    HDF5 opened in SWMR mode (how gradscope reads, so that live and killed runs are
-    readable) does not check this and retries failed metadata reads for a long time, so
-    such a file would hang a reader instead of failing. A live log may be briefly shorter
-    while the writer flushes: the size is checked again for ``wait`` seconds.
-
-    Raises :class:`LogError`; other problems (missing file, not HDF5) are left to the reader.
-    """
-    p = Path(path)
-    if not p.is_file():
-        return
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(48)
-    except OSError as e:
-        raise LogError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    if head[:8] != _HDF5_SIGNATURE:
-        return  # not HDF5, or a user block: the reader says what it is
-    if len(head) < 48:
-        raise LogError(f"{str(path)!r} is truncated ({len(head)} bytes): not a complete log")
-    version, size_of_offsets = head[8], head[9]
-    if version not in (2, 3) or size_of_offsets != 8:
-        return
-    base, _ext, eof = struct.unpack("<3Q", head[12:36])
-    need = base + eof
-    deadline = time.monotonic() + wait
-    while True:
-        size = p.stat().st_size
-        if size >= need:
-            return
-        if time.monotonic() >= deadline:
-            raise LogError(f"{str(path)!r} is truncated: {size} of {need} bytes "
-                           "(an incomplete copy?)")
-        time.sleep(0.05)
-
-
-# -- reading, binned ------------------------------------------------------------------------
-def _read_selection(ds, blocks: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """Read hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in file order,
-    with one HDF5 read. (A union of many hyperslabs is slow to build in HDF5: use one
-    regular hyperslab where possible.)"""
-    import h5py
-
-    total = sum(c * b for _, c, _, b in blocks)
-    out = np.empty(total, dtype=ds.dtype)
-    if not total:
-        return out
-    space = ds.id.get_space()
-    space.select_none()
-    for start, count, stride, block in blocks:
-        space.select_hyperslab((start,), (count,), (max(stride, block),), (block,),
-                               op=h5py.h5s.SELECT_OR)
-    mspace = h5py.h5s.create_simple((total,))
-    ds.id.read(mspace, space, out)
-    return out
-
-
-def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
-    """The layer table of a log, binned in time (at most ``max_steps`` bins).
-
-    Same columns as :func:`~gradscope.reading.readers.read_layers` plus ``step_lo`` and ``step_hi``
-    (the bin's first and last logged step); ``step`` is the bin's middle logged step. The
-    first and the last logged step keep bins of their own; the others are cut into bins of
-    ``q = ceil((k - 2) / (max_steps - 2))`` consecutive logged steps (the last bin
-    shorter). A bin's values are the medians (NaN ignored) over a window of
-    ``min(per_bin, q)`` consecutive logged steps at its centre: the whole bin (exact
-    medians) while ``q <= per_bin``, a sample beyond. The windows are read with one regular
-    HDF5 hyperslab per column, so the I/O, time and memory stay near ``max_steps *
-    per_bin * layers`` values a column, whatever the length of the log. The probe-set
-    columns are the medians of all the probe steps in the bin (NaN where there is none).
-
-    A log with at most ``max_steps`` logged steps is returned whole, as ``read_layers``
-    gives it.
-    """
-    if max_steps < 3:
-        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
-    with open_log(path) as f:
-        counts = _committed(f)
-        steps_tab = _read_table(f, "steps")
-        g = f["layers"]
-        present = [c for c in TABLES["layers"] if c in g]
-        n_rows = min([counts["layers"], *(g[c].shape[0] for c in present)])
-        S = steps_tab["step"].to_numpy()
-        head = g["layer"][: min(n_rows, 4096)]
-        n_layers = int(np.flatnonzero(head == 0)[1]) if (head == 0).sum() > 1 else (
-            int(head.max()) + 1 if len(head) else 0)
-        k = min(len(S), n_rows // n_layers) if n_layers else 0
-        regular = k > 0 and np.array_equal(head[:n_layers], np.arange(n_layers))
-        if regular:
-            for pos in {0, k - 1}:
-                blk = g["step"][pos * n_layers:(pos + 1) * n_layers]
-                regular &= bool(np.all(blk == S[pos]))
-                regular &= bool(np.array_equal(g["layer"][pos * n_layers:(pos + 1) * n_layers],
-                                               np.arange(n_layers)))
-        if not regular or k <= max_steps:
-            small = True
-        else:
-            small = False
-            # bins (positions in the logged steps): [0], then bins of q logged steps (the
-            # last one shorter), then [k - 1]
-            mid = k - 2
-            q = math.ceil(mid / (max_steps - 2))
-            starts = np.concatenate([[0], np.arange(1, k - 1, q), [k - 1]])
-            ends = np.append(starts[1:], k)
-            # read from each middle bin a window of w consecutive logged steps at its
-            # centre: one regular hyperslab (start, count, stride, block) per column for
-            # the full bins, one slice for the last (shorter) one; the I/O is
-            # max_steps * w * layers values a column, whatever the length of the log
-            w = min(per_bin, q)
-            n_full = mid // q
-            off = (q - w) // 2
-            last_lo, last_hi = 1 + n_full * q, k - 1  # the shorter bin, maybe empty
-            last_w = min(w, last_hi - last_lo)
-            last_off = last_lo + (last_hi - last_lo - last_w) // 2
-            bounds = np.concatenate([[0, 1], 1 + w * np.arange(1, n_full + 1)])
-            if last_w > 0:
-                bounds = np.append(bounds, bounds[-1] + last_w)
-            bounds = np.append(bounds, bounds[-1] + 1)
-            value_cols = [c for c in present if c not in ("step", "layer")]
-            med = {}
-            for c in value_cols:  # one column in memory at a time
-                ds = g[c]
-                parts = [ds[0:n_layers]]
-                if n_full:
-                    parts.append(_read_selection(ds, [((1 + off) * n_layers, n_full,
-                                                       q * n_layers, w * n_layers)]))
-                if last_w > 0:
-                    parts.append(ds[last_off * n_layers:(last_off + last_w) * n_layers])
-                parts.append(ds[(k - 1) * n_layers:k * n_layers])
-                arr = np.concatenate(parts).reshape(-1, n_layers)
-                med[c] = _binned_median(arr, bounds).ravel()
-            missing = [c for c in TABLES["layers"] if c not in g]
-            probes = _read_table(f, "probes")
-    if small:
-        layers = read_layers(path)
-        layers["step_lo"] = layers["step"]
-        layers["step_hi"] = layers["step"]
-        if not regular and len(layers):
-            layers = plots.downsample(layers, max_steps)
-        return layers
-    n_bins = len(starts)
-    reps = S[starts + (ends - starts) // 2]
-    default = OPTIONAL_COLUMNS.get("layers", {})
-    for c in missing:  # a column this log was written without
-        med[c] = np.full(n_bins * n_layers, default.get(c, np.nan), dtype=float)
-    df = pd.DataFrame({"step": np.repeat(reps, n_layers),
-                       "layer": np.tile(np.arange(n_layers), n_bins), **med})
-    # probe-set metrics: medians of the probe steps in each bin
-    if len(probes):
-        pos = np.searchsorted(S[:k], probes["step"].to_numpy())
-        probes = probes.assign(_bin=np.searchsorted(starts, pos, side="right") - 1)
-        pm = probes.drop(columns="step").groupby(["_bin", "layer"]).median()
-        idx = pd.MultiIndex.from_arrays([np.repeat(np.arange(n_bins), n_layers),
-                                         np.tile(np.arange(n_layers), n_bins)])
-        pm = pm.reindex(idx)
-        for c in pm.columns:
-            df[c] = pm[c].to_numpy()
-    else:
-        for c in TABLES["probes"]:
-            if c not in ("step", "layer"):
-                df[c] = np.nan
-    epoch_at = pd.Series(steps_tab["epoch"].to_numpy(), index=S)
-    df["epoch"] = epoch_at.reindex(df["step"]).to_numpy()
-    df["step_lo"] = np.repeat(S[starts], n_layers)
-    df["step_hi"] = np.repeat(S[ends - 1], n_layers)
-    return df
-
-
-def _binned_median(arr: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Medians (NaN ignored) of the row groups ``arr[bounds[b]:bounds[b + 1]]``, vectorised.
-
-    ``arr`` is ``(rows, layers)``; returns ``(len(bounds) - 1, layers)``, NaN for an empty
-    or all-NaN group.
-    """
-    sizes = np.diff(bounds)
-    n_bins, width = len(sizes), arr.shape[1]
-    most = int(sizes.max()) if n_bins else 0
-    pad = np.full((n_bins, max(most, 1), width), np.nan)
-    rows = np.repeat(np.arange(n_bins), sizes)
-    cols = np.arange(len(rows)) - np.repeat(bounds[:-1], sizes)
-    pad[rows, cols] = arr[bounds[0]:bounds[-1]]
-    pad.sort(axis=1)  # NaN last
-    n = (~np.isnan(pad)).sum(axis=1)  # (bins, layers)
-    lo = np.clip((n - 1) // 2, 0, None)[:, None, :]
-    hi = np.clip(n // 2, 0, most - 1 if most else 0)[:, None, :]
-    med = (np.take_along_axis(pad, lo, 1) + np.take_along_axis(pad, hi, 1))[:, 0, :] / 2
-    med[n == 0] = np.nan
-    return med
-
-
-def _read_probe_arrays(path, relu: bool, max_cols: int):
-    """First and last non-empty activation histograms (long form, as read_histograms) and,
-    for the ReLU family, the dead flags at no more than ``max_cols`` probe steps."""
-    with open_log(path) as f:
-        g = f["probe_units"]
-        n = min(_committed(f)["probe_units"], g["step"].shape[0])
-        steps = g["step"][:n]
-        edges = g.attrs["hist_edges"]
-        n_hidden = len([k for k in g if k.startswith("hist_")])
-        hist_frames = []
-        if n:
-            # the first row and the last row with counts (a diverged step may have none)
-            rows = [0]
-            for i in range(n - 1, 0, -1):
-                if g["hist_0"][i].sum() > 0 if n_hidden else False:
-                    rows.append(i)
-                    break
-            for l in range(n_hidden):
-                counts = g[f"hist_{l}"][sorted(set(rows))]
-                total = counts.sum(axis=1, keepdims=True).clip(min=1)
-                nb = counts.shape[1]
-                hist_frames.append(pd.DataFrame({
-                    "step": np.repeat(steps[sorted(set(rows))], nb), "layer": l,
-                    "bin_left": np.tile(edges[:-1], len(set(rows))),
-                    "bin_right": np.tile(edges[1:], len(set(rows))),
-                    "count": counts.ravel(),
-                    "density": (counts / total / np.diff(edges)).ravel()}))
-        dead, dead_steps = None, None
-        if relu and n:
-            cols = np.unique(np.linspace(0, n - 1, min(max_cols, n)).round().astype(int))
-            dead_steps = steps[cols]
-            dead = [g[f"dead_{l}"][cols].astype(bool) for l in range(n_hidden)]
-    hist = (pd.concat(hist_frames, ignore_index=True) if hist_frames else
-            pd.DataFrame(columns=["step", "layer", "bin_left", "bin_right", "count", "density"]))
-    return hist, dead_steps, dead
-
-
+# -- reading --------------------------------------------------------------------------------
 @dataclass
-class RunData:
-    """What the report needs of one run (binned)."""
+class RunData(Run):
+    """What the report needs of one run: the run as read with one open
+    (:func:`~gradscope.reading.run.read_run`, its layer table binned), a label and its
+    diagnosis."""
 
-    path: Path
-    label: str
-    config: dict
-    status: dict
-    steps: pd.DataFrame        # full step table
-    epochs: pd.DataFrame
-    layers: pd.DataFrame       # binned layer table (read_layers_binned)
-    probes: pd.DataFrame       # probe-step rows (dead_frac, ...), one per probe step and layer
-    hist: pd.DataFrame         # histograms at the first and last probe step
-    dead_steps: np.ndarray | None
-    dead: list | None
-    diagnosis: dict
-    notes: list = field(default_factory=list)
+    label: str = ""
+    diagnosis: dict = field(default_factory=dict)
     short: str | None = None   # a shorter label for figures (a sweep's names, shortened)
-
-    @property
-    def activation(self) -> str:
-        return str(self.config.get("activation", ""))
 
     @property
     def flabel(self) -> str:
@@ -438,94 +186,14 @@ class RunData:
         formula."""
         return (self.short or self.label).replace("$", r"\$")
 
-    @property
-    def relu_family(self) -> bool:
-        return _relu_family(self.activation)
-
-
-def _relu_family(name: str) -> bool:
-    """Whether units of this activation can die (the registry says; known names else)."""
-    try:
-        from ..engine.activations import get_activation
-        return bool(get_activation(name).relu_family)
-    except (ImportError, KeyError, AttributeError):
-        return name in _RELU_FAMILY
-
 
 def load_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN, label=None,
              **thresholds) -> RunData:
-    """Read and diagnose one log for the report. Raises :class:`LogError` for a bad file."""
-    path = Path(path)
-    check_log_file(path)
-    try:
-        config = read_config(path)
-        status = read_status(path)
-        steps = read_steps(path)
-        epochs = read_epochs(path)
-        layers = read_layers_binned(path, max_steps=max_steps, per_bin=per_bin)
-        with open_log(path) as f:
-            probes = _read_table(f, "probes")
-            n_layer_rows = _committed(f)["layers"]
-        relu = _relu_family(str(config.get("activation")))
-        hist, dead_steps, dead = _read_probe_arrays(path, relu, max_steps)
-    except LogError:
-        raise
-    except (OSError, KeyError, IndexError, TypeError, ValueError) as e:
-        # h5py and numpy errors of a damaged file, not a gradscope problem to show as a trace
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LogError(f"{str(path)!r} is damaged or incomplete: {msg}") from None
-    notes = []
-    # a log short enough to be read whole (no binning) is diagnosed on the tables read
-    # here, not read a second time
-    whole = (layers.drop(columns=["step_lo", "step_hi"])
-             if len(layers) == n_layer_rows and (layers["step_lo"] == layers["step_hi"]).all()
-             else None)
-    diag = _diagnose(path, steps, layers, config, status, n_layer_rows, max_steps, per_bin,
-                     notes, thresholds, whole=whole)
-    return RunData(path=path, label=label or path.stem, config=config, status=status,
-                   steps=steps, epochs=epochs, layers=layers, probes=probes, hist=hist,
-                   dead_steps=dead_steps, dead=dead, diagnosis=diag, notes=notes)
-
-
-def _diagnose(path, steps, layers, config, status, n_rows, max_steps, per_bin, notes,
-              thresholds, whole=None) -> dict:
-    try:
-        from ..analysis.diagnose import diagnose
-    except ImportError:
-        notes.append("no diagnosis: gradscope.diagnose is not available")
-        return _no_diagnosis(path, config, status)
-    if whole is not None:
-        return diagnose(path, frames={"steps": steps, "layers": whole, "config": config,
-                                      "status": status}, **thresholds)
-    if n_rows <= FULL_DIAGNOSE_ROWS:
-        return diagnose(path, **thresholds)
-    fine = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps),
-                              per_bin=DIAGNOSE_PER_BIN)
-    notes.append(f"diagnosed on {fine['step'].nunique()} time bins of medians "
-                 f"(the log has {n_rows} layer rows)")
-    frames = {"steps": steps, "layers": fine.drop(columns=["step_lo", "step_hi"]),
-              "config": config, "status": status}
-    return diagnose(path, frames=frames, **thresholds)
-
-
-def _no_diagnosis(path, config, status) -> dict:
-    d = {"run": str(path), "status": status.get("status", "unknown"),
-         "status_message": status.get("message", ""), "config_summary": _config_summary(config),
-         "verdict": "not diagnosed", "theory": None}
-    for v in _VERDICTS:
-        d[v] = False
-        d[f"{v}_evidence"] = {"layers": [], "steps": [], "value": math.nan, "threshold": None,
-                              "rule": "", "message": f"{v}: not judged", "applicable": False}
-    return d
-
-
-def _config_summary(config: dict) -> str:
-    try:
-        from ..analysis.diagnose import config_summary
-        return config_summary(config)
-    except ImportError:
-        keys = ("dataset", "depth", "width", "activation", "init", "optimizer", "lr")
-        return " ".join(f"{k}={config.get(k)}" for k in keys if config.get(k) is not None)
+    """Read one log (one open) and diagnose it for the report. Raises :class:`LogError`
+    for a bad file."""
+    run = read_run(path, max_steps=max_steps, per_bin=per_bin)
+    return RunData(**{f.name: getattr(run, f.name) for f in fields(Run)},
+                   label=label or run.path.stem, diagnosis=diagnose(run, **thresholds))
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -703,7 +371,7 @@ def _compact_block(run: RunData) -> list[tuple[str, str]]:
     verdict = d.get("verdict", "")
     out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
                 f"   verdict: {verdict}"))
-    for v in _VERDICTS:
+    for v in VERDICTS:
         if d.get(v):
             msg = (d.get(f"{v}_evidence") or {}).get("message", v)
             out += [("alarm", line) for line in _wrap(f"! {msg}", "     ", width=_WRAP_BOLD)]
@@ -722,7 +390,7 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
     label = run.label if len(run.label) <= 120 else run.label[:117] + "..."
     out = [("head", label)]
     for line in _wrap(f"{d.get('config_summary', '')}  |  status: {status}"
-                      + (f" ({msg})" if msg else "") + f"  |  {len(run.steps)} logged steps",
+                      + (f" ({msg})" if msg else "") + f"  |  {run.logged_steps} logged steps",
                       "   "):
         out.append(("text", line))
     for line in _wrap(_final_line(run), "   "):
@@ -731,7 +399,7 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
     out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
                 f"   verdict: {verdict}"))
     na = []
-    for v in _VERDICTS:
+    for v in VERDICTS:
         ev = d.get(f"{v}_evidence") or {}
         if not d.get(v) and ev.get("applicable") is False:
             na.append(ev.get("message", v))
@@ -1100,29 +768,15 @@ SAMPLE_RUNS = 6
 COMPARISON_MAX_RUNS = 40
 #: Remedy comparison pages at most (one per group of runs).
 MAX_REMEDY_PAGES = 12
-_HYPER = ("lr", "momentum", "beta1", "beta2", "eps", "rho", "alpha", "weight_decay")
-
-
-def _train_fields() -> list[str]:
-    try:
-        from dataclasses import fields
-
-        from ..training.loop import TrainConfig
-        return [f.name for f in fields(TrainConfig) if f.name != "extra"]
-    except ImportError:
-        return ["dataset", "target", "data_seed", "standardize", "depth", "width", "widths",
-                "activation", "init", "init_gain", "optimizer", *_HYPER, "batch_size",
-                "epochs", "steps", "val_fraction", "seed", "dtype", *LOGGING_KEYS,
-                *REMEDY_KEYS]
 
 
 def _options(config: dict) -> dict:
     """A run's training options as it used them: the optimizer's defaults filled in from
     ``optimizer_hyper``, ``widths`` None when it is ``[width] * depth``, ``depth`` and
     ``width`` from ``widths`` otherwise."""
-    out = {k: config.get(k) for k in _train_fields()}
+    out = {k: config.get(k) for k in train_options(config)}
     hyper = config.get("optimizer_hyper") or {}
-    for k in _HYPER:
+    for k in OPTIMIZER_OPTIONS:
         if out.get(k) is None and k in hyper:
             out[k] = hyper[k]
     widths = config.get("widths")
@@ -1156,7 +810,7 @@ def _varying(opts: list[dict], skip=()) -> list[str]:
     for k in keys:
         if len({_key(o.get(k)) for o in opts}) < 2:
             continue
-        if k in _HYPER:
+        if k in OPTIMIZER_OPTIONS:
             per_opt: dict = {}
             for o in opts:
                 per_opt.setdefault(o.get("optimizer"), set()).add(_key(o.get(k)))
@@ -1179,10 +833,6 @@ def _setting(k: str, v) -> str:
 
 
 def _remedy_text(o: dict) -> str:
-    try:
-        from ..analysis.diagnose import remedy_parts
-    except ImportError:  # the report also renders without the diagnosis module
-        return "n/a"
     return " + ".join(remedy_parts(o)) or "none"
 
 
@@ -1268,7 +918,7 @@ def run_table(runs) -> pd.DataFrame:
             "n_classes": r.config.get("n_outputs") if r.config.get("task", "classification")
             == "classification" else None,
         })
-        for v in _VERDICTS:
+        for v in VERDICTS:
             row[v] = bool(d.get(v, False))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -1480,7 +1130,7 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
             described[i] = (f"{t}: {extra}" if extra else t, g, o, k)
     skipped = len(groups) - len(described)
     for n, (title, group, opts, keys) in enumerate(described):
-        base = group[0].diagnosis.get("config_summary") or _config_summary(group[0].config)
+        base = group[0].diagnosis.get("config_summary") or config_summary(group[0].config)
         seed = opts[0].get("seed")
         titles, preds = {}, {}
         for r, o in zip(group, opts):
@@ -1584,11 +1234,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not paths:
         raise LogError("no log given")
-    try:
-        from ..analysis.diagnose import resolve_thresholds
-        thr = resolve_thresholds(**thresholds)
-    except ImportError:
-        thr = dict(thresholds)
+    thr = resolve_thresholds(**thresholds)
     out = Path(out)
     labels = _labels(paths)
     runs = [load_run(p, max_steps=max_steps, label=lab, **thresholds)

@@ -83,49 +83,147 @@ def _opt(*names, **kw):
     return click.option(*names, **kw)
 
 
+#: The help of each training option (TrainConfig's fields, in their order).
+TRAIN_HELP = {
+    "dataset": "Built-in dataset (digits, spirals, moons, blobs, parity, teacher) or a "
+               ".csv/.npz/.h5 file.",
+    "target": "CSV target column [default: the last column].",
+    "data_seed": "Seed of the synthetic datasets.",
+    "standardize": "Scale features to zero mean and unit variance.",
+    "depth": "Hidden layers.",
+    "width": "Units per hidden layer.",
+    "widths": "Hidden widths, e.g. 256,128,64 (overrides --depth/--width).",
+    "activation": "The hidden layers' activation.",
+    "init": "Weight initialisation.",
+    "init_gain": "Multiplies the init's scale.",
+    "optimizer": "The update rule (as torch.optim).",
+    "lr": "Learning rate [default: the optimizer's].",
+    "momentum": "Momentum (sgd, momentum, nesterov, rmsprop).",
+    "beta1": "Adam-family first-moment decay.",
+    "beta2": "Adam-family second-moment decay.",
+    "eps": "Denominator epsilon.",
+    "rho": "Adadelta's decay.",
+    "alpha": "RMSprop's smoothing constant.",
+    "weight_decay": "L2 penalty (decoupled for adamw).",
+    "batch_size": "1 = stochastic, 'full' = batch gradient descent, else mini-batch.",
+    "epochs": "Epochs [default: 20 unless --steps].",
+    "steps": "Update steps (instead of --epochs).",
+    "val_fraction": "Held out for validation; 0 for none.",
+    "seed": "Seeds init, split and shuffling.",
+    "dtype": "Floating-point type of the parameters and passes.",
+    "log_every": "Record every K steps.",
+    "probe_every": "Probe-set statistics every K steps [default: ~100].",
+    "probe_size": "Probe-set examples [default: min(n, 1024)].",
+    "hist_bins": "Activation histogram bins.",
+    "snapshot_every": "Keep parameters every K steps (0: never).",
+    "dropout": "Inverted dropout rate P in [0, 1) on hidden activations, training only "
+               "(0: off).",
+    "residual": "Identity skip a + phi(a W + b) around each hidden layer whose fan_in "
+                "equals fan_out.",
+    "norm": "Normalise z before each hidden activation (as torch BatchNorm1d / LayerNorm) "
+            "[default: none].",
+    "clip_norm": "Clip the global gradient norm to C (torch clip_grad_norm_) [default: off].",
+    "clip_value": "Clamp every gradient element to [-V, V] (torch clip_grad_value_) "
+                  "[default: off].",
+}
+#: Whole-number options and their accepted range (min, max); others take any integer.
+TRAIN_RANGES = {"depth": (1, None), "width": (1, None), "epochs": (1, None),
+                "steps": (1, None), "log_every": (1, None), "probe_every": (1, None),
+                "probe_size": (1, None), "hist_bins": (2, 1000), "snapshot_every": (0, None)}
+_METAVARS = {"norm": "batch|layer", "clip_norm": "C", "clip_value": "V"}
+
+
+class _LibraryRefusal:
+    """A click type whose refusal is the library's own one-line message (what
+    ``TrainConfig.check`` says of the value), so that the command line and the API refuse
+    a value in the same words."""
+
+    field = ""
+
+    def refuse(self, value, param, ctx, error: click.BadParameter):
+        from ..training.loop import ConfigError, TrainConfig
+
+        try:
+            TrainConfig(**{self.field: value}).check()
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+        raise error
+
+
+class RegistryChoice(_LibraryRefusal, click.Choice):
+    """One of a registry's names (activations, inits, optimizers, float types)."""
+
+    def __init__(self, field: str, names):
+        super().__init__(list(names), case_sensitive=True)
+        self.field = field
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            self.refuse(value, param, ctx, e)
+
+
+class CheckedRange(_LibraryRefusal, click.IntRange):
+    """A whole number in a range; a non-integer gets click's message, a number out of the
+    range the library's."""
+
+    def __init__(self, field: str, lo, hi):
+        super().__init__(min=lo, max=hi)
+        self.field = field
+
+    def convert(self, value, param, ctx):
+        value = click.INT.convert(value, param, ctx)
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            self.refuse(value, param, ctx, e)
+
+
+def _train_type(name: str, kind):
+    from ..training.loop import DTYPES
+
+    registries = {"activation": activation_names(), "init": INITIALIZERS,
+                  "optimizer": OPTIMIZERS, "dtype": DTYPES}
+    if name in registries:
+        return RegistryChoice(name, registries[name])
+    if kind.is_list:
+        return IntList()
+    if kind.also_str:
+        return BatchSize()
+    if name in TRAIN_RANGES:
+        return CheckedRange(name, *TRAIN_RANGES[name])
+    return {int: int, float: float, str: str}[kind.base]
+
+
+def _train_options(f):
+    """Decorate ``f`` with one option per TrainConfig field (as ``sweep``'s are generated):
+    the type from the field's hint or its registry, the default from TrainConfig."""
+    from ..training.loop import TrainConfig
+    from ..training.sweep import option_kinds
+
+    default = TrainConfig()
+    kinds = option_kinds()
+    missing = [k for k in kinds if k not in TRAIN_HELP]
+    if missing:  # a new TrainConfig field needs its help line here
+        raise RuntimeError(f"no help for the training option(s) {', '.join(missing)}")
+    for name in reversed(list(kinds)):
+        kind = kinds[name]
+        decl = "--" + name.replace("_", "-")
+        dv = getattr(default, name)
+        if kind.base is bool:
+            f = click.option(decl, name, is_flag=True, help=TRAIN_HELP[name])(f)
+            continue
+        kw = {"type": _train_type(name, kind), "default": dv, "help": TRAIN_HELP[name],
+              "show_default": dv is not None}
+        if name in _METAVARS:
+            kw["metavar"] = _METAVARS[name]
+        f = click.option(decl, name, **kw)(f)
+    return f
+
+
 @main.command()
-@_opt("--dataset", default="digits", show_default=True,
-      help="Built-in dataset (digits, spirals, moons, blobs, parity, teacher) or a .csv/.npz/.h5 file.")
-@_opt("--target", default=None, help="CSV target column [default: the last column].")
-@_opt("--data-seed", type=int, default=0, show_default=True, help="Seed of the synthetic datasets.")
-@_opt("--standardize", is_flag=True, help="Scale features to zero mean and unit variance.")
-@_opt("--depth", type=int, default=3, show_default=True, help="Hidden layers.")
-@_opt("--width", type=int, default=64, show_default=True, help="Units per hidden layer.")
-@_opt("--widths", type=IntList(), default=None, help="Hidden widths, e.g. 256,128,64 (overrides --depth/--width).")
-@_opt("--activation", default="relu", show_default=True, help=f"One of: {', '.join(activation_names())}.")
-@_opt("--init", default="xavier", show_default=True, help=f"One of: {', '.join(INITIALIZERS)}.")
-@_opt("--init-gain", type=float, default=1.0, show_default=True, help="Multiplies the init's scale.")
-@_opt("--optimizer", default="adam", show_default=True, help=f"One of: {', '.join(OPTIMIZERS)}.")
-@_opt("--lr", type=float, default=None, help="Learning rate [default: the optimizer's].")
-@_opt("--momentum", type=float, default=None, help="Momentum (sgd, momentum, nesterov, rmsprop).")
-@_opt("--beta1", type=float, default=None, help="Adam-family first-moment decay.")
-@_opt("--beta2", type=float, default=None, help="Adam-family second-moment decay.")
-@_opt("--eps", type=float, default=None, help="Denominator epsilon.")
-@_opt("--rho", type=float, default=None, help="Adadelta's decay.")
-@_opt("--alpha", type=float, default=None, help="RMSprop's smoothing constant.")
-@_opt("--weight-decay", type=float, default=None, help="L2 penalty (decoupled for adamw).")
-@_opt("--batch-size", type=BatchSize(), default=32, show_default=True,
-      help="1 = stochastic, 'full' = batch gradient descent, else mini-batch.")
-@_opt("--epochs", type=int, default=None, help="Epochs [default: 20 unless --steps].")
-@_opt("--steps", type=int, default=None, help="Update steps (instead of --epochs).")
-@_opt("--val-fraction", type=float, default=0.2, show_default=True, help="Held out for validation; 0 for none.")
-@_opt("--seed", type=int, default=0, show_default=True, help="Seeds init, split and shuffling.")
-@_opt("--dtype", default="float32", show_default=True, help="float32 or float64.")
-@_opt("--log-every", type=int, default=1, show_default=True, help="Record every K steps.")
-@_opt("--probe-every", type=int, default=None, help="Probe-set statistics every K steps [default: ~100].")
-@_opt("--probe-size", type=int, default=None, help="Probe-set examples [default: min(n, 1024)].")
-@_opt("--hist-bins", type=int, default=50, show_default=True, help="Activation histogram bins.")
-@_opt("--snapshot-every", type=int, default=0, show_default=True, help="Keep parameters every K steps (0: never).")
-@_opt("--dropout", type=float, default=0.0, show_default=True,
-      help="Inverted dropout rate P in [0, 1) on hidden activations, training only (0: off).")
-@_opt("--residual", is_flag=True,
-      help="Identity skip a + phi(a W + b) around each hidden layer whose fan_in equals fan_out.")
-@_opt("--norm", default=None, metavar="batch|layer",
-      help="Normalise z before each hidden activation (as torch BatchNorm1d / LayerNorm) [default: none].")
-@_opt("--clip-norm", type=float, default=None, metavar="C",
-      help="Clip the global gradient norm to C (torch clip_grad_norm_) [default: off].")
-@_opt("--clip-value", type=float, default=None, metavar="V",
-      help="Clamp every gradient element to [-V, V] (torch clip_grad_value_) [default: off].")
+@_train_options
 @_opt("--out", type=click.Path(dir_okay=False), default=None,
       help="Log file [default: runs/<descriptive name>.h5].")
 @_opt("--force", is_flag=True, help="Overwrite an existing log.")

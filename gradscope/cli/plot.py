@@ -9,13 +9,12 @@ target folder that replaces ``--out`` only once it is complete.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from ..engine.optimizers import OPTIMIZERS
+from ..files import atomic_file
 
 # the names of gradscope.teaching.SURFACES (kept here so that the CLI starts without
 # importing matplotlib; tests/test_teaching.py checks that the two agree)
@@ -52,22 +51,10 @@ def _save(fig_factory, out: str, dpi: int) -> Path:
                     f"cannot create folder {str(folder)!r}: {e.strerror or e}") from None
             created.append(folder)
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        _remove_folders(created)
-        raise click.ClickException(
-            f"cannot write {str(path)!r}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path) as fh:
             fig = fig_factory()
             fig.savefig(fh, format=fmt, dpi=dpi)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
-        os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         _remove_folders(created)
         if isinstance(e, ValueError):
             raise click.ClickException(str(e).splitlines()[0]) from None
@@ -76,12 +63,6 @@ def _save(fig_factory, out: str, dpi: int) -> Path:
                 f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _remove_folders(created: list[Path]) -> None:

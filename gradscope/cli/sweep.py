@@ -185,12 +185,12 @@ def sweep(ctx, out_dir, jobs, scheduler, retries, dry_run, quiet, **options):
     if dry_run:
         from pathlib import Path
 
-        from ..training.sweep import _needs_training
+        from ..training.sweep import needs_training
 
         out = Path(out_dir)
         n_done = 0
         for n in names:
-            done = not _needs_training(out / f"{n}.h5")
+            done = not needs_training(out / f"{n}.h5")
             n_done += done
             click.echo(f"{'done ' if done else 'train'} {n}")
         click.echo(f"{len(names)} runs, {len(names) - n_done} to train", err=True)

@@ -21,17 +21,18 @@ from .readers import (
     open_log,
     read_hyperslabs,
     read_table,
-    search_sorted,
     table_length,
 )
 
 __all__ = ["MAX_STEPS", "PER_BIN", "binned_median", "downsample", "layers_binned",
-           "read_layers_binned"]
+           "read_layers_binned", "whole_step_windows"]
 
 #: Time bins of the figures.
 MAX_STEPS = 400
 #: Logged steps read per time bin at most (a window at the bin's centre).
 PER_BIN = 32
+#: Rows of the probe table binned whole; beyond, windows of PER_BIN probe steps a bin.
+FULL_PROBE_ROWS = 200_000
 
 
 def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
@@ -138,31 +139,38 @@ def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.D
 
 def _binned_probes(f, first_step: np.ndarray, cap: int) -> pd.DataFrame:
     """Medians of the probe rows per (bin, layer); bin ``b`` holds the steps from
-    ``first_step[b]`` up to the next bin's. A bin with more than ``cap`` probe rows gives
-    the medians of a window of whole probe steps at its centre (``cap`` rows at most)."""
+    ``first_step[b]`` up to the next bin's. In a long table a bin with more than ``cap``
+    rows gives the medians of a window of whole probe steps at its centre."""
     n = table_length(f, "probes")
-    ds = f["probes"]["step"]
-    edges = [search_sorted(ds, n, s, "left") for s in first_step[1:]]
-    lo_hi = list(zip([0, *edges], [*edges, n]))
-    parts = []
-    for b, (lo, hi) in enumerate(lo_hi):
-        if hi <= lo:
-            continue
-        if hi - lo > cap:
-            centre = int(ds[(lo + hi) // 2])
-            lo = max(lo, search_sorted(ds, n, centre, "left") - cap // 2)
-            lo = search_sorted(ds, n, int(ds[lo]), "left") if lo > 0 else 0
-            stop = min(hi, lo + cap)
-            part = read_table(f, "probes", rows=slice(lo, stop))
-            if stop < hi:  # the last step read may be cut short: leave it out
-                part = part[part["step"] < part["step"].iloc[-1]]
-        else:
-            part = read_table(f, "probes", rows=slice(lo, hi))
-        parts.append(part.assign(_bin=b))
-    if not parts:
+    if n <= FULL_PROBE_ROWS:
+        probes = read_table(f, "probes")
+        bins = np.searchsorted(first_step, probes["step"].to_numpy(), side="right") - 1
+    else:
+        # the step column alone (a probe table has 1 / probe_every of the layer rows)
+        steps = f["probes"]["step"][:n]
+        lo = np.searchsorted(steps, first_step, "left")
+        hi = np.append(lo[1:], n)
+        rows = [np.arange(a, b) for a, b in zip(*whole_step_windows(steps, lo, hi, cap))]
+        probes = read_table(f, "probes", rows=np.concatenate(rows))
+        bins = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    if not len(probes):
         return pd.DataFrame()
-    probes = pd.concat(parts, ignore_index=True)
-    return probes.drop(columns="step").groupby(["_bin", "layer"]).median()
+    return probes.drop(columns="step").assign(_bin=bins).groupby(["_bin", "layer"]).median()
+
+
+def whole_step_windows(steps: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: int):
+    """Row ranges ``[lo, hi)`` of a table sorted by step cut to at most ``cap`` rows of
+    whole steps at their centre (ranges no longer than ``cap`` are kept)."""
+    lo, hi = lo.copy(), hi.copy()
+    long = np.flatnonzero(hi - lo > cap)
+    if len(long):
+        centre = (lo[long] + hi[long]) // 2
+        start = np.searchsorted(steps, steps[np.maximum(lo[long], centre - cap // 2)], "left")
+        stop = np.minimum(start + cap, hi[long])
+        inner = stop < len(steps)
+        stop[inner] = np.searchsorted(steps, steps[stop[inner]], "left")
+        lo[long], hi[long] = start, np.maximum(stop, start + 1)
+    return lo, hi
 
 
 def binned_median(arr: np.ndarray, bounds: np.ndarray) -> np.ndarray:

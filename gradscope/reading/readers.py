@@ -20,12 +20,12 @@ import pandas as pd
 from ..record.schema import (
     FORMAT,
     FORMAT_VERSION,
+    LAYER_COLUMNS,
     NORM_PARAM_NAMES,
     NORM_STATE_NAMES,
     OPTIONAL_COLUMNS,
-    TABLES,
-    LAYER_COLUMNS,
     PROBE_COLUMNS,
+    TABLES,
     LogError,
 )
 
@@ -161,7 +161,8 @@ def read_table(f, name: str, columns=None, rows=None) -> pd.DataFrame:
 
 
 def _take(ds, rows) -> np.ndarray:
-    """``ds[rows]`` for a slice or sorted positions (a dense set is read as one range)."""
+    """``ds[rows]`` for a slice or sorted positions: a dense set is read as one range, a
+    sparse one as one selection of its runs of consecutive positions."""
     if isinstance(rows, slice):
         return ds[rows]
     if not len(rows):
@@ -170,7 +171,10 @@ def _take(ds, rows) -> np.ndarray:
     if hi - lo <= 4 * len(rows) + 4096:
         return ds[lo:hi][rows - lo]
     uniq = np.unique(rows)
-    return ds[uniq][np.searchsorted(uniq, rows)]
+    cut = np.flatnonzero(np.diff(uniq) != 1) + 1
+    starts, ends = uniq[np.r_[0, cut]], uniq[np.r_[cut - 1, len(uniq) - 1]] + 1
+    got = read_hyperslabs(ds, [(int(a), 1, 1, int(b - a)) for a, b in zip(starts, ends)])
+    return got if len(uniq) == len(rows) else got[np.searchsorted(uniq, rows)]
 
 
 def read_hyperslabs(ds, blocks) -> np.ndarray:

@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 
 from ..record.schema import LogError
-from .binned import MAX_STEPS, PER_BIN, layers_binned
+from .binned import MAX_STEPS, PER_BIN, layers_binned, whole_step_windows
 from .readers import (
     layers_frame,
     open_log,
     read_table,
-    search_sorted,
     status_of,
     table_length,
     units_length,
@@ -138,10 +137,13 @@ def _read(f, path: Path, max_steps: int, per_bin: int, figures: bool) -> Run:
     layer_rows = table_length(f, "layers")
     notes: list[str] = []
     if layer_rows <= FULL_DIAGNOSE_ROWS:
-        whole = layers_frame(f)
-        layers = layers_binned(f, max_steps, per_bin) if figures else whole
+        layers = layers_binned(f, max_steps, per_bin) if figures else layers_frame(f)
+        short = len(layers) == layer_rows and (
+            not figures or (layers["step_lo"] == layers["step_hi"]).all())
+        # a log short enough for the figures to show it whole is read once
+        whole = (layers.drop(columns=["step_lo", "step_hi"], errors="ignore") if short
+                 else layers_frame(f))
     else:
-        whole = None
         fine = layers_binned(f, max(DIAGNOSE_STEPS, max_steps), DIAGNOSE_PER_BIN)
         notes.append(f"diagnosed on {fine['step'].nunique()} time bins of medians "
                      f"(the log has {layer_rows} layer rows)")
@@ -167,23 +169,24 @@ def _sampled(f, name: str, scan_nonfinite=()) -> pd.DataFrame:
     n = table_length(f, name)
     if n <= FULL_TABLE_ROWS:
         return read_table(f, name)
-    ds = f[name]["step"]
     size = FULL_TABLE_ROWS // _WINDOWS
-    rows = []
-    for lo in np.linspace(0, n - size, _WINDOWS).astype(np.int64):
-        start = search_sorted(ds, n, int(ds[int(lo)]), "left")  # whole steps only
-        stop = min(n, start + size)
-        if stop < n:
-            stop = search_sorted(ds, n, int(ds[stop]), "left")
-        rows.append(np.arange(start, max(stop, start)))
-    rows.append(np.arange(search_sorted(ds, n, int(ds[n - 1]), "left"), n))
+    lo = np.linspace(0, n - size, _WINDOWS).astype(np.int64)
+    hi = lo + size
+    if name != "steps":  # several rows a step: windows of whole steps
+        steps = f[name]["step"][:n]
+        lo = np.searchsorted(steps, steps[lo], "left")
+        lo, hi = whole_step_windows(steps, lo, np.append(lo[1:], n), size)
+        last = int(np.searchsorted(steps, steps[-1], "left"))
+    else:
+        last = n - 1
+    rows = [np.arange(a, b) for a, b in zip(lo, hi)] + [np.arange(last, n)]
     g = f[name]
-    for lo in range(0, n, _SCAN_ROWS) if scan_nonfinite else ():
-        hi = min(n, lo + _SCAN_ROWS)
-        bad = np.zeros(hi - lo, bool)
+    for start in range(0, n, _SCAN_ROWS) if scan_nonfinite else ():
+        stop = min(n, start + _SCAN_ROWS)
+        bad = np.zeros(stop - start, bool)
         for c in scan_nonfinite:
-            bad |= ~np.isfinite(g[c][lo:hi])
-        rows.append(lo + np.flatnonzero(bad))
+            bad |= ~np.isfinite(g[c][start:stop])
+        rows.append(start + np.flatnonzero(bad))
     return read_table(f, name, rows=np.unique(np.concatenate(rows)))
 
 

@@ -33,9 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.diagnose import diagnose
 from ..engine.data import DataError
 from ..engine.optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
-from ..reading.readers import read_config, read_epochs, read_layers, read_status, read_steps
+from ..files import write_atomic
+from ..reading.readers import read_status
+from ..reading.run import read_run
 from ..record.schema import LogError
 from ._signals import StopRequest
 from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
@@ -563,21 +566,6 @@ def _dask_task(config: TrainConfig, name: str) -> dict:
             "worker": f"{os.uname().nodename}:{os.getpid()}"}
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file under a temporary name in the same folder, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _closed_cleanly(path: Path) -> tuple[bool, str]:
     """Whether HDF5 opens ``path`` without SWMR (a log whose writer closed it), and why not.
 
@@ -593,7 +581,7 @@ def _closed_cleanly(path: Path) -> tuple[bool, str]:
         return False, str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _needs_training(path: Path) -> bool:
+def needs_training(path: Path) -> bool:
     """True unless ``path`` is a cleanly closed log that ended completed or diverged."""
     if not path.is_file():
         return True
@@ -714,9 +702,9 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
         "swept": [k for k, v in grid.items() if len(v) > 1],
         "runs": [{"name": r.name, "config": _config_dict(r.config)} for r in runs],
     }
-    _write_atomic(out / GRID_FILE, json.dumps(spec, indent=1, default=str) + "\n")
+    write_atomic(out / GRID_FILE, json.dumps(spec, indent=1, default=str) + "\n")
 
-    todo = [r for r in runs if _needs_training(out / f"{r.name}.h5")]
+    todo = [r for r in runs if needs_training(out / f"{r.name}.h5")]
     skipped = [r.name for r in runs if r not in todo]
     for name in skipped:  # leftovers of an earlier, interrupted attempt
         for p in (out / PARTIAL_DIR / f"{name}.h5", out / PARTIAL_DIR / f"{name}.failed"):
@@ -741,7 +729,7 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
         if status == "failed":
             state["failed"].append(run.name)
             with contextlib.suppress(OSError):
-                _write_atomic(failed_note, message + "\n")
+                write_atomic(failed_note, message + "\n")
         elif status == "interrupted":
             state["interrupted"] = True
         else:
@@ -772,7 +760,7 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
             (out / PARTIAL_DIR).rmdir()  # only when empty
         summary = summarize(out)
         with contextlib.suppress(OSError):
-            _write_atomic(out / SUMMARY_FILE, summary.to_csv(index=False))
+            write_atomic(out / SUMMARY_FILE, summary.to_csv(index=False))
     summary.attrs.update(trained=state["trained"], skipped=skipped, failed=state["failed"])
     return summary
 
@@ -883,9 +871,9 @@ def _run_dask(todo, out, client, retries, report, finished, stop):
                 fut.release()
             data = result.pop("data", None)
             if data is not None and result["status"] in FINAL_STATUSES:
-                _write_atomic(out / f"{run.name}.h5", data)
+                write_atomic(out / f"{run.name}.h5", data)
             elif data is not None:
-                _write_atomic(out / PARTIAL_DIR / f"{run.name}.h5", data)
+                write_atomic(out / PARTIAL_DIR / f"{run.name}.h5", data)
             finished(run, result, slots(), len(futures), where)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
@@ -894,15 +882,6 @@ def _run_dask(todo, out, client, retries, report, finished, stop):
 
 
 # -- the summary ------------------------------------------------------------------------------
-def _diagnose_fn():
-    """gradscope.analysis.diagnose.diagnose when it exists (looked up at each call)."""
-    try:
-        from ..analysis.diagnose import diagnose
-    except ImportError:
-        return None
-    return diagnose
-
-
 def _effective_config(cfg: dict) -> dict:
     """The configuration with optimizer defaults filled in from the resolved hyperparameters."""
     out = dict(cfg)
@@ -941,13 +920,11 @@ def _grad_ratios(layers: pd.DataFrame) -> tuple[float, float]:
             float(np.median(finite)) if len(finite) else math.nan)
 
 
-def _log_row(path: Path, diagnose) -> tuple[dict, dict]:
-    """(results, configuration) of one log; raises LogError when unreadable."""
-    status = read_status(path)
-    cfg = read_config(path)
-    steps = read_steps(path)
-    epochs = read_epochs(path)
-    layers = read_layers(path)
+def _log_row(path: Path) -> tuple[dict, dict]:
+    """(results, configuration) of one log, read with one open; raises LogError when
+    unreadable."""
+    run = read_run(path, figures=False)
+    status, cfg, steps, epochs, layers = run.status, run.config, run.steps, run.epochs, run.layers
     row: dict = {"status": status["status"], "message": status["message"]}
     last = steps.iloc[-1] if len(steps) else None
     row["final_step"] = int(last["step"]) if last is not None else math.nan
@@ -962,35 +939,19 @@ def _log_row(path: Path, diagnose) -> tuple[dict, dict]:
     for v in VERDICT_COLUMNS:
         row[v] = pd.NA
     row["verdict"] = ""
-    if diagnose is not None:
-        try:
-            d = _call_diagnose(diagnose, path, steps, layers, cfg, status)
-        except Exception as e:  # noqa: BLE001 -- the run's numbers stay usable
-            row["verdict"] = f"diagnosis failed: {_one_line(e)}"
-        else:
-            for v in VERDICT_COLUMNS:
-                if v in d:
-                    row[v] = bool(d[v])
-                ev = d.get(f"{v}_evidence")
-                row[f"{v}_value"] = (ev.get("value", math.nan) if isinstance(ev, dict)
-                                     else math.nan)
-            row["verdict"] = str(d.get("verdict", ""))
-    else:
-        row["diverged"] = status["status"] == "diverged"
-    return row, cfg
-
-
-def _call_diagnose(diagnose, path, steps, layers, cfg, status):
-    import inspect
-
     try:
-        takes_frames = "frames" in inspect.signature(diagnose).parameters
-    except (TypeError, ValueError):
-        takes_frames = False
-    if takes_frames:  # the tables are read already
-        return diagnose(path, frames={"steps": steps, "layers": layers, "config": cfg,
-                                     "status": status})
-    return diagnose(path)
+        d = diagnose(run)
+    except Exception as e:  # noqa: BLE001 -- the run's numbers stay usable
+        row["verdict"] = f"diagnosis failed: {_one_line(e)}"
+    else:
+        for v in VERDICT_COLUMNS:
+            if v in d:
+                row[v] = bool(d[v])
+            ev = d.get(f"{v}_evidence")
+            row[f"{v}_value"] = (ev.get("value", math.nan) if isinstance(ev, dict)
+                                 else math.nan)
+        row["verdict"] = str(d.get("verdict", ""))
+    return row, cfg
 
 
 def summarize(out_dir) -> pd.DataFrame:
@@ -1012,7 +973,6 @@ def summarize(out_dir) -> pd.DataFrame:
     planned = {r["name"]: r.get("config", {}) for r in spec.get("runs", [])}
     logs = {p.stem: p for p in sorted(out.glob("*.h5"))} if out.is_dir() else {}
     order = list(planned) + [n for n in logs if n not in planned]
-    diagnose = _diagnose_fn()
     option_names = list(option_kinds())
     rows, configs = [], []
     for name in order:
@@ -1026,11 +986,8 @@ def summarize(out_dir) -> pd.DataFrame:
             else:
                 row.update(status="missing", message="not trained yet")
         else:
-            ok, why = _closed_cleanly(path)
             try:
-                if not ok and "truncated" in why:
-                    raise LogError(f"{str(path)!r} is truncated: {why}")
-                res, logged = _log_row(path, diagnose)
+                res, logged = _log_row(path)
             except LogError as e:
                 row.update(status="unreadable", message=str(e))
             else:

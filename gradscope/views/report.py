@@ -91,6 +91,7 @@ from ..analysis.diagnose import (
     remedy_parts,
     resolve_thresholds,
 )
+from ..files import atomic_file
 from ..reading.binned import MAX_STEPS, PER_BIN, read_layers_binned
 from ..reading.readers import check_log_file
 from ..reading.run import (  # noqa: F401  (the thresholds are part of this module's API)
@@ -98,8 +99,9 @@ from ..reading.run import (  # noqa: F401  (the thresholds are part of this modu
     DIAGNOSE_STEPS,
     FULL_DIAGNOSE_ROWS,
     Run,
+    read_run,
+    train_options,
 )
-from ..reading.run import read_run, train_options
 from ..record.schema import OPTIMIZER_OPTIONS, LogError
 from . import plots
 
@@ -1282,7 +1284,6 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
             seen[p.title] = seen.get(p.title, 0) + 1
             p.title = f"{p.title} ({seen[p.title]} of {counts[p.title]})"
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     source = ", ".join(labels) if len(labels) <= 3 else f"{len(labels)} runs"
     if len(source) > 120:
         source = source[:117] + "..."
@@ -1294,27 +1295,23 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
         "Creator": "gradscope",
     }
     titles = []
-    try:
-        style = sns.axes_style("whitegrid", {"axes.edgecolor": "0.3"})
-        with plt.rc_context({**style, **_RC}), PdfPages(tmp, metadata=meta) as pdf:
-            for i, page in enumerate(pages, 1):
-                fig, top = _new_page(page.title, page.caption, layout=page.layout)
-                try:
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=".*constrained_layout.*")
-                        warnings.filterwarnings("ignore", category=UserWarning,
-                                                message=".*(Data has no positive values|"
-                                                "converting a masked element|No artists).*")
-                        page.draw(fig) if page.layout else page.draw(fig, top)
-                        _footer(fig, source, i, len(pages))
-                        pdf.savefig(fig)
-                finally:
-                    fig.clear()
-                titles.append(page.title)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    style = sns.axes_style("whitegrid", {"axes.edgecolor": "0.3"})
+    with (atomic_file(out) as fh, plt.rc_context({**style, **_RC}),
+          PdfPages(fh, metadata=meta) as pdf):
+        for i, page in enumerate(pages, 1):
+            fig, top = _new_page(page.title, page.caption, layout=page.layout)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*constrained_layout.*")
+                    warnings.filterwarnings("ignore", category=UserWarning,
+                                            message=".*(Data has no positive values|"
+                                            "converting a masked element|No artists).*")
+                    page.draw(fig) if page.layout else page.draw(fig, top)
+                    _footer(fig, source, i, len(pages))
+                    pdf.savefig(fig)
+            finally:
+                fig.clear()
+            titles.append(page.title)
     return {"out": out, "pages": len(pages), "titles": titles, "runs": labels,
             "diagnoses": diagnoses, "table": table, "sweep": layout,
             "remedy_groups": [[r.label for r in g] for g in groups],

@@ -10,6 +10,7 @@ import json
 import math
 import struct
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,12 +124,23 @@ def committed_rows(f) -> dict[str, int]:
     return dict(zip(names, (int(v) for v in f["committed"][()])))
 
 
+# Within one open a table's length does not change (a SWMR reader sees new rows only after
+# a refresh), and looking datasets up is slow enough to matter when a run is read in many
+# pieces: the lengths are kept per open file.
+_LENGTHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def table_length(f, name: str, columns=None) -> int:
     """Rows of table ``name`` that are committed and present in every stored column."""
-    g = f[name]
+    known = _LENGTHS.setdefault(f, {})
+    if name not in known:
+        g = f[name]
+        known[name] = {c: g[c].shape[0] for c in g}
+        known.setdefault("committed", committed_rows(f))
+    shapes = known[name]
     optional = OPTIONAL_COLUMNS.get(name, {})
-    present = [c for c in (columns or TABLES[name]) if c in g or c not in optional]
-    return min([committed_rows(f)[name], *(g[c].shape[0] for c in present)])
+    present = [c for c in (columns or TABLES[name]) if c in shapes or c not in optional]
+    return min([known["committed"][name], *(shapes[c] for c in present)])
 
 
 def read_table(f, name: str, columns=None, rows=None) -> pd.DataFrame:
@@ -217,6 +229,11 @@ def layer_count(f) -> int:
     return int(head.max()) + 1 if len(head) else 0
 
 
+#: Layer rows up to which ``every`` reads the selection's step column to pick its steps;
+#: beyond, it relies on the writer's order (every logged step holds one row per layer).
+STEP_COLUMN_ROWS = 1 << 22
+
+
 def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.DataFrame:
     """:func:`read_layers` on the open log ``f``."""
     known = [*LAYER_COLUMNS, *(c for c in PROBE_COLUMNS if c not in LAYER_COLUMNS), "epoch"]
@@ -246,7 +263,7 @@ def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.Da
     if every not in (None, 1):
         if isinstance(rows, slice):
             lo, hi = rows.start, rows.stop
-            at = step_ds[lo:hi] if hi - lo <= 1 << 22 else None
+            at = step_ds[lo:hi] if hi - lo <= STEP_COLUMN_ROWS else None
         else:
             at = step_ds[rows[0]:rows[-1] + 1][rows - rows[0]] if len(rows) else rows
             lo = 0

@@ -44,20 +44,20 @@ With more than ``SAMPLE_ABOVE`` (12) runs the report stays short: the summary's 
 table lists every run, followed by the alarms of the runs that have one (or did not
 complete), not every check of every run; and the per-run pages 2-7 show a sample of
 ``SAMPLE_RUNS`` (6) runs (one per verdict in turn, the deepest and most extreme first; the
-captions name them). A 36-run sweep folder of 300-step runs reports in about 15 s (14
-pages; 75 s and 55 pages without the sample). Long sweep names are shortened in the
+captions name them), so a sweep folder reports in seconds (docs/performance.md). Long sweep names are shortened in the
 verdict table and the figures by leaving out the words every name starts or ends with (a
 line says which).
 
-Long logs are read binned (:func:`read_layers_binned`): at most ``max_steps`` time bins,
+Each log is read with one open (:func:`~gradscope.reading.run.read_run`, through
+:func:`load_run`). Long logs are read binned
+(:func:`~gradscope.reading.binned.read_layers_binned`): at most ``max_steps`` time bins,
 each the medians over a window of at most ``per_bin`` logged steps at its centre, so the
-time and memory of a report do not grow with the length of the run (a log of 20 000 steps
-and 9 layers takes about 3 s; 200 000 steps and 101 layers, a 1.9 GB log, about 6 s). A
-log with more than ``FULL_DIAGNOSE_ROWS`` layer rows is diagnosed on ``DIAGNOSE_STEPS``
+time and memory of a report do not grow with the length of the run (docs/performance.md).
+A log with more than ``FULL_DIAGNOSE_ROWS`` layer rows is diagnosed on ``DIAGNOSE_STEPS``
 such bins instead of its full tables (the summary page says so). A log of a run that is
 still running or was killed is reported from what it holds; a diverged run's NaN and inf
 values are left out of the log-scale figures. A truncated file (an incomplete copy) is
-refused by :func:`check_log_file` before HDF5 opens it.
+refused by :func:`~gradscope.reading.readers.check_log_file` before HDF5 opens it.
 
 :func:`collect_logs` expands directories into their ``*.h5`` logs; :func:`verdict_table`
 formats the diagnoses for a terminal. Unusable input raises :class:`~gradscope.reading.readers.LogError`
@@ -1224,7 +1224,8 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     ``paths``: log files (see :func:`collect_logs` for directories); ``thresholds``: the
     diagnosis thresholds (``vanishing``, ``exploding``, ``dead_units``, ``saturated``),
     passed to :func:`gradscope.analysis.diagnose.diagnose`. The PDF is written to a temporary file
-    beside ``out`` and renamed at the end, so a failed report leaves no partial file.
+    beside ``out`` and renamed at the end (:func:`gradscope.files.atomic_file`), so a failed
+report leaves no partial file.
 
     Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
     "diagnoses": [diagnose() dicts], "table": run_table(), "sweep": sweep_layout() or None,

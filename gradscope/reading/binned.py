@@ -21,6 +21,7 @@ from .readers import (
     open_log,
     read_hyperslabs,
     read_table,
+    sorted_unique,
     table_length,
 )
 
@@ -115,9 +116,8 @@ def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.D
         med[c] = binned_median(arr, bounds).ravel()
     n_bins = len(starts)
     mids = starts + (ends - starts) // 2
-    at = read_table(f, "steps", ["step", "epoch"],
-                    np.unique(np.concatenate([starts, mids, ends - 1])))
-    at = at.set_index(np.unique(np.concatenate([starts, mids, ends - 1])))
+    wanted = sorted_unique(np.concatenate([starts, mids, ends - 1]))
+    at = read_table(f, "steps", ["step", "epoch"], wanted).set_index(wanted)
     first_step = at.loc[starts, "step"].to_numpy()
     default = OPTIONAL_COLUMNS.get("layers", {})
     for c in (c for c in TABLES["layers"] if c not in g):  # a column the log lacks

@@ -182,11 +182,30 @@ def _take(ds, rows) -> np.ndarray:
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     if hi - lo <= 4 * len(rows) + 4096:
         return ds[lo:hi][rows - lo]
-    uniq = np.unique(rows)
+    uniq = sorted_unique(rows)
     cut = np.flatnonzero(np.diff(uniq) != 1) + 1
     starts, ends = uniq[np.r_[0, cut]], uniq[np.r_[cut - 1, len(uniq) - 1]] + 1
-    got = read_hyperslabs(ds, [(int(a), 1, 1, int(b - a)) for a, b in zip(starts, ends)])
+    sizes, gaps = ends - starts, np.diff(starts)
+    if len(starts) > 1 and (sizes[:-1] == sizes[0]).all() and (gaps == gaps[0]).all():
+        # evenly spaced windows (the last may be shorter): one regular hyperslab
+        whole = read_hyperslabs(ds, [(int(starts[0]), len(starts) - 1, int(gaps[0]),
+                                      int(sizes[0]))])
+        got = np.concatenate([whole, ds[int(starts[-1]):int(ends[-1])]])
+    elif len(starts) <= 16:
+        got = read_hyperslabs(ds, [(int(a), 1, 1, int(b - a)) for a, b in zip(starts, ends)])
+    else:  # HDF5 builds a union of many hyperslabs slowly: one read a run
+        got = np.concatenate([ds[int(a):int(b)] for a, b in zip(starts, ends)])
     return got if len(uniq) == len(rows) else got[np.searchsorted(uniq, rows)]
+
+
+def sorted_unique(a) -> np.ndarray:
+    """``np.unique`` of an int array by sorting (numpy's hash-based unique took seconds on
+    arrays of row positions here); the input is usually sorted already."""
+    a = np.asarray(a, dtype=np.int64)
+    if len(a) and not np.all(a[1:] > a[:-1]):
+        a = np.sort(a)
+        a = a[np.r_[True, a[1:] != a[:-1]]]
+    return a
 
 
 def read_hyperslabs(ds, blocks) -> np.ndarray:

@@ -23,6 +23,7 @@ from .readers import (
     layers_frame,
     open_log,
     read_table,
+    sorted_unique,
     status_of,
     table_length,
     units_length,
@@ -170,24 +171,30 @@ def _sampled(f, name: str, scan_nonfinite=()) -> pd.DataFrame:
     if n <= FULL_TABLE_ROWS:
         return read_table(f, name)
     size = FULL_TABLE_ROWS // _WINDOWS
-    lo = np.linspace(0, n - size, _WINDOWS).astype(np.int64)
-    hi = lo + size
-    if name != "steps":  # several rows a step: windows of whole steps
+    if name == "steps":  # one row a step: evenly spaced windows, one regular selection
+        lo = np.arange(_WINDOWS) * ((n - size) // (_WINDOWS - 1))
+        hi = lo + size
+        last = n - 1
+    else:  # several rows a step: windows of whole steps
         steps = f[name]["step"][:n]
-        lo = np.searchsorted(steps, steps[lo], "left")
+        lo = np.searchsorted(steps, steps[np.linspace(0, n - size, _WINDOWS).astype(np.int64)])
         lo, hi = whole_step_windows(steps, lo, np.append(lo[1:], n), size)
         last = int(np.searchsorted(steps, steps[-1], "left"))
-    else:
-        last = n - 1
-    rows = [np.arange(a, b) for a, b in zip(lo, hi)] + [np.arange(last, n)]
+    windows = sorted_unique(np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]))
+    extra = [np.arange(last, n)]
     g = f[name]
     for start in range(0, n, _SCAN_ROWS) if scan_nonfinite else ():
         stop = min(n, start + _SCAN_ROWS)
         bad = np.zeros(stop - start, bool)
         for c in scan_nonfinite:
             bad |= ~np.isfinite(g[c][start:stop])
-        rows.append(start + np.flatnonzero(bad))
-    return read_table(f, name, rows=np.unique(np.concatenate(rows)))
+        extra.append(start + np.flatnonzero(bad))
+    extra = sorted_unique(np.concatenate(extra))
+    extra = extra[~np.isin(extra, windows)]
+    table = pd.concat([read_table(f, name, rows=windows), read_table(f, name, rows=extra)],
+                      ignore_index=True)
+    order = np.argsort(np.concatenate([windows, extra]), kind="stable")
+    return table.iloc[order].reset_index(drop=True)
 
 
 def _probe_arrays(f, relu: bool, max_cols: int):

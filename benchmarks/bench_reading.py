@@ -111,6 +111,9 @@ JOBS = {
     "diagnose": ("", "d = gradscope.diagnose(sys.argv[1])"),
     "report": ("from gradscope.views.report import collect_logs, make_report",
                "make_report(collect_logs(sys.argv[1]), sys.argv[2])"),
+    # the report's reading and diagnosis without the drawing
+    "load": ("from gradscope.views.report import collect_logs, load_run",
+             "runs = [load_run(p) for p in collect_logs(sys.argv[1])]"),
 }
 
 

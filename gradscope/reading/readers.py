@@ -10,7 +10,6 @@ import json
 import math
 import struct
 import time
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,19 +123,19 @@ def committed_rows(f) -> dict[str, int]:
     return dict(zip(names, (int(v) for v in f["committed"][()])))
 
 
-# Within one open a table's length does not change (a SWMR reader sees new rows only after
-# a refresh), and looking datasets up is slow enough to matter when a run is read in many
-# pieces: the lengths are kept per open file.
-_LENGTHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def table_length(f, name: str, columns=None) -> int:
     """Rows of table ``name`` that are committed and present in every stored column."""
-    known = _LENGTHS.setdefault(f, {})
+    # Within one open a table's length does not change (a SWMR reader sees new rows only
+    # after a refresh), and looking datasets up is slow enough to matter when a run is read
+    # in many pieces: the lengths are kept on the open file object (an attribute, not a
+    # weak reference, whose callback a signal could interrupt).
+    known = getattr(f, "_gradscope_lengths", None)
+    if known is None:
+        known = {"committed": committed_rows(f)}
+        f._gradscope_lengths = known
     if name not in known:
         g = f[name]
         known[name] = {c: g[c].shape[0] for c in g}
-        known.setdefault("committed", committed_rows(f))
     shapes = known[name]
     optional = OPTIONAL_COLUMNS.get(name, {})
     present = [c for c in (columns or TABLES[name]) if c in shapes or c not in optional]

@@ -103,6 +103,7 @@ class RunTail:
     _diag_rows: int = -1
     _diag_at: float = -math.inf
     _error_at: float | None = None
+    _ended_reads: int = 0
 
     @property
     def ended(self) -> bool:
@@ -132,14 +133,12 @@ class RunTail:
             self.status, self.message = "unreadable", f"{self.path.name} is gone"
             return True
         stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            if self.status == "running" and now - self._grew_at > self.stale:
-                self.status = "stalled"
-                self.message = (f"no write for {self.stale:.0f} s while 'running' "
-                                "(killed, or a very slow step)")
-                return True
+        if stamp != self._stamp:
+            self._stamp, self._grew_at = stamp, now
+        elif self.status == "stalled" or (self.ended and self._ended_reads >= 2):
+            # nothing was written since; an ended run is read once more after its status
+            # said so (the writer sets the status before its last rows' counter)
             return False
-        self._stamp, self._grew_at = stamp, now
         try:
             changed = self._read()
         except LogError as e:
@@ -150,6 +149,12 @@ class RunTail:
                 self._stamp = ()
                 return False
             self.status, self.message = "unreadable", self.error
+            return True
+        self._ended_reads = self._ended_reads + 1 if self.ended else 0
+        if self.status == "running" and now - self._grew_at > self.stale:
+            self.status = "stalled"
+            self.message = (f"no write for {self.stale:.0f} s while 'running' "
+                            "(killed, or a very slow step)")
             return True
         return changed
 
@@ -164,6 +169,9 @@ class RunTail:
                 self.config = json.loads(f.attrs["config"])
             st = log_status(f)
             c = committed_rows(f)
+            if any(c[t] < n for t, n in self.rows.items()):
+                self._reset()   # fewer rows than read before: a new run in the same file
+                self.config = json.loads(f.attrs["config"])
             binned = self.rows["layers"] == 0 and c["layers"] > BINNED_FIRST_READ
             new = {t: read_rows(f, t, self.rows[t], c[t])
                    for t in ("steps", "layers", "probes")
@@ -174,7 +182,9 @@ class RunTail:
         self.status, self.message = st["status"], st["message"]
         self.last_step = st["last_step"]
         for t, df in new.items():
-            self.rows[t] = c[t]
+            # as many as were read: a dataset's extent seen by a SWMR reader can lag the
+            # counter, and the rest is read next time
+            self.rows[t] = c[t] if binned and t == "layers" else self.rows[t] + len(df)
         if "steps" in new:
             self.steps = _append(self.steps, new["steps"])
         if "layers" in new:
@@ -183,6 +193,11 @@ class RunTail:
             self.probes = _append(self.probes, new["probes"])
         self._thin()
         return bool(new) or old != (self.status, self.message, self.last_step)
+
+    def _reset(self) -> None:
+        self.rows = {t: 0 for t in self.rows}
+        self.steps = self.layers = self.probes = self.diagnosis = None
+        self._diag_rows = -1
 
     def _binned_layers(self) -> pd.DataFrame:
         # a long log seen for the first time: medians over time bins (the report's reader)
@@ -195,11 +210,14 @@ class RunTail:
         return lay
 
     def _thin(self) -> None:
-        if self.steps is not None and len(self.steps) > KEEP_STEPS:
+        while self.steps is not None and len(self.steps) > KEEP_STEPS:
             self.steps = _halve(self.steps, set())
-        if self.layers is not None and self.layers["step"].nunique() > KEEP_STEPS:
-            keep = set() if self.probes is None else set(self.probes["step"].tolist())
+        keep = set() if self.probes is None else set(self.probes["step"].tolist())
+        while self.layers is not None and self.layers["step"].nunique() > KEEP_STEPS:
+            n = len(self.layers)
             self.layers = _halve(self.layers, keep)
+            if len(self.layers) == n:
+                break
 
     # -- what the views show -------------------------------------------------------------
     def recent_layers(self) -> pd.DataFrame | None:

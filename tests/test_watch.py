@@ -364,3 +364,11 @@ def test_watch_shows_a_diverged_and_a_killed_run_and_exits(term, tmp_path):
     assert re.search(r"diverged\s+diverged", end)
     assert re.search(r"killed\s+stalled", end)
     assert end.index("diverged  ") < end.index("killed  ")
+
+
+def test_short_names_drop_the_words_every_name_shares():
+    names = ["digits-d8w64-sigmoid-sgd-lr0.1-s0", "digits-d2w64-relu-sgd-lr0.1-s0",
+             "digits-d2w64-relu-adam-lr0.1-s0"]
+    assert W.short_names(names) == ["d8w64-sigmoid-sgd", "d2w64-relu-sgd", "d2w64-relu-adam"]
+    assert W.short_names(["a-b", "a-b"]) == ["b", "b"]       # never an empty name
+    assert W.short_names(["only-one"]) == ["only-one"]

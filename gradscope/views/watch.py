@@ -379,6 +379,8 @@ class Watch:
                             "message": self.failed_notes.get(name, ""), "step": None,
                             "total": None, "loss": math.nan, "ratio": math.nan, "verdict": "",
                             "alarm": False})
+        for r, short in zip(out, short_names([r["name"] for r in out])):
+            r["short"] = short
         return sorted(out, key=_attention)
 
     def all_ended(self, linger: float = 0.0) -> bool:
@@ -398,6 +400,22 @@ class Watch:
             if t is not None and t.path.parent.name == ".partial" and t.status != "failed":
                 return False   # a sweep renames a finished log; retries reuse the partial
         return time.monotonic() - self._new_at >= linger
+
+
+def short_names(names: list[str]) -> list[str]:
+    """The names without the ``-``-separated words that every name starts or ends with (a
+    sweep's runs differ in a few options in the middle of long names)."""
+    if len(names) < 2:
+        return list(names)
+    words = [n.split("-") for n in names]
+    k = min(len(w) for w in words) - 1
+    head = 0
+    while head < k and len({w[head] for w in words}) == 1:
+        head += 1
+    tail = 0
+    while tail < k - head and len({w[len(w) - 1 - tail] for w in words}) == 1:
+        tail += 1
+    return ["-".join(w[head:len(w) - tail]) or n for w, n in zip(words, names)]
 
 
 def _last_loss(t: RunTail) -> float:
@@ -644,7 +662,7 @@ def render_table(w: Watch, width: int = 100, height: int | None = None):
             f"/{r['total']:,}" if r["total"] else "")
         verdict = r["verdict"] or ("" if r["status"] != "failed" else r["message"])
         vstyle = ("bold red" if r["alarm"] else "green" if verdict == "healthy" else "dim")
-        table.add_row(r["name"], Text(r["status"], style=_status_style(r["status"])), step,
+        table.add_row(r["short"], Text(r["status"], style=_status_style(r["status"])), step,
                       fmt(r["loss"]), fmt(r["ratio"]), Text(verdict, style=vstyle))
     parts = [head, table]
     if len(shown) < len(rows):

@@ -66,14 +66,18 @@ def main() -> None:
         os.kill(state["viewer"].pid, signal.SIGCONT)
         state["stop"] = True
 
+    cpu: list[float] = []
+
     def progress(step, total, loss):
         stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
         if state["viewer"] is None:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
             state["viewer"] = subprocess.Popen([sys.executable, "-c", VIEWER, str(out),
                                                 str(args.every)], env=env)
             time.sleep(2.0)   # the viewer's start-up (imports) is not what is measured
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
             threading.Thread(target=control, daemon=True).start()
         if state["stop"]:
             raise KeyboardInterrupt
@@ -84,9 +88,14 @@ def main() -> None:
         pass
     viewer = state["viewer"]
     viewer.wait(timeout=30)   # it sees the run end (interrupted) and exits by itself
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    viewer_cpu = ru.ru_utime + ru.ru_stime
 
     t = np.array(stamps)
     dt, at = np.diff(t), t[1:]
+    dcpu = np.diff(np.array(cpu))
     ratios, rows = [], []
     bounds = [s for s, _ in switches] + [t[-1]]
     rates = []
@@ -94,12 +103,17 @@ def main() -> None:
         sel = (at > start + SETTLE) & (at <= end)
         sel[0] = False
         rate = sel.sum() / dt[sel].sum() if sel.any() else float("nan")
-        rates.append((watched, rate, int(sel.sum())))
-    for (w1, r1, _), (w2, r2, _) in zip(rates[::2], rates[1::2]):
+        per_step = 1e3 * dcpu[sel].sum() / sel.sum() if sel.any() else float("nan")
+        rates.append((watched, rate, int(sel.sum()), per_step))
+    cpu_ratios = []
+    for (w1, r1, _, c1), (w2, r2, _, c2) in zip(rates[::2], rates[1::2]):
         on, off = (r1, r2) if w1 else (r2, r1)
         ratios.append(1 - on / off)
-    for watched, rate, n in rates:
-        rows.append(f"  {'watched' if watched else 'not watched':12s} {rate:8.0f} steps/s  ({n} steps)")
+        con, coff = (c1, c2) if w1 else (c2, c1)
+        cpu_ratios.append(con / coff - 1)
+    for watched, rate, n, c in rates:
+        rows.append(f"  {'watched' if watched else 'not watched':12s} {rate:8.0f} steps/s  "
+                    f"{c:6.3f} ms CPU a step  ({n} steps)")
     print(f"run of {args.seconds:.0f} s, windows of {args.window:g} s, viewer refresh every "
           f"{args.every:g} s; log: {out.stat().st_size / 1e6:.1f} MB, "
           f"{gradscope.read_status(out)['rows']['steps']} steps")
@@ -107,9 +121,16 @@ def main() -> None:
     r = np.array(ratios)
     print(f"cost of watching: median {100 * np.median(r):.1f}% of steps/s over {len(r)} window "
           f"pairs (min {100 * r.min():.1f}%, max {100 * r.max():.1f}%)")
-    on = np.mean([x for w, x, _ in rates if w])
-    off = np.mean([x for w, x, _ in rates if not w])
+    on = np.mean([x for w, x, _, _ in rates if w])
+    off = np.mean([x for w, x, _, _ in rates if not w])
     print(f"mean steps/s watched {on:.0f}, not watched {off:.0f}: {100 * (1 - on / off):.1f}%")
+    c = np.array(cpu_ratios)
+    print(f"training's CPU time a step, watched over not: median {100 * np.median(c):+.1f}% "
+          f"(min {100 * c.min():+.1f}%, max {100 * c.max():+.1f}%)")
+    watched_s = args.window * sum(w for w, *_ in rates)
+    print(f"the viewer's own CPU: {viewer_cpu:.1f} s in total (with its start-up), "
+          f"{100 * viewer_cpu / max(watched_s, 1e-9):.1f}% of one core over the "
+          f"{watched_s:.0f} s it ran")
 
 
 if __name__ == "__main__":

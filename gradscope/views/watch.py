@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..reading.readers import committed_rows, log_status, open_log, read_rows
+from ..reading.readers import committed_rows, log_status, open_log, read_config, read_rows
 from ..record.schema import LogError
 
 #: history kept per run (steps); thinned by halves past it
@@ -164,18 +164,19 @@ class RunTail:
         return self._error_at
 
     def _read(self) -> bool:
+        if self.config is None:
+            self.config = read_config(self.path)
         with open_log(self.path) as f:
-            if self.config is None:
-                self.config = json.loads(f.attrs["config"])
             st = log_status(f)
             c = committed_rows(f)
             if any(c[t] < n for t, n in self.rows.items()):
                 self._reset()   # fewer rows than read before: a new run in the same file
-                self.config = json.loads(f.attrs["config"])
             binned = self.rows["layers"] == 0 and c["layers"] > BINNED_FIRST_READ
             new = {t: read_rows(f, t, self.rows[t], c[t])
                    for t in ("steps", "layers", "probes")
                    if c[t] > self.rows[t] and not (binned and t == "layers")}
+        if self.config is None:
+            self.config = read_config(self.path)
         if binned:
             new["layers"] = self._binned_layers()
         old = (self.status, self.message, self.last_step)
@@ -196,7 +197,7 @@ class RunTail:
 
     def _reset(self) -> None:
         self.rows = {t: 0 for t in self.rows}
-        self.steps = self.layers = self.probes = self.diagnosis = None
+        self.steps = self.layers = self.probes = self.diagnosis = self.config = None
         self._diag_rows = -1
 
     def _binned_layers(self) -> pd.DataFrame:

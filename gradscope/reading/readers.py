@@ -322,6 +322,22 @@ def _step_range(f, name, columns, lo, hi, sel) -> pd.DataFrame:
     return df if sel is None else df[df["step"].isin(sel)].reset_index(drop=True)
 
 
+def read_rows(f, name: str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Committed rows ``start:stop`` of table ``name`` (steps, layers, epochs, probes) of a
+    log opened with :func:`open_log`: a live view reads only the rows added since its last
+    read, never the whole table again."""
+    g = f[name]
+    n = committed_rows(f)[name]  # fresh: a live view reads this file again and again
+    optional = OPTIONAL_COLUMNS.get(name, {})
+    cols = {c: g[c] for c in TABLES[name] if c in g or c not in optional}
+    n = min([n, *(ds.shape[0] for ds in cols.values())])
+    stop = n if stop is None else min(stop, n)
+    start = min(max(start, 0), stop)
+    return pd.DataFrame({c: cols[c][start:stop] if c in cols
+                         else np.full(stop - start, optional[c], dtype=dt)
+                         for c, dt in TABLES[name].items()})
+
+
 def read_config(path) -> dict:
     """The run's resolved configuration (every option, defaults filled in)."""
     with open_log(path) as f:
@@ -335,17 +351,19 @@ def read_status(path) -> dict:
     step (None before any), ``rows`` the committed row count of every table.
     """
     with open_log(path) as f:
-        return status_of(f)
+        return log_status(f)
 
 
-def status_of(f) -> dict:
-    """:func:`read_status` on the open log ``f`` (reads the step table's last row only)."""
-    n = table_length(f, "steps")
+def log_status(f) -> dict:
+    """:func:`read_status` of a log opened with :func:`open_log` (reads one step row, so a
+    live view can ask every second without reading the step table)."""
+    c = committed_rows(f)
+    last = read_rows(f, "steps", c["steps"] - 1) if c["steps"] else None
     return {
         "status": f["status"][()].decode().strip(),
         "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
-        "last_step": int(f["steps"]["step"][n - 1]) if n else None,
-        "rows": committed_rows(f),
+        "last_step": int(last["step"].iloc[-1]) if last is not None and len(last) else None,
+        "rows": c,
     }
 
 

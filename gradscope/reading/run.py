@@ -21,10 +21,10 @@ from ..record.schema import LogError
 from .binned import MAX_STEPS, PER_BIN, layers_binned, whole_step_windows
 from .readers import (
     layers_frame,
+    log_status,
     open_log,
     read_table,
     sorted_unique,
-    status_of,
     table_length,
     units_length,
 )
@@ -133,7 +133,7 @@ def read_frames(path) -> dict:
 def _read(f, path: Path, max_steps: int, per_bin: int, figures: bool) -> Run:
     config = json.loads(f.attrs["config"])
     steps = _sampled(f, "steps", scan_nonfinite=("loss", "grad_norm_total"))
-    status = status_of(f)
+    status = log_status(f)
     epochs = read_table(f, "epochs")
     layer_rows = table_length(f, "layers")
     notes: list[str] = []

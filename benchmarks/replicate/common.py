@@ -20,7 +20,21 @@ def parse_args(doc: str) -> argparse.Namespace:
                    help="the seconds-long version the test suite runs (no figure written)")
     p.add_argument("--figure", type=Path, default=None,
                    help="where to write the PNG (default: docs/replicate-<name>.png)")
+    p.add_argument("--replot", action="store_true",
+                   help="draw the figure again from the saved results, without running")
     return p.parse_args()
+
+
+def load_results(name: str) -> dict:
+    """The saved results, with JSON's string keys turned back into the integers they were."""
+    def keys(x):
+        if isinstance(x, dict):
+            return {int(k) if k.lstrip("-").isdigit() else k: keys(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [keys(v) for v in x]
+        return x
+
+    return keys(json.loads((RESULTS / f"{name}.json").read_text()))
 
 
 def scratch() -> tempfile.TemporaryDirectory:

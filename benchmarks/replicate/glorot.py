@@ -15,6 +15,12 @@ training images of 8x8) instead of Shapeset/MNIST, and 10 epochs. Run:
 
 from __future__ import annotations
 
+import os
+
+# one BLAS thread: these nets are small, and on a shared machine idle BLAS threads
+# spinning for work cost far more CPU than they save (50x on a loaded 2-core machine)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import math
 import sys
 from pathlib import Path
@@ -165,8 +171,12 @@ def figure(res: dict, path: Path) -> None:
 
 def main() -> None:
     args = common.parse_args(__doc__)
-    res = measure(quick=args.quick)
-    common.save_results("glorot-quick" if args.quick else "glorot", res)
+    if args.replot:
+        res = common.load_results("glorot")
+    else:
+        res = measure(quick=args.quick)
+        if not args.quick:
+            common.save_results("glorot", res)
     sat, g, sp = res["saturation"], res["gradients"], res["speed"]
     print(f"(a) top layer: min mean {sat['top_min']:.3f}, first below 0.1 at step "
           f"{sat['top_first_below_0.1']}, final {sat['top_final']:.3f}; lower layers' means in "

@@ -12,11 +12,18 @@ digits instead of MNIST/CIFAR-10, 300 steps of Adam (lr 1e-3, batch 32; they tra
 longer with SGD and RMSProp), one seed per grid point. gradscope's runs start biases at 0,
 so this script builds the nets with the engine (init_params, forward, backward, the Adam
 update rule) and draws the biases itself. "Trains" means training accuracy of at least
-50% after the 300 steps (chance is 10%), fixed before the runs. Run:
+50% after the 300 steps (chance is 10%), fixed before the runs. Three depth-40 nets are
+then trained 10 times longer (3000 steps) to see whether the depth limit moves. Run:
     nice -n 10 python benchmarks/replicate/schoenholz.py
 """
 
 from __future__ import annotations
+
+import os
+
+# one BLAS thread: these nets are small, and on a shared machine idle BLAS threads
+# spinning for work cost far more CPU than they save (50x on a loaded 2-core machine)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import math
 import sys
@@ -100,6 +107,22 @@ def measure(quick: bool = False) -> dict:
             "runs": runs}
 
 
+def longer_training(quick: bool = False) -> dict:
+    """Depth 40 at three s_w^2 with 10x the steps: beyond 6 xi_c at s_w^2 = 1 (22 layers),
+    inside it at criticality and at s_w^2 = 3 (54 layers). Tests whether the grid's depth
+    limit is the paper's boundary or the short training."""
+    crit = critical_weight_var("tanh", BIAS_VAR)
+    depth, width, steps = (40, 32, 600) if quick else (40, 64, 3000)
+    out = {"depth": depth, "width": width, "steps": steps, "runs": []}
+    for sw2 in (1.0, crit, 3.0):
+        r = train_one(sw2, depth, width, steps)
+        r.update(weight_var=sw2, xi_c=gradscope.mean_field("tanh", sw2, BIAS_VAR)["xi_c"])
+        out["runs"].append(r)
+        print(f"longer: s_w^2 {sw2:.3f} depth {depth} steps {steps}: train acc "
+              f"{r['train_accuracy']:.3f} (6 xi_c = {6 * r['xi_c']:.0f})", flush=True)
+    return out
+
+
 def agreement(res: dict) -> dict:
     """How many grid points the 6 xi_c line classifies as the training did."""
     agree = [(r["depth"] <= 6 * r["xi_c"]) == (r["train_accuracy"] >= THRESHOLD)
@@ -145,9 +168,14 @@ def figure(res: dict, path: Path) -> None:
 
 def main() -> None:
     args = common.parse_args(__doc__)
-    res = measure(quick=args.quick)
-    res["agreement"] = agreement(res)
-    common.save_results("schoenholz-quick" if args.quick else "schoenholz", res)
+    if args.replot:
+        res = common.load_results("schoenholz")
+    else:
+        res = measure(quick=args.quick)
+        res["agreement"] = agreement(res)
+        res["longer"] = longer_training(quick=args.quick)
+        if not args.quick:
+            common.save_results("schoenholz", res)
     a = res["agreement"]
     print(f"6 xi_c classifies {a['agree']} of {a['total']} grid points as the training did "
           f"(trains: training accuracy >= {THRESHOLD})")

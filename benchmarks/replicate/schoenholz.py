@@ -80,7 +80,7 @@ def train_one(weight_var: float, depth: int, width: int, steps: int, seed: int =
             "final_loss": float(np.mean(losses[-20:]))}
 
 
-def theory_curve(lo: float, hi: float, n: int = 400) -> dict:
+def theory_curve(lo: float, hi: float, n: int = 150) -> dict:
     sw2 = np.linspace(lo, hi, n)
     xi_c = [gradscope.mean_field("tanh", s, BIAS_VAR)["xi_c"] for s in sw2]
     return {"weight_var": sw2.tolist(), "xi_c": xi_c}
@@ -132,7 +132,7 @@ def agreement(res: dict) -> dict:
 
 def figure(res: dict, path: Path) -> None:
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.2))
+    fig, ax = plt.subplots(figsize=(8, 5.6))
     grid, depths = res["grid"], res["depths"]
     acc = np.array([[next(r["train_accuracy"] for r in res["runs"]
                           if r["weight_var"] == s and r["depth"] == d) for s in grid]
@@ -148,8 +148,8 @@ def figure(res: dict, path: Path) -> None:
     fig.colorbar(mesh, ax=ax, label=f"training accuracy after {res['steps']} steps")
     for i, d in enumerate(depths):
         for j, s in enumerate(grid):
-            ax.text(s, d, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="w" if acc[i, j] < 0.6 else "k")
+            ax.text(s, d, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7.5,
+                    rotation=90, color="w" if acc[i, j] < 0.6 else "k")
     th = theory_curve(xe[0], xe[-1])
     ax.plot(th["weight_var"], 6 * np.array(th["xi_c"]), "w-", lw=2.5)
     ax.plot(th["weight_var"], 6 * np.array(th["xi_c"]), "r-", lw=1.5, label="6 xi_c (theory)")
@@ -161,7 +161,7 @@ def figure(res: dict, path: Path) -> None:
     ax.set_yticks(depths, [str(d) for d in depths])
     ax.set(xlabel="s_w^2 (weight variance x fan_in)", ylabel="depth (hidden layers)",
            title=f"tanh, s_b^2 = {res['bias_var']}, width {res['width']}, digits")
-    ax.legend(loc="upper right", framealpha=0.9)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.07), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -39,7 +39,8 @@ def test_glorot_standard_init_shrinks_backprop_gradients(glorot, tmp_path):
     std, xav = g["standard"], g["xavier"]
     # Eq. 14: n Var[W] = 1/3 per layer for standard init (times E[tanh'^2] <= 1)
     assert 0.2 < std["variance_factor_per_layer"] < 1 / 3 + 0.02
-    assert std["measured"][0] < 0.1 < 0.5 < xav["measured"][0]
+    assert std["measured"][0] < 0.1
+    assert xav["measured"][0] > 0.5
     # and the mean-field prediction drawn in the figure is the measured profile
     for init in ("standard", "xavier"):
         np.testing.assert_allclose(g[init]["measured"], g[init]["theory"], rtol=0.25)

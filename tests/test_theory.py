@@ -414,5 +414,5 @@ def test_bivariate_expectation_relu_arc_cosine(c):
     ref = q / (2 * math.pi) * (math.sin(theta) + (math.pi - theta) * c)
     assert bivariate_expectation(relu.f, relu.f, q, c) == pytest.approx(ref, rel=1e-9)
     step = (math.pi - theta) / (2 * math.pi)
-    d = lambda x: relu.df(x, relu.f(x))  # noqa: E731
+    d = lambda x: relu.df(x, relu.f(x))
     assert bivariate_expectation(d, d, q, c) == pytest.approx(step, rel=1e-9)

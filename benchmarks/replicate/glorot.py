@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradscope  # noqa: E402
-from gradscope.analysis.theory import predicted_delta_profile  # noqa: E402
-from gradscope.engine.initializers import weight_variance  # noqa: E402
+import gradscope
+from gradscope.analysis.theory import predicted_delta_profile
+from gradscope.engine.initializers import weight_variance
 
 
 def saturation(tmp: Path, quick: bool) -> dict:
@@ -60,7 +60,7 @@ def saturation(tmp: Path, quick: bool) -> dict:
         "top_final": float(top.iloc[-1]),
         "lower_range": [float(table[list(table.columns[:-1])].values.min()),
                         float(table[list(table.columns[:-1])].values.max())],
-        "steps_per_epoch": int(math.ceil(1437 / 10)),
+        "steps_per_epoch": math.ceil(1437 / 10),
         "final_val_accuracy": float(ep["val_accuracy"].iloc[-1]),
     }
 

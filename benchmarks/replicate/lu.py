@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradscope  # noqa: E402
-from gradscope.engine.activations import get_activation  # noqa: E402
-from gradscope.engine.data import split  # noqa: E402
-from gradscope.engine.mlp import forward, init_params, layer_sizes  # noqa: E402
+import gradscope
+from gradscope.engine.activations import get_activation
+from gradscope.engine.data import split
+from gradscope.engine.mlp import forward, init_params, layer_sizes
 
 RELU = get_activation("relu")
 

@@ -32,15 +32,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import gradscope  # noqa: E402
-from gradscope.analysis.theory import critical_weight_var  # noqa: E402
-from gradscope.engine.activations import get_activation  # noqa: E402
-from gradscope.engine.data import epoch_batches, split  # noqa: E402
-from gradscope.engine.losses import accuracy, softmax_cross_entropy  # noqa: E402
-from gradscope.engine.mlp import backward, forward, init_params, layer_sizes, predict  # noqa: E402
-from gradscope.engine.optimizers import apply_updates, make_optimizer  # noqa: E402
+import gradscope
+from gradscope.analysis.theory import critical_weight_var
+from gradscope.engine.activations import get_activation
+from gradscope.engine.data import epoch_batches, split
+from gradscope.engine.losses import accuracy, softmax_cross_entropy
+from gradscope.engine.mlp import backward, forward, init_params, layer_sizes, predict
+from gradscope.engine.optimizers import apply_updates, make_optimizer
 
 BIAS_VAR = 0.05
 THRESHOLD = 0.5

@@ -416,3 +416,14 @@ def test_bivariate_expectation_relu_arc_cosine(c):
     step = (math.pi - theta) / (2 * math.pi)
     d = lambda x: relu.df(x, relu.f(x))
     assert bivariate_expectation(d, d, q, c) == pytest.approx(step, rel=1e-9)
+
+
+def test_odd_activation_without_bias_decorrelates_fully_in_chaotic_phase():
+    """tanh, s_b = 0, chaotic: the map sends c = 0 to 0, so c* = 0 and
+    chi_c = s_w^2 E[phi'(u)]^2 (independent inputs), by one-dimensional quad."""
+    act = get_activation("tanh")
+    mf = mean_field("tanh", 2.0)
+    q = mf["q_star"]
+    mean_d = quad_expect(lambda x: act.df(x, act.f(x)), q)
+    assert mf["c_star"] == 0.0
+    assert mf["chi_c"] == pytest.approx(2.0 * mean_d**2, rel=1e-8)

@@ -300,6 +300,8 @@ def bivariate_expectation(f: Callable[[np.ndarray], np.ndarray],
     x1, w1 = _panel_nodes(_breakpoints(s1))
     w1 = w1 * np.exp(-x1 * x1 / (2 * q)) / math.sqrt(2 * math.pi * q)
     f1 = f(x1)
+    if c == 0:  # independent: a product of two one-dimensional expectations
+        return float(np.dot(w1, f1) * np.dot(w1, g(x1)))
     s2 = math.sqrt(max(q * (1 - c * c), 0.0))
     if s2 < 1e-8 * s1:  # |c| = 1 (to rounding): u2 = c u1
         return float(np.dot(w1, f1 * g(c * x1)))
@@ -325,9 +327,11 @@ def _chi_c_at(act: Activation, weight_var: float, q: float, c: float) -> float:
     return weight_var * bivariate_expectation(d, d, q, c)
 
 
+@lru_cache(maxsize=1024)
 def _correlation_fixed_point(act: Activation, weight_var: float, bias_var: float,
                              q_star: float, kind: str, chi1: float) -> tuple[float, float]:
-    """``(c*, chi_c)``; see :func:`mean_field`."""
+    """``(c*, chi_c)``; see :func:`mean_field`. Cached: a chaotic-phase call integrates over
+    pairs of inputs a dozen times (0.1-0.4 s), and reports call it for every run."""
     if kind != "stable" or not (0 < q_star < math.inf):
         return math.nan, math.nan
     if chi1 <= 1 + CRITICAL_TOL:  # c = 1 is stable: the ordered phase (or critical)

@@ -327,3 +327,103 @@ def test_measured_profile_matches_trajectory_and_output_fan():
     assert step == pytest.approx(out * gaussian_moments("tanh", q[-2])[1], rel=0.15)
     # per-layer log-norm noise ~0.05 (sd over seeds); 0.2 is four of those
     assert np.max(np.abs(np.log(np.sqrt(n2 / n2[-1]) / pred))) < 0.2
+
+
+# --------------------------------------------------------------------------------------
+# the correlation map: c*, chi_c, xi_c (Schoenholz et al. 2017)
+
+
+def dblquad_bivariate(f, g, q, c):
+    """E[f(u1) g(u2)] for unit-correlation-c Gaussians of variance q, by scipy dblquad over
+    independent standard normals (z1, z2), u2 = sqrt(q)(c z1 + sqrt(1-c^2) z2)."""
+    s, r = math.sqrt(q), math.sqrt(1 - c * c)
+    dens = 1 / (2 * math.pi)
+
+    def integrand(z2, z1):
+        return f(s * z1) * g(s * (c * z1 + r * z2)) * dens * math.exp(-(z1 * z1 + z2 * z2) / 2)
+
+    val, _ = integrate.dblquad(integrand, -9, 9, -9, 9, epsabs=1e-12, epsrel=1e-10)
+    return val
+
+
+def _scalar(fn):
+    return lambda x: float(np.asarray(fn(np.array([x])))[0])
+
+
+@pytest.mark.parametrize("sw2,sb2", [(2.5, 0.05), (4.0, 0.05)])
+def test_correlation_fixed_point_matches_dblquad(sw2, sb2):
+    act = get_activation("tanh")
+    mf = mean_field("tanh", sw2, sb2)
+    q, c = mf["q_star"], mf["c_star"]
+    assert mf["phase"] == "chaotic" and 0 < c < 1
+    f = _scalar(act.f)
+    d = _scalar(lambda x: act.df(x, act.f(x)))
+    # c* is a fixed point of the correlation map computed independently
+    mapped = (sw2 * dblquad_bivariate(f, f, q, c) + sb2) / q
+    assert mapped == pytest.approx(c, abs=1e-7)
+    # and the stable one: the map pulls a lower and a higher correlation towards it
+    lo, hi = c - 0.1, min(c + 0.1, 0.99)
+    assert (sw2 * dblquad_bivariate(f, f, q, lo) + sb2) / q > lo
+    assert (sw2 * dblquad_bivariate(f, f, q, hi) + sb2) / q < hi
+    chi_c = sw2 * dblquad_bivariate(d, d, q, c)
+    assert mf["chi_c"] == pytest.approx(chi_c, rel=1e-7)
+    assert mf["xi_c"] == pytest.approx(-1 / math.log(chi_c), rel=1e-6)
+    # in the chaotic phase the correlation scale is not the gradient scale
+    assert mf["xi_c"] > mf["xi"] * 1.2
+
+
+def test_correlation_fixed_point_by_monte_carlo():
+    """The issue's worked case (tanh, s_w^2 = 2.5, s_b^2 = 0.05: c* = 0.447, xi_c = 11.8
+    against 1/|ln chi1| = 7.98) by iterating the correlation map of sampled wide layers."""
+    mf = mean_field("tanh", 2.5, 0.05)
+    assert mf["c_star"] == pytest.approx(0.447, abs=5e-4)
+    assert mf["xi_c"] == pytest.approx(11.8, abs=0.05)
+    assert mf["xi"] == pytest.approx(7.98, abs=0.01)
+    rng = np.random.default_rng(0)
+    q, c = mf["q_star"], 0.6
+    z = rng.standard_normal((2, 500_000))
+    # the map contracts by chi_c = 0.92 a step: 0.15 * 0.92^80 = 2e-4 from the start; the
+    # sampling error of the mean is about 2e-3 in c
+    for _ in range(80):
+        u1 = math.sqrt(q) * z[0]
+        u2 = math.sqrt(q) * (c * z[0] + math.sqrt(1 - c * c) * z[1])
+        c = (2.5 * np.mean(np.tanh(u1) * np.tanh(u2)) + 0.05) / q
+    assert c == pytest.approx(mf["c_star"], abs=6e-3)
+
+
+def test_correlation_scale_in_ordered_phase_is_xi():
+    for name, sw2, sb2 in [("tanh", 1.5, 0.05), ("relu", 1.5, 0.05), ("sigmoid", 4.0, 0.0)]:
+        mf = mean_field(name, sw2, sb2)
+        assert mf["c_star"] == 1.0 and mf["chi_c"] == mf["chi1"] and mf["xi_c"] == mf["xi"]
+
+
+def test_correlation_scale_undefined_without_finite_fixed_point():
+    for name, sw2, sb2 in [("relu", 3.0, 0.0), ("relu", 1.0, 0.0), ("tanh", 0.8, 0.0)]:
+        mf = mean_field(name, sw2, sb2)
+        assert math.isnan(mf["c_star"]) and math.isnan(mf["xi_c"])
+
+
+@pytest.mark.parametrize("c", [-0.7, 0.0, 0.3, 0.95])
+def test_bivariate_expectation_relu_arc_cosine(c):
+    """ReLU's kink at 0 against Cho & Saul's closed form (the arc-cosine kernel)."""
+    from gradscope.analysis.theory import bivariate_expectation
+
+    q = 2.0
+    relu = get_activation("relu")
+    theta = math.acos(c)
+    ref = q / (2 * math.pi) * (math.sin(theta) + (math.pi - theta) * c)
+    assert bivariate_expectation(relu.f, relu.f, q, c) == pytest.approx(ref, rel=1e-9)
+    step = (math.pi - theta) / (2 * math.pi)
+    d = lambda x: relu.df(x, relu.f(x))
+    assert bivariate_expectation(d, d, q, c) == pytest.approx(step, rel=1e-9)
+
+
+def test_odd_activation_without_bias_decorrelates_fully_in_chaotic_phase():
+    """tanh, s_b = 0, chaotic: the map sends c = 0 to 0, so c* = 0 and
+    chi_c = s_w^2 E[phi'(u)]^2 (independent inputs), by one-dimensional quad."""
+    act = get_activation("tanh")
+    mf = mean_field("tanh", 2.0)
+    q = mf["q_star"]
+    mean_d = quad_expect(lambda x: act.df(x, act.f(x)), q)
+    assert mf["c_star"] == 0.0
+    assert mf["chi_c"] == pytest.approx(2.0 * mean_d**2, rel=1e-8)

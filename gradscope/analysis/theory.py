@@ -10,7 +10,10 @@ weights have variance ``s_w^2 / fan_in`` and biases variance ``s_b^2``:
   ``chi1 = s_w^2 E[phi'(sqrt(q*) z)^2]`` per layer, so over ``L`` layers the norm changes
   by ``chi1^(L/2)``;
 - the depth scale is ``xi = 1/|ln chi1|`` (infinite at criticality, ``chi1 = 1``): the
-  squared norm changes by a factor ``e`` every ``xi`` layers.
+  squared norm changes by a factor ``e`` every ``xi`` layers;
+- two inputs' correlation follows ``c -> (s_w^2 E[phi(u1) phi(u2)] + s_b^2) / q*`` to its
+  fixed point ``c*``, with slope ``chi_c`` there and depth scale ``xi_c = -1/ln chi_c``
+  (Schoenholz et al.'s trainability scale; ``= xi`` in the ordered phase, where ``c* = 1``).
 
 Layer convention (the same as :mod:`gradscope.engine.mlp`)
 ---------------------------------------------------
@@ -259,6 +262,104 @@ def _chi1_at(act: Activation, weight_var: float, q: float) -> float:
     return weight_var * mom.d2(q)
 
 
+# --------------------------------------------------------------------------------------
+# correlation map (Poole et al. 2016; Schoenholz et al. 2017)
+
+
+def _panel_nodes(bp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and plain weights on the panels between sorted breakpoints
+    ``bp`` (any leading shape; panels along the last axis)."""
+    a, b = bp[..., :-1, None], bp[..., 1:, None]
+    x = 0.5 * (b - a) * _gl_x + 0.5 * (a + b)
+    w = 0.5 * (b - a) * _gl_w
+    return x.reshape(*bp.shape[:-1], -1), w.reshape(*bp.shape[:-1], -1)
+
+
+def _breakpoints(s: float) -> np.ndarray:
+    """Panel ends for ``x ~ N(0, s^2)``: ``s/2`` apart over ``|x| <= 9 s`` (the Gaussian's
+    scale; the tail beyond holds 2e-19) and at most 0.5 apart over ``|x| <= 12`` (where
+    activations bend), with a break at 0."""
+    bp = np.concatenate([s * np.linspace(-9, 9, 37), np.linspace(-12, 12, 49)])
+    return np.unique(bp[np.abs(bp) <= 9 * s])
+
+
+def bivariate_expectation(f: Callable[[np.ndarray], np.ndarray],
+                          g: Callable[[np.ndarray], np.ndarray], q: float, c: float) -> float:
+    """``E[f(u1) g(u2)]`` for ``(u1, u2)`` jointly Gaussian, both of variance ``q > 0``,
+    correlation ``c`` in ``[-1, 1]``.
+
+    Writes ``u2 = c u1 + v`` with ``v ~ N(0, q (1 - c^2))`` independent of ``u1``; both
+    integrals use composite Gauss-Legendre panels, the outer one with a break at ``u1 = 0``
+    and the inner one (per ``u1`` node) with a break where ``u2 = 0``, so that kinks and
+    jumps of ``f`` and ``g`` at 0 (ReLU, ELU's derivative) are integrated exactly too.
+    """
+    q, c = float(q), float(c)
+    if not (q > 0 and math.isfinite(q)) or not -1 <= c <= 1:
+        raise ValueError(f"need q > 0 finite and c in [-1, 1], got q={q!r}, c={c!r}")
+    s1 = math.sqrt(q)
+    x1, w1 = _panel_nodes(_breakpoints(s1))
+    w1 = w1 * np.exp(-x1 * x1 / (2 * q)) / math.sqrt(2 * math.pi * q)
+    f1 = f(x1)
+    if c == 0:  # independent: a product of two one-dimensional expectations
+        return float(np.dot(w1, f1) * np.dot(w1, g(x1)))
+    s2 = math.sqrt(max(q * (1 - c * c), 0.0))
+    if s2 < 1e-8 * s1:  # |c| = 1 (to rounding): u2 = c u1
+        return float(np.dot(w1, f1 * g(c * x1)))
+    base = _breakpoints(s2)
+    kink = np.clip(-c * x1, base[0], base[-1])[:, None]  # v where u2 = 0
+    bp = np.sort(np.concatenate([np.broadcast_to(base, (x1.size, base.size)), kink], axis=1),
+                 axis=1)
+    v, wv = _panel_nodes(bp)
+    wv = wv * np.exp(-v * v / (2 * s2 * s2)) / (math.sqrt(2 * math.pi) * s2)
+    inner = np.einsum("ij,ij->i", wv, g(c * x1[:, None] + v))
+    return float(np.dot(w1, f1 * inner))
+
+
+def _corr_map(act: Activation, weight_var: float, bias_var: float, q: float, c: float) -> float:
+    """``c_{l+1} = (s_w^2 E[phi(u1) phi(u2)] + s_b^2) / q*`` at the fixed point ``q*``."""
+    return (weight_var * bivariate_expectation(act.f, act.f, q, c) + bias_var) / q
+
+
+def _chi_c_at(act: Activation, weight_var: float, q: float, c: float) -> float:
+    """``chi_c = s_w^2 E[phi'(u1) phi'(u2)]``: the slope of the correlation map at ``c``."""
+    def d(x):
+        return act.df(x, act.f(x))
+    return weight_var * bivariate_expectation(d, d, q, c)
+
+
+@lru_cache(maxsize=1024)
+def _correlation_fixed_point(act: Activation, weight_var: float, bias_var: float,
+                             q_star: float, kind: str, chi1: float) -> tuple[float, float]:
+    """``(c*, chi_c)``; see :func:`mean_field`. Cached: a chaotic-phase call integrates over
+    pairs of inputs a dozen times (0.1-0.4 s), and reports call it for every run."""
+    if kind != "stable" or not (0 < q_star < math.inf):
+        return math.nan, math.nan
+    if chi1 <= 1 + CRITICAL_TOL:  # c = 1 is stable: the ordered phase (or critical)
+        return 1.0, float(chi1)
+
+    def G(c):
+        return _corr_map(act, weight_var, bias_var, q_star, c) - c
+
+    # G(1) = 0 and G'(1) = chi1 - 1 > 0, so G < 0 just below 1; G(0) = (s_w^2 E[phi]^2 +
+    # s_b^2)/q* >= 0. The stable fixed point is the root in between.
+    g0 = G(0.0)
+    if g0 <= 0:
+        c_star = 0.0
+    else:
+        hi = next((1 - 10.0 ** -k for k in range(1, 10) if G(1 - 10.0 ** -k) < 0), None)
+        if hi is None:
+            return math.nan, math.nan
+        c_star = brentq(G, 0.0, hi, xtol=1e-12, rtol=1e-12)
+    return float(c_star), float(_chi_c_at(act, weight_var, q_star, c_star))
+
+
+def correlation_depth_scale(chi_c: float) -> float:
+    """``xi_c = -1/ln chi_c`` (``inf`` at ``chi_c = 1``, ``nan`` when ``chi_c`` is nan)."""
+    if math.isnan(chi_c):
+        return math.nan
+    return _depth_scale(chi_c)
+
+
 def mean_field(activation: str | Activation, weight_var: float, bias_var: float = 0.0) -> dict:
     """Mean-field fixed point and gradient growth factor.
 
@@ -275,7 +376,18 @@ def mean_field(activation: str | Activation, weight_var: float, bias_var: float 
             when the signal dies out, ``inf`` when it grows without bound, ``nan`` when
             every ``q`` is a fixed point (ReLU at ``s_w^2 = 2``, linear at 1, no bias);
         ``chi1`` : ``s_w^2 E[phi'(sqrt(q*) z)^2]`` (its ``q -> inf`` limit if ``q*`` is inf);
-        ``xi`` : ``1/|ln chi1|``, ``inf`` at criticality;
+        ``xi`` : ``1/|ln chi1|``, ``inf`` at criticality: the depth scale of gradient
+            norms (the squared norm changes by ``e`` every ``xi`` layers);
+        ``c_star`` : the stable fixed point of the correlation map
+            ``c -> (s_w^2 E[phi(u1) phi(u2)] + s_b^2) / q*`` (``u1, u2`` of variance ``q*``
+            and correlation ``c``): 1 in the ordered phase, below 1 in the chaotic phase;
+        ``chi_c`` : ``s_w^2 E[phi'(u1) phi'(u2)]`` at ``c*``, the map's slope there
+            (``= chi1`` when ``c* = 1``);
+        ``xi_c`` : ``-1/ln chi_c``, the depth scale over which two inputs' correlation
+            approaches ``c*`` (Schoenholz et al.'s trainability scale: nets train to
+            depths of about ``6 xi_c``). Equal to ``xi`` in the ordered phase, larger in
+            the chaotic phase. ``c_star``, ``chi_c``, ``xi_c`` are nan unless ``q*`` is
+            finite and positive (the derivation linearises around a fixed ``q*``);
         ``phase`` : ``"ordered"`` (chi1 < 1), ``"critical"`` or ``"chaotic"`` (chi1 > 1);
         ``fixed_point`` : ``"stable"``, ``"zero"``, ``"marginal"`` or ``"divergent"``;
         ``note`` : explanation when there is no unique positive fixed point, else ``""``;
@@ -287,6 +399,7 @@ def mean_field(activation: str | Activation, weight_var: float, bias_var: float 
         raise ValueError("weight_var and bias_var must be >= 0")
     q_star, kind = _fixed_point(act, weight_var, bias_var)
     chi1 = _chi1_at(act, weight_var, q_star)
+    c_star, chi_c = _correlation_fixed_point(act, weight_var, bias_var, q_star, kind, chi1)
     mom = _moments(act)
     note = ""
     if mom.homogeneous:
@@ -316,6 +429,9 @@ def mean_field(activation: str | Activation, weight_var: float, bias_var: float 
         "q_star": float(q_star),
         "chi1": float(chi1),
         "xi": _depth_scale(chi1),
+        "c_star": c_star,
+        "chi_c": chi_c,
+        "xi_c": correlation_depth_scale(chi_c),
         "phase": _phase(chi1),
         "fixed_point": kind,
         "note": note,
@@ -387,7 +503,8 @@ def predicted_delta_profile(activation: str | Activation, weight_var: float, dep
 
 
 def _chi1_of(act: Activation, weight_var: float, bias_var: float) -> float:
-    return mean_field(act, weight_var, bias_var)["chi1"]
+    # without the correlation map's fixed point, which scans of s_w^2 do not need
+    return _chi1_at(act, weight_var, _fixed_point(act, weight_var, bias_var)[0])
 
 
 @lru_cache(maxsize=256)

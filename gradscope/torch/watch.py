@@ -287,9 +287,9 @@ class Run:
             if not isinstance(out, torch.Tensor):
                 return
             acc = self._acc
-            if acc is None:
-                return
-            if not self._ordered and torch.is_grad_enabled():
+            if acc is None or not (torch.is_grad_enabled() or self._probing):
+                return  # evaluation passes under no_grad are not the training step's
+            if not self._ordered and not self._probing:
                 if layer.index < 0:
                     layer.index = acc.order_next()
                     acc.first_inputs[id(module)] = args[0] if args else None
@@ -379,6 +379,7 @@ class Run:
         if acc is not None and self._logged(step):
             self._record(step, acc, skipped)
         elif skipped:
+            self._commit_pending()
             self._pending = {"step": step, "values": dict(self._next_values), "skipped": True,
                              "time": time.perf_counter() - self._t0, "lr": self._lr(),
                              "total": math.inf, "layers": None, "probe": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -368,3 +369,48 @@ def test_report_renders_a_torch_log(tmp_path):
     pdf = tmp_path / "r.pdf"
     make_report([path], pdf)
     assert pdf.stat().st_size > 10000
+
+
+KILLED = r'''
+import sys, time, torch
+from torch import nn
+import gradscope.torch as gst
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+with gst.watch(model, sys.argv[1], optimizer=opt) as run:
+    for t in range(100000):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        run.log(loss=loss)
+        print(t, flush=True)
+        time.sleep(0.05)
+'''
+
+
+def test_sigkill_leaves_a_readable_log(tmp_path):
+    import signal
+
+    path = tmp_path / "k.h5"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        done = -1
+        for line in proc.stdout:
+            done = int(line)
+            if done >= 30:
+                break
+        time.sleep(1.5)  # at least one flush after step 30 (flushed at least every second)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert done >= 30
+    steps = gradscope.read_steps(path)
+    layers = gradscope.read_layers(path)
+    assert len(steps) >= 30 and list(steps.step) == list(range(len(steps)))
+    assert len(layers) == 2 * len(steps)  # every committed step has both its layer rows
+    assert gradscope.read_status(path)["status"] == "running"

@@ -414,3 +414,19 @@ def test_sigkill_leaves_a_readable_log(tmp_path):
     assert len(steps) >= 30 and list(steps.step) == list(range(len(steps)))
     assert len(layers) == 2 * len(steps)  # every committed step has both its layer rows
     assert gradscope.read_status(path)["status"] == "running"
+
+
+def test_run_log_with_log_every_goes_to_the_logged_steps_only(tmp_path):
+    model = mlp()
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "le.h5"
+    with gst.watch(model, path, optimizer=opt, log_every=2, probe_every=2) as run:
+        for t in range(5):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            run.log(loss=float(t))  # a marker: the step's own index
+    steps = gradscope.read_steps(path)
+    assert list(steps.step) == [0, 2, 4] and list(steps.loss) == [0.0, 2.0, 4.0]

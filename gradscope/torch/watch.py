@@ -223,13 +223,11 @@ class Run:
             raise WatchError(f"gradscope.torch: run.log({sorted(bad)[0]}=...); accepted: "
                              "loss, accuracy, epoch")
         self._check_writer()
-        if self._forward_seen or self._pending is None:
-            target = self.step
-            if target % self.log_every == 0:
+        if self._forward_seen:  # the step under way: its optimizer.step() comes later
+            if self._logged(self.step):
                 self._next_values.update(values)
-        else:
-            if self._pending is not None:
-                self._pending["values"].update(values)
+        elif self._pending is not None and self._pending["step"] == self.step - 1:
+            self._pending["values"].update(values)  # the step just taken
 
     def close(self, status: str | None = None, message: str = "") -> None:
         """Write what is pending and the final parameters, then close the log."""
@@ -513,13 +511,14 @@ class Run:
         acc = _number(p["values"].get("accuracy"))
         epoch = p["values"].get("epoch")
         epoch = int(epoch) if epoch is not None else 0
-        if self.status == "completed" and not p["skipped"] and not (
-                math.isfinite(loss) or math.isnan(loss)) or (
-                not p["skipped"] and not math.isfinite(p["total"]) and self.status == "completed"):
-            what, value = (("loss", loss) if not math.isfinite(loss) and not math.isnan(loss)
-                           else ("gradient norm", p["total"]))
-            self.status = "diverged"
-            self.message = f"{what} became {value} at step {p['step']}"
+        # as the engine: a non-finite loss or gradient norm is a diverged run (a step the AMP
+        # scaler skipped is not: it is flagged, and the scaler lowers its scale)
+        if self.status == "completed" and not p["skipped"]:
+            bad_loss = "loss" in p["values"] and not math.isfinite(loss)
+            if bad_loss or not math.isfinite(p["total"]):
+                what, value = ("loss", loss) if bad_loss else ("gradient norm", p["total"])
+                self.status = "diverged"
+                self.message = f"{what} became {value} at step {p['step']}"
         self._send(("step", p, loss, acc, epoch))
 
     # -- the writer thread ----------------------------------------------------------------

@@ -63,6 +63,21 @@ def dphi_from_output(module: nn.Module, a: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def saturated_count(module: nn.Module, a: torch.Tensor) -> torch.Tensor | None:
+    """How many entries of the activation output ``a`` have ``phi'(z)`` below
+    ``SATURATION`` times its maximum (None for an activation without a known derivative).
+    The ReLU family in one comparison (phi' is 1 or below the threshold)."""
+    t = type(module)
+    if t is nn.ReLU:  # a >= 0: sign(a) is 1 where phi' = 1, else 0 (the quickest count)
+        return a.numel() - torch.sign(a).sum()
+    if t is nn.LeakyReLU and abs(module.negative_slope) < SATURATION:
+        return torch.count_nonzero(a <= 0)
+    d = dphi_from_output(module, a)
+    if d is None:
+        return None
+    return torch.count_nonzero(d < saturation_threshold(module))
+
+
 def df_max(module: nn.Module) -> float:
     return 0.25 if type(module) is nn.Sigmoid else 1.0
 

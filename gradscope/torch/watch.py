@@ -455,7 +455,10 @@ class Run:
             if skipped:
                 u_norm = [None] * n
             else:
-                u_norm = _norms([w.detach() - b for w, b in zip(ws, acc.before)])
+                diff = acc.before  # reused: before - after = -update (same norm)
+                for d, w_ in zip(diff, ws):  # (a loop of sub_ beat _foreach_sub_ on CPU)
+                    d.sub_(w_.detach())
+                u_norm = _norms(diff)
             flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, [acc.total]])
             stats, st_index = acc.device_stats(layers)
             lo_hi = self._hist_edges()
@@ -464,9 +467,14 @@ class Run:
         k0 = sum(t.numel() for t in flat)
         k1 = k0 + sum(t.numel() for t in stats)
         g, bg, w, u, total = _unflatten(host[:k0], index)
-        g = self._retake(g, [w_.grad for w_ in ws])
-        bg = self._retake(bg, [getattr(l.module, "bias", None) for l in layers], grad=True)
-        w = self._retake(w, acc.before)
+        g = self._retake(g, lambda i: ws[i].grad)
+        bias = [getattr(l.module, "bias", None) for l in layers]
+        bg = self._retake(bg, lambda i: bias[i].grad if isinstance(bias[i], torch.Tensor)
+                          else None)
+        # the weights before the update: after + (before - after) once the update was taken
+        w = self._retake(w, lambda i: acc.before[i] if skipped
+                         else ws[i].detach().double() + acc.before[i].double())
+        u = self._retake(u, lambda i: None if skipped else acc.before[i])
         delta = acc.delta_norms(host[k0:k1], st_index, layers)
         mean, std, sat = acc.act_values(host[k0:k1], st_index, layers)
         if skipped:
@@ -482,16 +490,15 @@ class Run:
                          "total": total[0], "layers": metrics, "probe": probe_rows}
         acc.before = None
 
-    def _retake(self, values, tensors, grad=False):
-        """Norms that may have underflowed in float32 are taken again in float64."""
+    def _retake(self, values, tensor_of):
+        """Norms that may have underflowed (or overflowed) in float32 are taken again in
+        float64; ``tensor_of(i)`` gives the i-th tensor (None: nothing to retake)."""
         out = list(values)
         for i, v in enumerate(values):
-            t = tensors[i]
-            if grad:
-                t = t.grad if isinstance(t, torch.Tensor) else None
-            if t is None or not (v < _UNDERFLOW or not math.isfinite(v)):
+            if not (v < _UNDERFLOW or math.isinf(v)):
                 continue
-            if t.dtype == torch.float64:
+            t = tensor_of(i)
+            if t is None or t.dtype == torch.float64 and v == v:
                 continue
             out[i] = float(torch.linalg.vector_norm(t.detach().double()))
         return out
@@ -716,11 +723,16 @@ class _Acc:
             self.probe.setdefault(id(layer), []).append((a, module))
             if run._probing:
                 return
-        var, mean = torch.var_mean(a, correction=0)
-        d = M.dphi_from_output(module, a)
-        sat = (torch.count_nonzero(d < M.saturation_threshold(module)).to(a.dtype)
-               if d is not None else torch.full((), math.nan, dtype=a.dtype, device=a.device))
-        self.act.setdefault(id(layer), []).append((a.numel(), mean, var, sat))
+        # mean and E[a^2] from one sum and one dot product (torch.var_mean is ten times
+        # slower on CPU); where the spread is below a tenth of E[a^2] the variance is taken
+        # again from a in two passes on the host side (see act_values), as the engine does
+        v = a.reshape(-1)
+        mean = v.sum() / v.numel()
+        second = torch.dot(v, v) / v.numel() if v.is_floating_point() else (v * v).mean()
+        n_sat = M.saturated_count(module, a) if module is not None else None
+        sat = (n_sat.to(a.dtype) if n_sat is not None
+               else torch.full((), math.nan, dtype=a.dtype, device=a.device))
+        self.act.setdefault(id(layer), []).append((a.numel(), mean, second, sat, a))
 
     def device_stats(self, layers):
         """Delta norms and activation statistics as one flat list of tensors, and where
@@ -734,8 +746,8 @@ class _Acc:
             rows = self.act.get(id(l))
             if rows:
                 index[("a", id(l))] = (len(flat), len(rows))
-                for _, mean, var, sat in rows:
-                    flat += [mean, var, sat]
+                for _, mean, second, sat, _ in rows:
+                    flat += [mean, second, sat]
         return flat, index
 
     def delta_norms(self, host, index, layers) -> list[float]:
@@ -761,7 +773,12 @@ class _Acc:
                 continue
             k, _ = index[("a", id(l))]
             ns = np.array([r[0] for r in rows], dtype=float)
-            vals = host[k:k + 3 * len(rows)].reshape(-1, 3)
+            vals = host[k:k + 3 * len(rows)].reshape(-1, 3).copy()
+            for j, r in enumerate(rows):  # E[a^2] - mean^2 -> the variance
+                var = vals[j, 1] - vals[j, 0] ** 2
+                if not (math.isfinite(var) and var >= 0.1 * vals[j, 1]):
+                    vals[j, 0], var = _mean_var64(r[4])  # cancellation: two passes
+                vals[j, 1] = var
             N = ns.sum()
             mu = float((ns * vals[:, 0]).sum() / N)
             var = float((ns * (vals[:, 1] + (vals[:, 0] - mu) ** 2)).sum() / N)
@@ -791,11 +808,12 @@ class _Acc:
                 t = torch.nan_to_num(t, nan=0.0).clamp_(0, bins - 1)
                 c = torch.bincount(t.to(torch.int64).reshape(-1), minlength=bins)
                 counts = c if counts is None else counts + c
-                var, mu = torch.var_mean(a, correction=0)
-                d = M.dphi_from_output(module, a) if module is not None else None
-                s = (torch.count_nonzero(d < M.saturation_threshold(module)).to(a.dtype)
-                     if d is not None else torch.full((), math.nan, dtype=a.dtype,
-                                                      device=a.device))
+                v64 = a.reshape(-1).double()  # probe steps only: two passes, on the device
+                mu = v64.mean()
+                var = ((v64 - mu) ** 2).mean()
+                n_sat = M.saturated_count(module, a) if module is not None else None
+                s = (n_sat.to(a.dtype) if n_sat is not None
+                     else torch.full((), math.nan, dtype=a.dtype, device=a.device))
                 sums.append((a.numel(), mu, var, s))
                 n_el += a.numel()
             index[id(l)] = (len(flat), alive.numel(), len(sums), rows[0][1])
@@ -846,6 +864,15 @@ class _Acc:
             metrics["probe_act_std"][i] = math.sqrt(max(var, 0.0))
             metrics["probe_saturated_frac"][i] = float(vals[:, 2].sum() / N)
         return metrics, dead, hist
+
+
+def _mean_var64(a: torch.Tensor) -> tuple[float, float]:
+    """Mean and population variance of all of ``a`` in float64, in two passes."""
+    v = a.detach().reshape(-1).double()
+    if not v.numel():
+        return math.nan, math.nan
+    m = v.mean()
+    return float(m), float(((v - m) ** 2).mean())
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -760,7 +760,7 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
 
 
 def _layer_names(config: dict) -> list[str]:
-    """``"0 features.0 (Conv2d 16x1x3x3)"`` per layer, from a log that names its layers
+    """``"0: features.0 (Conv2d 16x1x3x3)"`` per layer, from a log that names its layers
     (the PyTorch adapter's); empty for the engine's logs, whose layers are numbers."""
     names = config.get("layer_names")
     if not names:
@@ -770,7 +770,7 @@ def _layer_names(config: dict) -> list[str]:
     out = []
     for i, (n, t, s) in enumerate(zip(names, types, shapes)):
         what = " ".join(x for x in (t, "x".join(map(str, s)) if s else "") if x)
-        out.append(f"{i} {n}" + (f" ({what})" if what else ""))
+        out.append(f"{i}: {n}" + (f" ({what})" if what else ""))
     return out
 
 

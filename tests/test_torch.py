@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-import gradscope  # noqa: E402
-import gradscope.torch as gst  # noqa: E402
+import gradscope
+import gradscope.torch as gst
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,7 +262,7 @@ def test_skip_connection_is_no_plain_mlp(tmp_path):
 
 
 def test_errors_are_one_line_and_write_nothing(tmp_path):
-    opt_for = lambda m: torch.optim.SGD(m.parameters(), lr=0.1)  # noqa: E731
+    opt_for = lambda m: torch.optim.SGD(m.parameters(), lr=0.1)
     with pytest.raises(gst.WatchError, match="no parameters") as e:
         gst.watch(nn.ReLU(), tmp_path / "a.h5", optimizer=None)
     assert "\n" not in str(e.value) and not (tmp_path / "a.h5").exists()
@@ -297,23 +297,21 @@ def test_interrupt_and_exception_leave_a_readable_log(tmp_path):
     x, y = data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "i.h5"
-    with pytest.raises(KeyboardInterrupt):
-        with gst.watch(model, path, optimizer=opt) as run:
-            for t in range(5):
-                opt.zero_grad()
-                loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                run.log(loss=loss)
-                if t == 2:
-                    raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), gst.watch(model, path, optimizer=opt) as run:
+        for t in range(5):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            run.log(loss=loss)
+            if t == 2:
+                raise KeyboardInterrupt
     st = gradscope.read_status(path)
     assert st["status"] == "interrupted" and "step 3" in st["message"]
     assert list(gradscope.read_steps(path).step) == [0, 1, 2]
     path2 = tmp_path / "x.h5"
-    with pytest.raises(RuntimeError):
-        with gst.watch(mlp(), path2, optimizer=opt):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), gst.watch(mlp(), path2, optimizer=opt):
+        raise RuntimeError("boom")
     st = gradscope.read_status(path2)
     assert st["status"] != "completed" and "boom" in st["message"]
 

@@ -12,7 +12,7 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
-import gradscope  # noqa: E402
+import gradscope
 
 STEPS = 3
 

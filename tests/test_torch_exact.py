@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import gradscope  # noqa: E402
-import gradscope.torch as gst  # noqa: E402
-from gradscope.training.loop import TrainConfig, prepare, train  # noqa: E402
+import gradscope
+import gradscope.torch as gst
+from gradscope.training.loop import TrainConfig, prepare, train
 
 STEPS = 4
 ACTS = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("pytorch_lightning")
-from torch import nn  # noqa: E402
+from torch import nn
 
-import gradscope  # noqa: E402
-import gradscope.torch as gst  # noqa: E402
+import gradscope
+import gradscope.torch as gst
 
 
 class Net(pl.LightningModule):

@@ -97,7 +97,7 @@ def _rank_path(path: Path, ranks, rank: int, world: int) -> Path | None:
 
 
 class _Layer:
-    __slots__ = ("name", "module", "act", "index", "last", "out_ref", "act_out")
+    __slots__ = ("act", "act_out", "index", "last", "module", "name", "out_ref")
 
     def __init__(self, name, module):
         self.name, self.module = name, module
@@ -220,7 +220,7 @@ class Run:
                              "inside the `with watch(...)` block")
         bad = set(values) - {"loss", "accuracy", "epoch"}
         if bad:
-            raise WatchError(f"gradscope.torch: run.log({sorted(bad)[0]}=...); accepted: "
+            raise WatchError(f"gradscope.torch: run.log({min(bad)}=...); accepted: "
                              "loss, accuracy, epoch")
         self._check_writer()
         if self._forward_seen:  # the step under way: its optimizer.step() comes later
@@ -287,10 +287,9 @@ class Run:
             acc = self._acc
             if acc is None or not (torch.is_grad_enabled() or self._probing):
                 return  # evaluation passes under no_grad are not the training step's
-            if not self._ordered and not self._probing:
-                if layer.index < 0:
-                    layer.index = acc.order_next()
-                    acc.first_inputs[id(module)] = args[0] if args else None
+            if not self._ordered and not self._probing and layer.index < 0:
+                layer.index = acc.order_next()
+                acc.first_inputs[id(module)] = args[0] if args else None
             layer.out_ref = out
             if self._ordered and layer.act is None and not layer.last:
                 # a hidden layer with no activation module after it: its own output
@@ -348,9 +347,14 @@ class Run:
             biases = [getattr(l.module, "bias", None) for l in self._layers]
             acc.b_norm = _norms([b.grad if isinstance(b, torch.Tensor) else None for b in biases])
             groups = self.optimizer.param_groups if self.optimizer is not None else []
-            every = _norms([p.grad for g in groups for p in g["params"] if p.grad is not None])
+            # the global norm from the layers' norms and those of the other parameters
+            mine = {id(p) for l in self._layers for p in (l.module.weight,
+                                                         getattr(l.module, "bias", None))}
+            others = _norms([p.grad for g in groups for p in g["params"]
+                             if p.grad is not None and id(p) not in mine])
+            parts = [x for x in (*acc.g_norm, *acc.b_norm, *others) if x is not None]
             acc.total = (torch.linalg.vector_norm(torch.stack(
-                [x.to(every[0].device, torch.float64) for x in every])) if every else None)
+                [x.to(parts[0].device, torch.float64) for x in parts])) if parts else None)
             acc.before = [w.detach().clone() for w in ws]
             if self.probe_input is not None and self.step % self.probe_every == 0:
                 self._run_probe()
@@ -498,7 +502,7 @@ class Run:
             if not (v < _UNDERFLOW or math.isinf(v)):
                 continue
             t = tensor_of(i)
-            if t is None or t.dtype == torch.float64 and v == v:
+            if t is None or (t.dtype == torch.float64 and not math.isnan(v)):
                 continue
             out[i] = float(torch.linalg.vector_norm(t.detach().double()))
         return out
@@ -713,7 +717,7 @@ class _Acc:
         w = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else None
         s = torch.linalg.vector_norm(g, dtype=w)
         self.delta.setdefault(id(layer), []).append(s)
-        self.delta_t.setdefault(id(layer), []).append(g)
+        self.delta_t.setdefault(id(layer), []).append(g)  # for a float64 retake
 
     def add_act(self, layer: _Layer, module, out: torch.Tensor, probe: bool, run) -> None:
         a = out.detach()
@@ -727,8 +731,8 @@ class _Acc:
         # slower on CPU); where the spread is below a tenth of E[a^2] the variance is taken
         # again from a in two passes on the host side (see act_values), as the engine does
         v = a.reshape(-1)
-        mean = v.sum() / v.numel()
-        second = torch.dot(v, v) / v.numel() if v.is_floating_point() else (v * v).mean()
+        mean = v.sum()  # divided by the count on the host
+        second = torch.dot(v, v)
         n_sat = M.saturated_count(module, a) if module is not None else None
         sat = (n_sat.to(a.dtype) if n_sat is not None
                else torch.full((), math.nan, dtype=a.dtype, device=a.device))
@@ -774,6 +778,7 @@ class _Acc:
             k, _ = index[("a", id(l))]
             ns = np.array([r[0] for r in rows], dtype=float)
             vals = host[k:k + 3 * len(rows)].reshape(-1, 3).copy()
+            vals[:, :2] /= ns[:, None]  # sums -> mean, E[a^2]
             for j, r in enumerate(rows):  # E[a^2] - mean^2 -> the variance
                 var = vals[j, 1] - vals[j, 0] ** 2
                 if not (math.isfinite(var) and var >= 0.1 * vals[j, 1]):
@@ -932,8 +937,28 @@ def _to_host(tensors: list) -> np.ndarray:
     if not tensors:
         return np.zeros(0)
     dev = tensors[0].device
-    stacked = torch.cat([t.reshape(-1).to(device=dev, dtype=torch.float64) for t in tensors])
-    return stacked.cpu().numpy()
+    # 0-d tensors of one dtype stacked at once (a conversion per tensor cost ~100 copies)
+    groups: dict = {}
+    for i, t in enumerate(tensors):
+        key = (t.dtype, t.dim() == 0)
+        groups.setdefault(key, []).append(i)
+    parts, order = [], []
+    for (dtype, scalar), idx in groups.items():
+        if scalar:
+            parts.append(torch.stack([tensors[i] for i in idx]).to(dev, torch.float64))
+            order.append([(i, 1) for i in idx])
+        else:
+            for i in idx:
+                parts.append(tensors[i].reshape(-1).to(dev, torch.float64))
+                order.append([(i, tensors[i].numel())])
+    host = torch.cat(parts).cpu().numpy()
+    # back into the callers' order
+    pieces, pos = {}, 0
+    for block in order:
+        for i, k in block:
+            pieces[i] = host[pos:pos + k]
+            pos += k
+    return np.concatenate([pieces[i] for i in range(len(tensors))])
 
 
 def _number(v) -> float:

@@ -171,6 +171,7 @@ class Run:
         self._pending = None         # the last recorded step's steps row, until run.log
         self._next_values: dict = {}
         self._pre_done = False
+        self._buffers = None
         self._batch = None
         self._t0 = time.perf_counter()
         self._writer_thread = None
@@ -355,7 +356,15 @@ class Run:
             parts = [x for x in (*acc.g_norm, *acc.b_norm, *others) if x is not None]
             acc.total = (torch.linalg.vector_norm(torch.stack(
                 [x.to(parts[0].device, torch.float64) for x in parts])) if parts else None)
-            acc.before = [w.detach().clone() for w in ws]
+            # the weights before the update, in buffers kept from step to step (fresh
+            # memory every step cost more than the copy itself: page faults)
+            bufs = self._buffers
+            if bufs is None or any(b.shape != w.shape or b.dtype != w.dtype
+                                   or b.device != w.device for b, w in zip(bufs, ws)):
+                bufs = self._buffers = [torch.empty_like(w) for w in ws]
+            for b, w in zip(bufs, ws):
+                b.copy_(w.detach())
+            acc.before = bufs
             if self.probe_input is not None and self.step % self.probe_every == 0:
                 self._run_probe()
         self._pre_done = True

@@ -81,6 +81,10 @@ def _rank_info() -> tuple[int, int]:
 
 def _rank_path(path: Path, ranks, rank: int, world: int) -> Path | None:
     """The file this rank writes (None: this rank does not write)."""
+    ok = ranks in ("zero", "all", 0) or (isinstance(ranks, (list, tuple, set)) and all(
+        isinstance(r, int) and not isinstance(r, bool) for r in ranks))
+    if not ok:
+        _fail(f"ranks={ranks!r}; accepted: 'zero', 'all' or a list of ranks")
     if world == 1:
         return path
     if ranks == "zero" or ranks == 0:
@@ -172,6 +176,7 @@ class Run:
         self._next_values: dict = {}
         self._pre_done = False
         self._buffers = None
+        self._flush_interval = float(flush_interval)
         self._batch = None
         self._t0 = time.perf_counter()
         self._writer_thread = None
@@ -623,11 +628,9 @@ class Run:
         self._writer_thread = threading.Thread(
             target=_writer_loop, name="gradscope-log-writer", daemon=True,
             args=(self, self.path, cfg, params, edges, widths, len(self._layers),
-                  self._queue, self._flush_interval_value()))
+                  self._queue, self._flush_interval))
         self._writer_thread.start()
 
-    def _flush_interval_value(self) -> float:
-        return 1.0
 
     def _send(self, item) -> None:
         self._queue.put(item)
@@ -655,7 +658,8 @@ def _close_open_runs() -> None:
 def _writer_loop(run, path, cfg, params, edges, widths, n_layers, q, flush_interval):
     """The log writer's thread: creates the file, writes each step's rows, closes it."""
     try:
-        writer = LogWriter(path, cfg, params, edges, widths=widths)
+        writer = LogWriter(path, cfg, params, edges, widths=widths,
+                           flush_interval=flush_interval)
     except Exception as e:  # noqa: BLE001 - reported on the training thread
         run._writer_error = str(e).splitlines()[0] if str(e) else type(e).__name__
         while True:  # drain until close, so the training thread never blocks

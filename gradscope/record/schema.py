@@ -36,7 +36,7 @@ F8, I8 = np.float64, np.int64
 
 STEP_COLUMNS = {
     "step": I8, "epoch": I8, "loss": F8, "accuracy": F8, "lr": F8,
-    "grad_norm_total": F8, "time": F8, "clipped": I8,
+    "grad_norm_total": F8, "time": F8, "clipped": I8, "skipped": I8,
 }
 LAYER_COLUMNS = {
     "step": I8, "layer": I8, "grad_norm": F8, "bias_grad_norm": F8, "delta_norm": F8,
@@ -57,7 +57,7 @@ TABLES = {"steps": STEP_COLUMNS, "layers": LAYER_COLUMNS, "epochs": EPOCH_COLUMN
 COUNTERS = [*TABLES, "probe_units", "snapshots"]
 #: columns added after format version 1 first shipped: the value a row gets when a writer
 #: does not give one, and that the readers fill in for a log written without the column
-OPTIONAL_COLUMNS = {"steps": {"clipped": 0}}
+OPTIONAL_COLUMNS = {"steps": {"clipped": 0, "skipped": 0}}
 #: the names of the normalisation arrays in /params/* and /snapshots, in their list order
 NORM_PARAM_NAMES = ("gamma", "beta")
 NORM_STATE_NAMES = ("running_mean", "running_var")

@@ -103,6 +103,9 @@ class LogWriter:
     norm_params : with ``--norm``, the initial ``[gamma_0, beta_0, ...]`` (one pair per hidden
         layer), kept beside the weights in ``/params/*`` and ``/snapshots``.
     norm_state : with ``--norm batch``, the initial ``[running_mean_0, running_var_0, ...]``.
+    widths : the unit count of each hidden layer (the per-unit probe arrays' widths); by
+        default ``W_l.shape[1]``, the engine's ``(fan_in, fan_out)`` matrices. A writer whose
+        weights have other shapes (convolutions, from the PyTorch adapter) passes them.
     flush_interval : seconds between flushes at most (rows are never older than this
         in memory, give or take one training step).
     fsync_interval : seconds between ``os.fsync`` calls, against power loss.
@@ -111,12 +114,14 @@ class LogWriter:
     def __init__(self, path, config: dict, params: list[np.ndarray], hist_edges: np.ndarray,
                  snapshots: bool = False, flush_interval: float = 1.0,
                  fsync_interval: float = 10.0, norm_params: list[np.ndarray] | None = None,
-                 norm_state: list[np.ndarray] | None = None):
+                 norm_state: list[np.ndarray] | None = None,
+                 widths: list[int] | None = None):
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.fsync_interval = fsync_interval
         n_layers = len(params) // 2
-        widths = [params[2 * l].shape[1] for l in range(n_layers - 1)]
+        if widths is None:
+            widths = [params[2 * l].shape[1] for l in range(n_layers - 1)]
         # no file locking: readers open with locking=False too (the flags must match), so
         # the writing process itself can read its live log
         f = self.f = h5py.File(self.path, "w", libver="latest", locking=False)

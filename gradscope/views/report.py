@@ -414,13 +414,48 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
         for line in _wrap("n/a: " + "; ".join(m.split(": ")[-1] for m in na), "     "):
             out.append(("dim", line))
     th = _theory_line(d)
+    if not th and run.config.get("mean_field_note"):
+        th = f"theory: no mean-field overlay ({run.config['mean_field_note']})"
     if th:
         for line in _wrap(th, "   "):
             out.append(("text", line))
+    names = _layer_names(run.config)
+    if names:
+        for line in _wrap("layers: " + ", ".join(names), "   "):
+            out.append(("dim", line))
     for note in run.notes:
         out.append(("dim", f"   note: {note}"))
     out.append(("gap", ""))
     return out
+
+
+def _layer_names(config: dict) -> list[str]:
+    """``"0: features.0 (Conv2d 16x1x3x3)"`` per layer, from a log that names its layers
+    (the PyTorch adapter's); empty for the engine's logs, whose layers are numbers."""
+    names = config.get("layer_names")
+    if not names:
+        return []
+    types = config.get("layer_types") or [""] * len(names)
+    shapes = config.get("layer_shapes") or [None] * len(names)
+    out = []
+    for i, (n, t, s) in enumerate(zip(names, types, shapes)):
+        what = " ".join(x for x in (t, "x".join(map(str, s)) if s else "") if x)
+        out.append(f"{i}: {n}" + (f" ({what})" if what else ""))
+    return out
+
+
+def _name_layer_ticks(ax, config: dict, most: int = 16) -> None:
+    """Label a layer axis (y) with the layers' names where the log has them and they fit."""
+    names = config.get("layer_names")
+    if not names or len(names) > most:
+        return
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    ax.yaxis.set_major_locator(FixedLocator(range(len(names))))
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, pos: names[round(v)] if 0 <= round(v) < len(names) else ""))
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylabel("layer (input side at the bottom)")
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -541,6 +576,7 @@ def _flow_pages(runs):
                 for ax, value in zip(row, ("grad_norm", "delta_norm")):
                     plots.gradient_heatmap(data=run.layers, value=value, ax=ax,
                                            max_steps=MAX_STEPS)
+                    _name_layer_ticks(ax, run.config)
                     what = ("weight gradient ||dL/dW_l||" if value == "grad_norm"
                             else "back-propagated gradient ||delta_l||")
                     ax.set_title(f"{run.flabel}: {what}", fontsize=10, loc="left")

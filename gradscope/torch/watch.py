@@ -1,0 +1,999 @@
+"""``watch``: record gradscope's per-layer diagnostics from any PyTorch training loop.
+
+How each number is taken (docs/torch.md has the full account):
+
+- the optimizer's step pre-hook (gradients accumulated, all-reduced by DDP, unscaled by a
+  GradScaler) reads the gradient and weight norms and keeps a copy of the weights; its
+  post-hook takes the update's norm, gathers every number of the step into one tensor and
+  moves it to the host once;
+- a forward hook on each layer places a tensor hook on the layer's output (``delta``, the
+  gradient at the module's output, safe with in-place activations) and, for the activation
+  module that follows the layer, takes the statistics of its output;
+- hooks exist only while a logged step runs: nothing is computed on other steps;
+- the rows go to a :class:`~gradscope.record.writer.LogWriter` on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import queue
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..record.probes import STEP_METRICS
+from ..record.schema import STATUSES
+from ..record.writer import LogWriter
+from . import model as M
+
+HIST_BINS = 50
+_UNDERFLOW = 1e-15  # norms below this (or 0 with non-zero entries) are taken again in float64
+
+
+class WatchError(ValueError):
+    """Bad use of :func:`watch`; the message is one line naming the value and the fix."""
+
+
+def watch(model: nn.Module, path, optimizer: torch.optim.Optimizer | None = None, *,
+          log_every: int = 1, probe_every: int = 100, scaler=None, overwrite: bool = False,
+          ranks="zero", probe=None, config: dict | None = None, hist_bins: int = HIST_BINS,
+          flush_interval: float = 1.0) -> Run:
+    """Record ``model``'s training into the gradscope log ``path``; use as a context manager.
+
+    ``optimizer``: the one whose ``step()`` ends a training step (its hooks record the
+    rows). ``log_every``: record every this many steps (always step 0). ``probe_every``: a
+    multiple of ``log_every``; probe statistics (dead units, activation histograms) at those
+    steps, on the training batch, or on ``probe`` (inputs run through the model in
+    evaluation mode, without gradients, before the update) when given. ``scaler``: the
+    ``torch.amp.GradScaler`` in use, so steps it skips are flagged. ``overwrite``: replace
+    an existing file. ``ranks``: under ``torch.distributed``, ``"zero"`` (rank 0 writes
+    ``path``), ``"all"`` (every rank writes ``<stem>.rank<r><suffix>``), or a list of
+    ranks. ``config``: extra entries for the logged configuration (e.g. ``dataset``,
+    ``batch_size``); they override what the adapter found.
+    """
+    return Run(model, path, optimizer, log_every=log_every, probe_every=probe_every,
+               scaler=scaler, overwrite=overwrite, ranks=ranks, probe=probe, config=config,
+               hist_bins=hist_bins, flush_interval=flush_interval)
+
+
+def _fail(msg: str):
+    raise WatchError(f"gradscope.torch.watch: {msg}")
+
+
+def _check_int(name, v, low):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        _fail(f"{name}={v!r}; accepted: a whole number >= {low}")
+
+
+def _rank_info() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _rank_path(path: Path, ranks, rank: int, world: int) -> Path | None:
+    """The file this rank writes (None: this rank does not write)."""
+    ok = ranks in ("zero", "all", 0) or (isinstance(ranks, (list, tuple, set)) and all(
+        isinstance(r, int) and not isinstance(r, bool) for r in ranks))
+    if not ok:
+        _fail(f"ranks={ranks!r}; accepted: 'zero', 'all' or a list of ranks")
+    if world == 1:
+        return path
+    if ranks == "zero" or ranks == 0:
+        return path if rank == 0 else None
+    if ranks == "all":
+        chosen = range(world)
+    elif isinstance(ranks, (list, tuple, set)) and all(isinstance(r, int) for r in ranks):
+        chosen = set(ranks)
+    else:
+        _fail(f"ranks={ranks!r}; accepted: 'zero', 'all' or a list of ranks")
+    if rank not in chosen:
+        return None
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+class _Layer:
+    __slots__ = ("act", "act_out", "index", "last", "module", "name", "out_ref")
+
+    def __init__(self, name, module):
+        self.name, self.module = name, module
+        self.act = None       # the activation module after it, if any
+        self.index = -1
+        self.last = False
+        self.out_ref = None   # this forward's output (while a logged step runs)
+        self.act_out = None   # the first recorded forward's activation output
+
+
+class Run:
+    """A recording in progress (returned by :func:`watch`). ``run.log(loss=..., accuracy=...)``
+    adds the steps table's values; ``run.close()`` (or leaving the ``with`` block) ends it."""
+
+    def __init__(self, model, path, optimizer=None, *, log_every=1, probe_every=100,
+                 scaler=None, overwrite=False, ranks="zero", probe=None, config=None,
+                 hist_bins=HIST_BINS, flush_interval=1.0, _external_pre=False):
+        if not isinstance(model, nn.Module):
+            _fail(f"model is a {type(model).__name__}; accepted: a torch.nn.Module")
+        if type(model).__name__ == "OptimizedModule" or hasattr(model, "_orig_mod"):
+            _fail("the model is compiled with torch.compile, whose graphs ignore hooks added "
+                  "afterwards; watch the uncompiled model (model._orig_mod) and train it "
+                  "uncompiled while recording")
+        inner = model.module if isinstance(
+            model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+        if not any(True for _ in inner.parameters()):
+            _fail(f"the model ({type(inner).__name__}) has no parameters; accepted: a module "
+                  "with at least one layer that has a weight")
+        layers = M.layer_modules(inner)
+        if not layers:
+            _fail(f"the model ({type(inner).__name__}) has no module with a 'weight' "
+                  "parameter (Linear, Conv, ...); gradscope records one row per such layer")
+        if optimizer is None and not _external_pre:
+            _fail("optimizer=None; accepted: the torch.optim.Optimizer whose step() ends each "
+                  "training step (its hooks record the rows)")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            _fail(f"optimizer is a {type(optimizer).__name__}; accepted: a torch.optim.Optimizer")
+        _check_int("log_every", log_every, 1)
+        _check_int("probe_every", probe_every, 1)
+        if probe_every % log_every:
+            _fail(f"probe_every={probe_every}; accepted: a multiple of log_every ({log_every})")
+        _check_int("hist_bins", hist_bins, 2)
+        p = Path(path)
+        if p.suffix == "":
+            _fail(f"path {str(path)!r} has no suffix; accepted: a file name such as run.h5")
+        rank, world = _rank_info()
+        mine = _rank_path(p, ranks, rank, world)
+        if mine is not None and mine.exists() and not overwrite:
+            _fail(f"{str(mine)!r} exists; pass overwrite=True to replace it, or another path")
+        if mine is not None and mine.is_dir():
+            _fail(f"{str(mine)!r} is a directory; accepted: a file path")
+        if mine is not None and not mine.parent.exists():
+            mine.parent.mkdir(parents=True, exist_ok=True)
+        self.model, self.inner, self.optimizer, self.scaler = model, inner, optimizer, scaler
+        self.path = mine
+        self.rank, self.world = rank, world
+        self.log_every, self.probe_every, self.hist_bins = log_every, probe_every, hist_bins
+        self.probe_input = probe
+        self.user_config = dict(config or {})
+        self.step = 0                # the next step's index (steps taken so far)
+        self.closed = False
+        self.status, self.message = "completed", ""
+        self._layers = [_Layer(n, m) for n, m in layers]
+        self._by_module = {id(l.module): l for l in self._layers}
+        self._ordered = False
+        self._handles: list = []     # hooks that exist during logged steps only
+        self._fixed: list = []       # hooks that exist for the whole run
+        self._acc = None             # the current logged step's device-side numbers
+        self._probing = False
+        self._forward_seen = False
+        self._pending = None         # the last recorded step's steps row, until run.log
+        self._next_values: dict = {}
+        self._pre_done = False
+        self._buffers = None
+        self._flush_interval = float(flush_interval)
+        self._batch = None
+        self._t0 = time.perf_counter()
+        self._writer_thread = None
+        self._external_pre = _external_pre
+        self._initial = {id(m): (M.weight_as_logged(m, m.weight),
+                                 _np(m.bias) if isinstance(getattr(m, "bias", None), torch.Tensor)
+                                 else np.zeros(0, dtype=_np_dtype(m.weight)))
+                         for _, m in layers}
+        if self.path is None:  # this rank does not write: no hooks at all
+            self.closed = True
+            return
+        self._fixed.append(inner.register_forward_pre_hook(self._root_pre))
+        if optimizer is not None:
+            if not _external_pre:
+                self._fixed.append(optimizer.register_step_pre_hook(self._opt_pre))
+            self._fixed.append(optimizer.register_step_post_hook(self._opt_post))
+        if scaler is not None:
+            self._wrap_scaler(scaler)
+        self._arm()
+        _OPEN.add(self)
+
+    # -- context manager ------------------------------------------------------------------
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, typ, exc, tb) -> None:
+        if typ is None:
+            self.close()
+        elif issubclass(typ, KeyboardInterrupt):
+            self.close("interrupted", f"interrupted at step {self.step}")
+        else:
+            failed = "failed" if "failed" in STATUSES else "interrupted"
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            self.close(failed, f"{typ.__name__} at step {self.step}" + (f": {text}" if text
+                                                                         else ""))
+
+    # -- public ---------------------------------------------------------------------------
+    def log(self, **values) -> None:
+        """Values of the steps table (``loss``, ``accuracy``, ``epoch``) for the step just
+        taken (called after ``optimizer.step()``), or for the step under way when its
+        forward pass has run but its ``optimizer.step()`` not yet. Tensors are accepted;
+        values of steps that are not logged are ignored without reading them."""
+        if self.closed and self.path is None:
+            return
+        if self.closed:
+            raise WatchError("gradscope.torch: run.log() after the run was closed; log "
+                             "inside the `with watch(...)` block")
+        bad = set(values) - {"loss", "accuracy", "epoch"}
+        if bad:
+            raise WatchError(f"gradscope.torch: run.log({min(bad)}=...); accepted: "
+                             "loss, accuracy, epoch")
+        self._check_writer()
+        if self._forward_seen:  # the step under way: its optimizer.step() comes later
+            if self._logged(self.step):
+                self._next_values.update(values)
+        elif self._pending is not None and self._pending["step"] == self.step - 1:
+            self._pending["values"].update(values)  # the step just taken
+
+    def close(self, status: str | None = None, message: str = "") -> None:
+        """Write what is pending and the final parameters, then close the log."""
+        if self.closed:
+            return
+        self.closed = True
+        _OPEN.discard(self)
+        for h in self._handles + self._fixed:
+            h.remove()
+        self._handles, self._fixed = [], []
+        if self.scaler is not None and "step" in vars(self.scaler):
+            del self.scaler.step
+        self._commit_pending()
+        if status is not None:
+            self.status, self.message = status, message
+        if self._writer_thread is None:  # no step was recorded: the file still describes the model
+            self._start_writer()
+        final = [a for l in self._layers for a in (
+            M.weight_as_logged(l.module, l.module.weight),
+            _np(l.module.bias) if isinstance(getattr(l.module, "bias", None), torch.Tensor)
+            else np.zeros(0, dtype=_np_dtype(l.module.weight)))]
+        self._send(("close", self.status, self.message, final))
+        self._writer_thread.join()
+        self._check_writer()
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _root_pre(self, module, args):
+        if torch.is_grad_enabled() and not self._probing:
+            self._forward_seen = True
+            if self._batch is None and args and isinstance(args[0], torch.Tensor):
+                self._batch = list(args[0].shape)
+
+    def _logged(self, step: int) -> bool:
+        return step % self.log_every == 0
+
+    def _arm(self) -> None:
+        """Place the per-layer forward hooks for the coming step if it is logged."""
+        want = self._logged(self.step)
+        if want and not self._handles:
+            self._acc = _Acc(len(self._layers))
+            for l in self._layers:
+                self._handles.append(l.module.register_forward_hook(self._layer_hook(l)))
+            for m in self.inner.modules():
+                if isinstance(m, M.ACTIVATION_TYPES):
+                    self._handles.append(m.register_forward_hook(self._act_hook))
+        elif want:
+            self._acc = _Acc(len(self._layers))
+        elif not want and self._handles:
+            for h in self._handles:
+                h.remove()
+            self._handles, self._acc = [], None
+
+    def _layer_hook(self, layer: _Layer):
+        def hook(module, args, out):
+            if not isinstance(out, torch.Tensor):
+                return
+            acc = self._acc
+            if acc is None or not (torch.is_grad_enabled() or self._probing):
+                return  # evaluation passes under no_grad are not the training step's
+            if not self._ordered and not self._probing and layer.index < 0:
+                layer.index = acc.order_next()
+                acc.first_inputs[id(module)] = args[0] if args else None
+            layer.out_ref = out
+            if self._ordered and layer.act is None and not layer.last:
+                # a hidden layer with no activation module after it: its own output
+                acc.add_act(layer, None, out, self._probing or self._probe_from_batch(), self)
+            if self._probing:
+                return
+            if out.requires_grad and torch.is_grad_enabled():
+                out.register_hook(lambda g, l=layer: acc.add_delta(l, g))
+        return hook
+
+    def _act_hook(self, module, args, out):
+        acc = self._acc
+        if acc is None or not args or not isinstance(out, torch.Tensor):
+            return
+        if not (torch.is_grad_enabled() or self._probing):
+            return
+        x = args[0]
+        layer = None
+        for l in self._layers:
+            if l.out_ref is x or (l.out_ref is out):  # in-place: the same tensor
+                layer = l
+                break
+        if layer is None:
+            return
+        if not self._ordered and layer.act is None:
+            layer.act = module
+            layer.act_out = out
+        if layer.act is not module:
+            return
+        acc.add_act(layer, module, out, self._probing or self._probe_from_batch(), self)
+
+    def _probe_from_batch(self) -> bool:
+        return self.probe_input is None and self.step % self.probe_every == 0
+
+    def _opt_pre(self, optimizer, args, kwargs):
+        self._pre_step()
+
+    def _pre_step(self) -> None:
+        """Before update ``self.step``: gradient and weight norms, a copy of the weights."""
+        self._commit_pending()
+        if not self._logged(self.step) or self._acc is None:
+            return
+        acc = self._acc
+        if not self._ordered:
+            self._fix_order()
+            for l in self._layers[:-1]:  # found only now: hidden layers with no activation
+                if l.act is None and isinstance(l.out_ref, torch.Tensor):
+                    acc.add_act(l, None, l.out_ref, self._probe_from_batch(), self)
+        for l in self._layers:
+            l.out_ref = l.act_out = None
+        ws = [l.module.weight for l in self._layers]
+        with torch.no_grad():
+            acc.w_norm = _norms(ws)
+            acc.g_norm = _norms([w.grad for w in ws])
+            biases = [getattr(l.module, "bias", None) for l in self._layers]
+            acc.b_norm = _norms([b.grad if isinstance(b, torch.Tensor) else None for b in biases])
+            groups = self.optimizer.param_groups if self.optimizer is not None else []
+            # the global norm from the layers' norms and those of the other parameters
+            mine = {id(p) for l in self._layers for p in (l.module.weight,
+                                                         getattr(l.module, "bias", None))}
+            others = _norms([p.grad for g in groups for p in g["params"]
+                             if p.grad is not None and id(p) not in mine])
+            parts = [x for x in (*acc.g_norm, *acc.b_norm, *others) if x is not None]
+            acc.total = (torch.linalg.vector_norm(torch.stack(
+                [x.to(parts[0].device, torch.float64) for x in parts])) if parts else None)
+            # the weights before the update, in buffers kept from step to step (fresh
+            # memory every step cost more than the copy itself: page faults)
+            bufs = self._buffers
+            if bufs is None or any(b.shape != w.shape or b.dtype != w.dtype
+                                   or b.device != w.device for b, w in zip(bufs, ws)):
+                bufs = self._buffers = [torch.empty_like(w) for w in ws]
+            for b, w in zip(bufs, ws):
+                b.copy_(w.detach())
+            acc.before = bufs
+            if self.probe_input is not None and self.step % self.probe_every == 0:
+                self._run_probe()
+        self._pre_done = True
+
+    def _run_probe(self) -> None:
+        was = self.inner.training
+        self._probing = True
+        try:
+            self.inner.eval()
+            x = self.probe_input
+            self.model(*x) if isinstance(x, (tuple, list)) else self.model(x)
+        finally:
+            self.inner.train(was)
+            self._probing = False
+
+    def _opt_post(self, optimizer, args, kwargs):
+        self._post_step(skipped=False)
+
+    def _post_step(self, skipped: bool) -> None:
+        step = self.step
+        acc = self._acc if self._pre_done else None
+        self._pre_done = False
+        if acc is not None and self._logged(step):
+            self._record(step, acc, skipped)
+        elif skipped:
+            self._commit_pending()
+            self._pending = {"step": step, "values": dict(self._next_values), "skipped": True,
+                             "time": time.perf_counter() - self._t0, "lr": self._lr(),
+                             "total": math.inf, "layers": None, "probe": None}
+        self._next_values = {}
+        self._forward_seen = False
+        self.step += 1
+        self._arm()
+
+    def _wrap_scaler(self, scaler) -> None:
+        original = scaler.step
+        run = weakref.ref(self)
+
+        def step(optimizer, *args, **kwargs):
+            r = run()
+            before = r.step if r is not None else None
+            out = original(optimizer, *args, **kwargs)
+            if r is not None and not r.closed and optimizer is r.optimizer and r.step == before:
+                r._post_step(skipped=True)  # the scaler found inf/NaN: no update was applied
+            return out
+        scaler.step = step
+
+    # -- one step's numbers ---------------------------------------------------------------
+    def _fix_order(self) -> None:
+        seen = sorted((l for l in self._layers if l.index >= 0), key=lambda l: l.index)
+        rest = [l for l in self._layers if l.index < 0]
+        self._layers = seen + rest
+        for i, l in enumerate(self._layers):
+            l.index = i
+        self._layers[-1].last = True
+        self._plain = self._plain_mlp(self._acc)
+        self._ordered = True
+
+    def _plain_mlp(self, acc) -> str | None:
+        """None when the model is a plain MLP of one activation, else why it is not."""
+        kinds = {type(l.module).__name__ for l in self._layers}
+        if kinds != {"Linear"}:
+            other = sorted(kinds - {"Linear"})
+            return f"not a plain MLP: it has {', '.join(other)} layers"
+        hidden = self._layers[:-1]
+        if not hidden:
+            return "not a deep network: a single layer"
+        acts = [l.act for l in hidden]
+        if any(a is None for a in acts):
+            return "not a plain MLP: a hidden layer has no activation module after it"
+        names = {M.act_name(a) for a in acts}
+        if len(names) > 1:
+            return f"not a plain MLP of one activation: {', '.join(sorted(names))}"
+        try:
+            from ..engine.activations import get_activation
+            get_activation(next(iter(names)))
+        except KeyError:
+            return f"no mean-field theory for the activation {next(iter(names))}"
+        for m in self.inner.modules():
+            if isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+                return f"not a plain MLP: it has a {type(m).__name__} module"
+        # each layer's input must be the previous activation's output (no skip, no other code)
+        for prev, l in zip(hidden, self._layers[1:]):
+            x = acc.first_inputs.get(id(l.module))
+            if x is None or x is not prev.act_out:
+                return ("not a plain MLP: a layer's input is not the previous activation's "
+                        "output (a skip connection or other code between layers)")
+        return None
+
+    def _lr(self) -> float:
+        try:
+            return float(self.optimizer.param_groups[0]["lr"])
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            return math.nan
+
+    def _record(self, step: int, acc, skipped: bool) -> None:
+        layers = self._layers
+        n = len(layers)
+        with torch.no_grad():
+            ws = [l.module.weight for l in layers]
+            if skipped:
+                u_norm = [None] * n
+            else:
+                diff = acc.before  # reused: before - after = -update (same norm)
+                for d, w_ in zip(diff, ws):  # (a loop of sub_ beat _foreach_sub_ on CPU)
+                    d.sub_(w_.detach())
+                u_norm = _norms(diff)
+            flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, [acc.total]])
+            stats, st_index = acc.device_stats(layers)
+            lo_hi = self._hist_edges()
+            probe, pr_index = acc.device_probe(layers, self.hist_bins, lo_hi)
+            host = _to_host(flat + stats + probe)  # the one device-to-host copy
+        k0 = sum(t.numel() for t in flat)
+        k1 = k0 + sum(t.numel() for t in stats)
+        g, bg, w, u, total = _unflatten(host[:k0], index)
+        g = self._retake(g, lambda i: ws[i].grad)
+        bias = [getattr(l.module, "bias", None) for l in layers]
+        bg = self._retake(bg, lambda i: bias[i].grad if isinstance(bias[i], torch.Tensor)
+                          else None)
+        # the weights before the update: after + (before - after) once the update was taken
+        w = self._retake(w, lambda i: acc.before[i] if skipped
+                         else ws[i].detach().double() + acc.before[i].double())
+        u = self._retake(u, lambda i: None if skipped else acc.before[i])
+        delta = acc.delta_norms(host[k0:k1], st_index, layers)
+        mean, std, sat = acc.act_values(host[k0:k1], st_index, layers)
+        if skipped:
+            u = ratio = [math.nan] * n
+        else:
+            ratio = [ui / wi if wi > 0 else (math.inf if ui > 0 else math.nan)
+                     for ui, wi in zip(u, w)]
+        metrics = dict(zip(STEP_METRICS, (g, bg, delta, w, u, ratio, mean, std, sat)))
+        probe_rows = (acc.probe_values(host[k1:], pr_index, layers, self.hist_bins)
+                      if pr_index else None)
+        self._pending = {"step": step, "values": dict(self._next_values), "skipped": skipped,
+                         "time": time.perf_counter() - self._t0, "lr": self._lr(),
+                         "total": total[0], "layers": metrics, "probe": probe_rows}
+        acc.before = None
+
+    def _retake(self, values, tensor_of):
+        """Norms that may have underflowed (or overflowed) in float32 are taken again in
+        float64; ``tensor_of(i)`` gives the i-th tensor (None: nothing to retake)."""
+        out = list(values)
+        for i, v in enumerate(values):
+            if not (v < _UNDERFLOW or math.isinf(v)):
+                continue
+            t = tensor_of(i)
+            if t is None or (t.dtype == torch.float64 and not math.isnan(v)):
+                continue
+            out[i] = float(torch.linalg.vector_norm(t.detach().double()))
+        return out
+
+    def _hist_edges(self) -> tuple[float, float]:
+        acts = [l.act for l in self._layers[:-1] if l.act is not None]
+        return M.output_range(acts[0] if acts else None)
+
+    def _commit_pending(self) -> None:
+        p = self._pending
+        if p is None:
+            return
+        self._pending = None
+        if self._writer_thread is None:
+            self._start_writer()
+        loss = _number(p["values"].get("loss"))
+        acc = _number(p["values"].get("accuracy"))
+        epoch = p["values"].get("epoch")
+        epoch = int(epoch) if epoch is not None else 0
+        # as the engine: a non-finite loss or gradient norm is a diverged run (a step the AMP
+        # scaler skipped is not: it is flagged, and the scaler lowers its scale)
+        if self.status == "completed" and not p["skipped"]:
+            bad_loss = "loss" in p["values"] and not math.isfinite(loss)
+            if bad_loss or not math.isfinite(p["total"]):
+                what, value = ("loss", loss) if bad_loss else ("gradient norm", p["total"])
+                self.status = "diverged"
+                self.message = f"{what} became {value} at step {p['step']}"
+        self._send(("step", p, loss, acc, epoch))
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _config(self) -> dict:
+        layers = self._layers
+        hidden = layers[:-1]
+        acts = [M.act_name(l.act) if l.act is not None else None for l in layers]
+        hidden_acts = {a for a in acts[:-1] if a is not None}
+        activation = (next(iter(hidden_acts)) if len(hidden_acts) == 1
+                      else ("mixed" if hidden_acts else "none"))
+        w0 = layers[0].module.weight
+        fans = [M.fans(l.module) for l in layers]
+        init = M.detect_init([self._initial[id(l.module)][0] for l in hidden[1:] or layers],
+                             fans[1:len(hidden)] or fans)
+        opt = self.optimizer
+        hyper = {}
+        if opt is not None and opt.param_groups:
+            hyper = {k: _jsonable(v) for k, v in opt.param_groups[0].items() if k != "params"}
+        n_params = sum(p.numel() for p in self.inner.parameters())
+        tree = str(self.inner)
+        cfg = {
+            "source": "torch",
+            "model": type(self.inner).__name__,
+            "module_tree": tree if len(tree) <= 20000 else tree[:20000] + "\n...",
+            "layer_names": [l.name or type(l.module).__name__ for l in layers],
+            "layer_types": [type(l.module).__name__ for l in layers],
+            "layer_shapes": [list(l.module.weight.shape) for l in layers],
+            "layer_activations": acts,
+            "n_parameters": int(n_params),
+            "activation": activation,
+            "depth": len(hidden),
+            "widths": [M.units(l.module) for l in hidden],
+            "n_outputs": M.units(layers[-1].module),
+            "init": init["init"], "init_gain": init["init_gain"], "init_note": init["init_note"],
+            "optimizer": type(opt).__name__.lower() if opt is not None else None,
+            "optimizer_class": type(opt).__name__ if opt is not None else None,
+            "optimizer_hyper": hyper,
+            "lr": hyper.get("lr"),
+            "dtype": str(w0.dtype).replace("torch.", ""),
+            "device": str(w0.device),
+            "log_every": self.log_every, "probe_every": self.probe_every,
+            "probe": "probe inputs, evaluation mode" if self.probe_input is not None
+                     else "the training batch of the probe step",
+            "batch_size": self._batch[0] if self._batch else None,
+            "input_shape": self._batch,
+            "torch_version": torch.__version__, "gradscope_version": __version__,
+            "rank": self.rank, "world_size": self.world,
+            "amp_scaler": self.scaler is not None,
+        }
+        if isinstance(layers[0].module, nn.Linear):
+            cfg["sizes"] = [int(layers[0].module.in_features), *cfg["widths"], cfg["n_outputs"]]
+            cfg["n_features"] = int(layers[0].module.in_features)
+        drop = [m.p for m in self.inner.modules() if isinstance(m, nn.Dropout)]
+        if drop:
+            cfg["dropout"] = float(drop[0])
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.inner.modules()):
+            cfg["norm"] = "batch"
+        elif any(isinstance(m, nn.LayerNorm) for m in self.inner.modules()):
+            cfg["norm"] = "layer"
+        note = getattr(self, "_plain", "no forward pass was recorded")
+        if note:
+            cfg["mean_field_note"] = note
+        cfg.update(self.user_config)
+        return cfg
+
+    def _start_writer(self) -> None:
+        if not self._ordered:
+            self._plain = "no forward pass was recorded"
+            for i, l in enumerate(self._layers):
+                l.index = i
+            self._layers[-1].last = True
+            self._ordered = True
+        params = []
+        for l in self._layers:
+            params += list(self._initial[id(l.module)])
+        widths = [M.units(l.module) for l in self._layers[:-1]]
+        lo, hi = self._hist_edges()
+        edges = np.linspace(lo, hi, self.hist_bins + 1)
+        cfg = self._config()
+        self._queue: queue.Queue = queue.Queue()
+        self._writer_error = None
+        self._writer_thread = threading.Thread(
+            target=_writer_loop, name="gradscope-log-writer", daemon=True,
+            args=(self, self.path, cfg, params, edges, widths, len(self._layers),
+                  self._queue, self._flush_interval))
+        self._writer_thread.start()
+
+
+    def _send(self, item) -> None:
+        self._queue.put(item)
+
+    def _check_writer(self) -> None:
+        err = getattr(self, "_writer_error", None)
+        if err is not None:
+            self._writer_error = None
+            raise WatchError(f"gradscope.torch: writing {str(self.path)!r} failed: {err}")
+
+
+# runs left open when the program ends are closed, their status saying so
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_runs() -> None:
+    for r in list(_OPEN):
+        try:
+            r.close("interrupted", f"the program ended at step {r.step} without run.close()")
+        except Exception:  # noqa: BLE001 - at exit, never raise
+            pass
+
+
+def _writer_loop(run, path, cfg, params, edges, widths, n_layers, q, flush_interval):
+    """The log writer's thread: creates the file, writes each step's rows, closes it."""
+    try:
+        writer = LogWriter(path, cfg, params, edges, widths=widths,
+                           flush_interval=flush_interval)
+    except Exception as e:  # noqa: BLE001 - reported on the training thread
+        run._writer_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        while True:  # drain until close, so the training thread never blocks
+            item = q.get()
+            if item[0] == "close":
+                return
+    idx = np.arange(n_layers)
+    dirty = False
+    while True:
+        try:
+            item = q.get(timeout=flush_interval)
+        except queue.Empty:
+            if dirty:
+                writer.flush()
+                dirty = False
+            continue
+        try:
+            if item[0] == "step":
+                _, p, loss, acc, epoch = item
+                writer.append("steps", step=p["step"], epoch=epoch, loss=loss, accuracy=acc,
+                              lr=p["lr"], grad_norm_total=p["total"], time=p["time"],
+                              clipped=0, skipped=int(p["skipped"]))
+                if p["layers"] is not None:
+                    writer.append("layers", n_layers, step=p["step"], layer=idx, **p["layers"])
+                if p["probe"] is not None:
+                    metrics, dead, hist = p["probe"]
+                    writer.append("probes", n_layers, step=p["step"], layer=idx, **metrics)
+                    writer.append_units(p["step"], dead, hist)
+                writer.end_step()
+                dirty = True
+            elif item[0] == "close":
+                _, status, message, final = item
+                writer.close(status, message, final)
+                return
+        except Exception as e:  # noqa: BLE001 - reported on the training thread
+            run._writer_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if item[0] == "close":
+                try:
+                    writer.close("interrupted", run._writer_error)
+                except Exception:  # noqa: BLE001
+                    pass
+                return
+
+
+# -- the device-side accumulator of one logged step ------------------------------------------
+class _Acc:
+    """The device tensors of one logged step, gathered for a single transfer."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._order = 0
+        self.first_inputs: dict = {}
+        self.act_inputs: dict = {}
+        self.layer_out: dict = {}
+        self.delta: dict[int, list] = {}      # layer index -> [sum of squares tensors]
+        self.delta_t: dict[int, list] = {}    # layer index -> the delta tensors (retake)
+        self.act: dict[int, list] = {}        # layer index -> [(numel, mean, var, n_sat)]
+        self.probe: dict[int, list] = {}      # layer index -> [(a, module)] probe outputs
+        self.w_norm = self.g_norm = self.b_norm = None
+        self.total = None
+        self.before = None
+
+    def order_next(self) -> int:
+        self._order += 1
+        return self._order - 1
+
+    def add_delta(self, layer: _Layer, g: torch.Tensor) -> None:
+        w = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else None
+        s = torch.linalg.vector_norm(g, dtype=w)
+        self.delta.setdefault(id(layer), []).append(s)
+        self.delta_t.setdefault(id(layer), []).append(g)  # for a float64 retake
+
+    def add_act(self, layer: _Layer, module, out: torch.Tensor, probe: bool, run) -> None:
+        a = out.detach()
+        if a.dtype in (torch.float16, torch.bfloat16):
+            a = a.float()
+        if probe:
+            self.probe.setdefault(id(layer), []).append((a, module))
+            if run._probing:
+                return
+        # mean and E[a^2] from one sum and one dot product (torch.var_mean is ten times
+        # slower on CPU); where the spread is below a tenth of E[a^2] the variance is taken
+        # again from a in two passes on the host side (see act_values), as the engine does
+        v = a.reshape(-1)
+        mean = v.sum()  # divided by the count on the host
+        second = torch.dot(v, v)
+        n_sat = M.saturated_count(module, a) if module is not None else None
+        sat = (n_sat.to(a.dtype) if n_sat is not None
+               else torch.full((), math.nan, dtype=a.dtype, device=a.device))
+        self.act.setdefault(id(layer), []).append((a.numel(), mean, second, sat, a))
+
+    def device_stats(self, layers):
+        """Delta norms and activation statistics as one flat list of tensors, and where
+        each layer's entries are in it."""
+        flat, index = [], {}
+        for l in layers:
+            norms = self.delta.get(id(l))
+            if norms:
+                index[("d", id(l))] = (len(flat), len(norms))
+                flat += norms
+            rows = self.act.get(id(l))
+            if rows:
+                index[("a", id(l))] = (len(flat), len(rows))
+                for _, mean, second, sat, _ in rows:
+                    flat += [mean, second, sat]
+        return flat, index
+
+    def delta_norms(self, host, index, layers) -> list[float]:
+        out = []
+        for l in layers:
+            if ("d", id(l)) not in index:
+                out.append(math.nan)
+                continue
+            k, m = index[("d", id(l))]
+            v = math.sqrt(float(np.sum(host[k:k + m] ** 2)))
+            ts = self.delta_t.get(id(l), [])
+            if (v < _UNDERFLOW or not math.isfinite(v)) and ts and ts[0].dtype != torch.float64:
+                v = math.sqrt(sum(float(torch.linalg.vector_norm(t.double())) ** 2 for t in ts))
+            out.append(v)
+        return out
+
+    def act_values(self, host, index, layers):
+        mean, std, sat = [], [], []
+        for l in layers:
+            rows = self.act.get(id(l))
+            if l.last or not rows or ("a", id(l)) not in index:
+                mean.append(math.nan), std.append(math.nan), sat.append(math.nan)
+                continue
+            k, _ = index[("a", id(l))]
+            ns = np.array([r[0] for r in rows], dtype=float)
+            vals = host[k:k + 3 * len(rows)].reshape(-1, 3).copy()
+            vals[:, :2] /= ns[:, None]  # sums -> mean, E[a^2]
+            for j, r in enumerate(rows):  # E[a^2] - mean^2 -> the variance
+                var = vals[j, 1] - vals[j, 0] ** 2
+                if not (math.isfinite(var) and var >= 0.1 * vals[j, 1]):
+                    vals[j, 0], var = _mean_var64(r[4])  # cancellation: two passes
+                vals[j, 1] = var
+            N = ns.sum()
+            mu = float((ns * vals[:, 0]).sum() / N)
+            var = float((ns * (vals[:, 1] + (vals[:, 0] - mu) ** 2)).sum() / N)
+            mean.append(mu)
+            std.append(math.sqrt(max(var, 0.0)))
+            sat.append(float(vals[:, 2].sum() / N))
+        return mean, std, sat
+
+    def device_probe(self, layers, bins, edges):
+        """Per hidden layer on the probe data: alive flags per unit, histogram counts,
+        mean, variance, saturated count, as flat tensors."""
+        lo, hi = edges
+        flat, index = [], {}
+        for l in layers[:-1]:
+            rows = self.probe.get(id(l))
+            if not rows:
+                continue
+            alive = counts = None
+            n_el, sums = 0, []
+            for a, module in rows:
+                thr = M.dead_threshold(module)
+                dims = [d for d in range(a.dim()) if d != 1] if a.dim() > 1 else []
+                flags = (a > thr) if not math.isnan(thr) else torch.ones_like(a, dtype=torch.bool)
+                al = flags.any(dim=dims) if dims else flags
+                alive = al if alive is None else alive | al
+                t = (a - lo) * (bins / (hi - lo))
+                t = torch.nan_to_num(t, nan=0.0).clamp_(0, bins - 1)
+                c = torch.bincount(t.to(torch.int64).reshape(-1), minlength=bins)
+                counts = c if counts is None else counts + c
+                v64 = a.reshape(-1).double()  # probe steps only: two passes, on the device
+                mu = v64.mean()
+                var = ((v64 - mu) ** 2).mean()
+                n_sat = M.saturated_count(module, a) if module is not None else None
+                s = (n_sat.to(a.dtype) if n_sat is not None
+                     else torch.full((), math.nan, dtype=a.dtype, device=a.device))
+                sums.append((a.numel(), mu, var, s))
+                n_el += a.numel()
+            index[id(l)] = (len(flat), alive.numel(), len(sums), rows[0][1])
+            flat.append(alive.to(torch.float64).reshape(-1))
+            flat.append(counts.to(torch.float64))
+            for _, mu, var, s in sums:
+                flat += [mu.reshape(1), var.reshape(1), s.reshape(1)]
+        return flat, index
+
+    def probe_values(self, host, index, layers, bins):
+        """The probes table's columns and the per-unit arrays, from the host copy."""
+        n = len(layers)
+        metrics = {k: np.full(n, np.nan) for k in (
+            "dead_frac", "probe_act_mean", "probe_act_std", "probe_saturated_frac")}
+        dead, hist = [], []
+        pos = 0
+        sizes = []
+        for l in layers[:-1]:
+            if id(l) in index:
+                _, width, m, module = index[id(l)]
+                sizes.append((l, width, m, module))
+        for l in layers[:-1]:
+            width = M.units(l.module)
+            if id(l) not in index:
+                dead.append(np.zeros(width, dtype=np.uint8))
+                hist.append(np.zeros(bins, dtype=np.int64))
+                continue
+            _, w, m, module = index[id(l)]
+            alive = host[pos:pos + w]
+            pos += w
+            counts = host[pos:pos + bins]
+            pos += bins
+            vals = host[pos:pos + 3 * m].reshape(-1, 3)
+            pos += 3 * m
+            ns = np.array([a.numel() for a, _ in self.probe[id(l)]], dtype=float)
+            N = ns.sum()
+            mu = float((ns * vals[:, 0]).sum() / N)
+            var = float((ns * (vals[:, 1] + (vals[:, 0] - mu) ** 2)).sum() / N)
+            d = (alive == 0)
+            if w != width:  # a layer whose output is not (batch, units, ...): no unit flags
+                d = np.zeros(width, dtype=bool)
+            dead.append(d.astype(np.uint8))
+            hist.append(counts.astype(np.int64))
+            i = l.index
+            if module is not None and isinstance(module, M.RELU_FAMILY):
+                metrics["dead_frac"][i] = float(d.mean())
+            metrics["probe_act_mean"][i] = mu
+            metrics["probe_act_std"][i] = math.sqrt(max(var, 0.0))
+            metrics["probe_saturated_frac"][i] = float(vals[:, 2].sum() / N)
+        return metrics, dead, hist
+
+
+def _mean_var64(a: torch.Tensor) -> tuple[float, float]:
+    """Mean and population variance of all of ``a`` in float64, in two passes."""
+    v = a.detach().reshape(-1).double()
+    if not v.numel():
+        return math.nan, math.nan
+    m = v.mean()
+    return float(m), float(((v - m) ** 2).mean())
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    a = t.detach().to("cpu")
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a = a.float()
+    return a.numpy().copy()
+
+
+def _np_dtype(t: torch.Tensor):
+    return np.float32 if t.dtype in (torch.float16, torch.bfloat16) else _np(t.flatten()[:0]).dtype
+
+
+def _norms(tensors: list) -> list:
+    """Norms of the tensors (None for a missing one), grouped by device and dtype for
+    ``torch._foreach_norm``; half-precision tensors accumulate in float32."""
+    out: list = [None] * len(tensors)
+    groups: dict = {}
+    for i, t in enumerate(tensors):
+        if t is None:
+            continue
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    for (_, dtype), idx in groups.items():
+        ts = [tensors[i].detach() for i in idx]
+        if dtype in (torch.float16, torch.bfloat16):
+            res = [torch.linalg.vector_norm(t, dtype=torch.float32) for t in ts]
+        else:
+            res = torch._foreach_norm(ts)
+        for i, r in zip(idx, res):
+            out[i] = r
+    return out
+
+
+def _flatten(parts):
+    flat, index = [], []
+    for part in parts:
+        index.append([None if t is None else len(flat) + k for k, t in enumerate(
+            [t for t in part])])
+        base = len(flat)
+        pos = []
+        for t in part:
+            if t is None:
+                pos.append(None)
+            else:
+                pos.append(len(flat))
+                flat.append(t)
+        index[-1] = pos
+        del base
+    return flat, index
+
+
+def _unflatten(host, index):
+    return [[math.nan if i is None else float(host[i]) for i in pos] for pos in index]
+
+
+def _to_host(tensors: list) -> np.ndarray:
+    if not tensors:
+        return np.zeros(0)
+    dev = tensors[0].device
+    # 0-d tensors of one dtype stacked at once (a conversion per tensor cost ~100 copies)
+    groups: dict = {}
+    for i, t in enumerate(tensors):
+        key = (t.dtype, t.dim() == 0)
+        groups.setdefault(key, []).append(i)
+    parts, order = [], []
+    for (dtype, scalar), idx in groups.items():
+        if scalar:
+            parts.append(torch.stack([tensors[i] for i in idx]).to(dev, torch.float64))
+            order.append([(i, 1) for i in idx])
+        else:
+            for i in idx:
+                parts.append(tensors[i].reshape(-1).to(dev, torch.float64))
+                order.append([(i, tensors[i].numel())])
+    host = torch.cat(parts).cpu().numpy()
+    # back into the callers' order
+    pieces, pos = {}, 0
+    for block in order:
+        for i, k in block:
+            pieces[i] = host[pos:pos + k]
+            pos += k
+    return np.concatenate([pieces[i] for i in range(len(tensors))])
+
+
+def _number(v) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, torch.Tensor):
+        v = v.detach()
+        return float(v.float().mean()) if v.numel() != 1 else float(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _jsonable(v):
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v)
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return str(v)
+

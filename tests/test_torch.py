@@ -352,7 +352,7 @@ def test_amp_grad_scaler_skipped_steps_are_flagged(tmp_path):
     assert list(steps.step) == [0, 1, 2, 3]
     assert list(steps.skipped) == [0, 1, 0, 0]
     lay = gradscope.read_layers(path)
-    assert 1 not in set(lay.step)  # no rows of an update that was not applied
+    assert sorted(set(lay.step)) == [0, 2, 3]  # no rows of the update that was not applied
     # gradients were read unscaled: the logged norm equals the true one at step 0
     assert np.isfinite(lay.grad_norm).all()
     assert gradscope.read_status(path)["status"] == "completed"

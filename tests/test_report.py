@@ -273,3 +273,26 @@ def test_collect_logs_orders_numbers_by_value(tmp_path):
         (tmp_path / name).write_bytes(b"")
     got = [p.name for p in report.collect_logs(tmp_path)]
     assert got == ["other.h5", "run-d4.h5", "run-d8.h5", "run-d12.h5"]
+
+
+def test_report_command_prints_verdicts_with_causes(logs, tmp_path):
+    from click.testing import CliRunner
+
+    from gradscope.analysis.diagnose import diagnose
+    from gradscope.cli.main import main
+
+    out = tmp_path / "cli.pdf"
+    res = CliRunner().invoke(main, ["report", str(logs["relu"]), str(logs["sigmoid"]),
+                                    "--out", str(out), "--stalled-updates", "1e-5"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split()[:4] == ["run", "status", "accuracy", "verdict"]
+    sig = diagnose(logs["sigmoid"], stalled_updates=1e-5)
+    line = next(x for x in lines if x.startswith("sigmoid.h5"))
+    assert f" {sig.verdict} " in line and line.rstrip().endswith(", ".join(sig.cause_names))
+    assert out.exists()
+    bad = CliRunner().invoke(main, ["report", str(logs["relu"]), "--out",
+                                    str(tmp_path / "bad.pdf"), "--not-learning", "2"])
+    assert bad.exit_code != 0 and "not_learning=2" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.pdf").exists()

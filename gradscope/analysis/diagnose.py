@@ -151,8 +151,9 @@ class Finding:
 @dataclass
 class Cause:
     """A cause named for a failing verdict: ``name`` (one of :data:`CAUSES`), ``strength``
-    (how far beyond its bound, in decades for ratios and in shares for shares; the ranking
-    key), ``value`` and ``bound`` (the number and the bound it crossed), ``message``."""
+    (how far beyond its bound: decades for ratios, the share of the way from the bound to 1
+    for shares; causes are ranked upstream first, not by it), ``value`` and ``bound`` (the
+    number and the bound it crossed), ``message``."""
 
     name: str
     strength: float
@@ -201,7 +202,7 @@ class Diagnosis:
 
     @property
     def cause_names(self) -> list[str]:
-        """The causes' names, strongest first (machine-readable: remedies key on these)."""
+        """The causes' names, upstream first (machine-readable: remedies key on these)."""
         return [c.name for c in self.causes]
 
     @property
@@ -1140,7 +1141,9 @@ def _check_updates(ctx: _Context, thr: float) -> Finding:
             msg += f"; layers {_layer_list(slow)} are below it"
     return _finding(name, flag, slow if flag else [], [], value, thr, rule, msg,
                     by_layer=by_layer, fastest_layer=fastest,
-                    cause_message=f"{CHECK_TITLES[name]}: {what}{setting}")
+                    cause_message=(f"{CHECK_TITLES[name]}: the typical layer changes its weights "
+                                   f"by {_num(value)} of their norm per step{setting} "
+                                   f"(threshold {_num(thr)}; about 1e-3 is customary)"))
 
 
 def _check_loss(ctx: _Context, thr: float) -> Finding:

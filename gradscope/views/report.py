@@ -517,7 +517,7 @@ def _run_name(d: Diagnosis) -> str:
 
 
 def _why(d: Diagnosis) -> str:
-    """The causes of a failure (strongest first), the warnings of a run that learns."""
+    """The causes of a failure (upstream first), the warnings of a run that learns."""
     if d.failing:
         return ", ".join(d.cause_names) or "no cause found"
     return ", ".join(d.flags) or "-"
@@ -528,7 +528,7 @@ def verdict_table(diagnoses) -> str:
 
     Columns: run (file name), status, accuracy (the final accuracy the verdict judged, with
     ``(live)`` for a run still being written), verdict (:data:`~gradscope.analysis.diagnose.VERDICTS`)
-    and why: for ``not_learning`` and ``diverged`` the causes, strongest first (or ``no cause
+    and why: for ``not_learning`` and ``diverged`` the causes, upstream first (or ``no cause
     found``), for ``warning`` the flagged checks.
     """
     head = ["run", "status", "accuracy", "verdict", "cause / warnings"]
@@ -845,7 +845,7 @@ def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis]) -> list[_Pag
         caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
                    "Verdict: healthy (learning, nothing flagged), warning (learning, something "
                    "flagged), not_learning or diverged (failing; the causes the log shows, "
-                   "strongest first). ! = failing, ? = warning, - = check passed, n/a = not "
+                   "upstream first). ! = failing, ? = warning, - = check passed, n/a = not "
                    "applicable or not judged. Gradient ratios compare ||delta|| = ||dL/dz|| of "
                    "layer 0 (input side) with the output layer's."
                    + (f" With more than {SAMPLE_ABOVE} runs, the table lists every run and "

@@ -89,6 +89,7 @@ from matplotlib.figure import Figure
 from ..analysis.diagnose import (
     CHECKS,
     FAILING,
+    VERDICT_SEVERITY,
     WARNING,
     Diagnosis,
     diagnose,
@@ -1496,7 +1497,7 @@ def _sample_runs(runs: list[RunData], table: pd.DataFrame,
         depth = _float(table["depth"].iloc[i])
         return (-(depth if math.isfinite(depth) else 0), -far)
 
-    order = sorted(by_verdict, key=lambda v: (v in ("healthy", "no_data"),
+    order = sorted(by_verdict, key=lambda v: (VERDICT_SEVERITY.get(v) is None,
                                               -len(by_verdict[v]), v))
     queues = [sorted(by_verdict[v], key=extremeness) for v in order]
     picked: list[int] = []

@@ -212,7 +212,7 @@ def test_warning_is_a_run_that_learns_with_a_flag(diag, runs):
     assert d.verdict == "warning" and not d.failing
     assert d["vanishing"].flagged and d["vanishing"].severity == WARNING
     ev = d["vanishing"].numbers
-    assert ev["at_init"] is True and ev["ratio_median_early"] > 1e-3
+    assert ev["at_init"] is True and ev["ratio_early"] > 1e-3
     assert ev["recovered_step"] is not None and ev["recovered_step"] > 0
     assert d.causes == []
     assert d.headline.startswith("warning: ") and "vanishing" in d.headline

@@ -83,7 +83,7 @@ def test_run_table_matches_the_diagnosis(sweep_report):
     for d, (_, row) in zip(sweep_report["diagnoses"], table.iterrows()):
         again = diagnose(d.run)
         ev = again["vanishing"].numbers
-        assert row["ratio_early"] == pytest.approx(ev["ratio_median_early"])
+        assert row["ratio_early"] == pytest.approx(ev["ratio_early"])
         assert row["ratio_first"] == pytest.approx(ev["ratio_first"])
         assert row["predicted_ratio"] == pytest.approx(again.theory["predicted_ratio"])
         by_layer = again["dead_units"].numbers.get("by_layer") or {}

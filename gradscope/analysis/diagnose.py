@@ -726,9 +726,9 @@ def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
         if flag:
             msg = f"exploding: {diverged.message}"
         nan = math.nan
-        extra = {"ratio_first": nan, "first_step": None, "ratio_median_early": nan,
+        extra = {"ratio_first": nan, "first_step": None, "ratio_early": nan,
                  "early_steps": [], "ratio_median": nan, "ratio_last": nan, "last_step": None,
-                 "grad_ratio_first": nan, "grad_ratio_median_early": nan, "layer_ratios": {},
+                 "grad_ratio_first": nan, "grad_ratio_early": nan, "layer_ratios": {},
                  "recovered_step": None, "onset_step": None, "since_step": None,
                  "diverged": flag, "at_init": False, "cause_value": nan}
         return _finding(name, flag, diverged.layers if flag else [],
@@ -752,10 +752,10 @@ def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
             else f"step {int(ctx.early[0])}")
     fmt_thr = _num(thr)
     extra = {
-        "ratio_first": first, "first_step": first_step, "ratio_median_early": value,
+        "ratio_first": first, "first_step": first_step, "ratio_early": value,
         "early_steps": [int(ctx.early[0]), int(ctx.early[-1])], "ratio_median": med_all,
         "ratio_last": last, "last_step": last_step,
-        "grad_ratio_first": g_first, "grad_ratio_median_early": g_early,
+        "grad_ratio_first": g_first, "grad_ratio_early": g_early,
         "layer_ratios": {int(l): float(np.median(early[l])) for l in early.columns},
         "recovered_step": None, "onset_step": None, "diverged": False, "at_init": at_init,
         "cause_value": min(first, value) if vanish else max(first, value),

@@ -688,7 +688,7 @@ def _compact_block(run: RunData) -> list[tuple[str, str]]:
     bits = [d.config_summary, f"status: {st.get('status', 'unknown')}"]
     if split:
         bits.append(f"final {split} accuracy {_fmt(acc, pct=True)}")
-    ratio = f"ratio layer 0 / output {_fmt(d['vanishing'].numbers.get('ratio_median_early'))}"
+    ratio = f"ratio layer 0 / output {_fmt(d['vanishing'].numbers.get('ratio_early'))}"
     pred = _float((d.theory or {}).get("predicted_ratio"))
     if math.isfinite(pred):
         ratio += f" (theory {_fmt(pred)})"
@@ -1043,7 +1043,7 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
         if cfg.get("depth"):
             label += f" / depth {cfg['depth']}"
         for when, key in (("first logged step", "ratio_first"),
-                          ("median, first half", "ratio_median_early")):
+                          ("median, first half", "ratio_early")):
             rows.append({"run": name, "label": label, "activation": act, "init": init,
                          "optimizer": opt, "when": when, "ratio": _float(ev.get(key))})
     df = pd.DataFrame(rows)

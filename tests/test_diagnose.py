@@ -546,15 +546,15 @@ def test_bad_thresholds_are_refused(bad):
 def test_theory_message_for_tanh_standard(diag, runs):
     t = diag["tanh_standard"].theory
     assert t is not None
-    assert t["chi1"] == pytest.approx(1 / 3, rel=1e-6)
-    assert t["depth"] == 20
-    assert t["predicted_ratio"] == pytest.approx((1 / 3) ** 10, rel=1e-6)
-    assert t["measured_ratio"] == pytest.approx(ratio_at_first_step(runs["tanh_standard"]))
-    assert t["measured_step"] == 0
-    assert t["explains"] is True
-    assert t["message"].startswith("tanh with standard init: chi1 = 0.33 (ordered), predicted ")
-    assert "over 20 layers, measured " in t["message"]
-    assert len(t["predicted_profile"]) == len(t["measured_profile"]) == 21
+    assert t.chi1 == pytest.approx(1 / 3, rel=1e-6)
+    assert t.depth == 20
+    assert t.predicted_ratio == pytest.approx((1 / 3) ** 10, rel=1e-6)
+    assert t.measured_ratio == pytest.approx(ratio_at_first_step(runs["tanh_standard"]))
+    assert t.measured_step == 0
+    assert t.explains is True
+    assert t.message.startswith("tanh with standard init: chi1 = 0.33 (ordered), predicted ")
+    assert "over 20 layers, measured " in t.message
+    assert len(t.predicted_profile) == len(t.measured_profile) == 21
     # the vanishing message cites the prediction it agrees with
     assert "mean-field theory predicts" in diag["tanh_standard"]["vanishing"].message
     # and none is cited where the theory does not explain the alarm (dead units, lr)

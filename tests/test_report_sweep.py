@@ -85,7 +85,7 @@ def test_run_table_matches_the_diagnosis(sweep_report):
         ev = again["vanishing"].numbers
         assert row["ratio_early"] == pytest.approx(ev["ratio_early"])
         assert row["ratio_first"] == pytest.approx(ev["ratio_first"])
-        assert row["predicted_ratio"] == pytest.approx(again.theory["predicted_ratio"])
+        assert row["predicted_ratio"] == pytest.approx(again.theory.predicted_ratio)
         by_layer = again["dead_units"].numbers.get("by_layer") or {}
         if row["activation"] == "relu":
             assert row["dead_frac"] == pytest.approx(np.mean(list(by_layer.values())))

@@ -167,6 +167,30 @@ class Cause:
 
 
 @dataclass
+class TheoryCheck:
+    """The mean-field prediction of the back-propagated gradient ratio at initialisation
+    beside the measured one (:func:`theory_check`); docs/diagnosis.md, "The theory line"."""
+
+    activation: str
+    init: str
+    weight_var: float
+    out_weight_var: float | None
+    q_star: float
+    chi1: float
+    xi: float
+    phase: str
+    depth: int
+    predicted_ratio: float
+    chi1_ratio: float
+    measured_ratio: float
+    measured_step: int | None
+    predicted_profile: list
+    measured_profile: list
+    explains: bool
+    message: str
+
+
+@dataclass
 class Diagnosis:
     """The diagnosis of one run. ``verdict`` is one of :data:`VERDICTS`, ``severity`` its
     :data:`VERDICT_SEVERITY`; ``causes`` ranks what the log shows as the reasons for a
@@ -185,7 +209,7 @@ class Diagnosis:
     severity: str | None
     causes: list
     findings: dict
-    theory: dict | None
+    theory: TheoryCheck | None
     live: bool = False
 
     def __getitem__(self, name: str) -> Finding:
@@ -452,17 +476,17 @@ def format_diagnosis(d: Diagnosis) -> str:
         mark = {FAILING: "!", WARNING: "?"}.get(f.severity, " ")
         lines.append(f"  {mark} {f.message}")
     if d.theory:
-        lines.append(f"    theory: {d.theory['message']}")
+        lines.append(f"    theory: {d.theory.message}")
     return "\n".join(lines)
 
 
-def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
+def theory_check(config: dict, layers: pd.DataFrame) -> TheoryCheck | None:
     """Mean-field prediction of ``delta_norm[0] / delta_norm[depth]`` at initialisation beside
     the measured ratio at the first logged step.
 
-    Returns None when :mod:`gradscope.analysis.theory` is not importable (or lacks the functions) or
-    cannot describe the run (unknown activation or init; skip connections, normalisation or
-    dropout, which the plain-MLP recursion does not cover). Otherwise a dict: ``activation``,
+    Returns None when the theory cannot describe the run (unknown activation or init; skip
+    connections, normalisation or dropout, which the plain-MLP recursion does not cover).
+    Otherwise a :class:`TheoryCheck`: ``activation``,
     ``init``, ``weight_var`` (hidden ``s_w^2``), ``out_weight_var`` (the output matrix's,
     or None), ``q_star``, ``chi1``, ``xi``, ``phase``, ``depth``, ``predicted_ratio``,
     ``chi1_ratio`` (``chi1^(depth/2)``: every step back at ``chi1``), ``measured_ratio``,
@@ -538,14 +562,12 @@ def theory_check(config: dict, layers: pd.DataFrame) -> dict | None:
             orders = abs(math.log10(measured / predicted))
             msg += (f": {orders:.1f} orders of magnitude from the prediction, which it does not "
                     "explain")
-    return {
-        "activation": act, "init": init, "weight_var": sw2, "out_weight_var": out_sw2,
-        "q_star": float(mf["q_star"]), "chi1": chi1, "xi": float(mf["xi"]),
-        "phase": str(mf["phase"]), "depth": depth, "predicted_ratio": float(predicted),
-        "chi1_ratio": float(chi1_ratio), "measured_ratio": measured, "measured_step": mstep,
-        "predicted_profile": predicted_profile, "measured_profile": mprofile,
-        "explains": explains, "message": msg,
-    }
+    return TheoryCheck(
+        activation=act, init=init, weight_var=sw2, out_weight_var=out_sw2,
+        q_star=float(mf["q_star"]), chi1=chi1, xi=float(mf["xi"]), phase=str(mf["phase"]),
+        depth=depth, predicted_ratio=float(predicted), chi1_ratio=float(chi1_ratio),
+        measured_ratio=measured, measured_step=mstep, predicted_profile=predicted_profile,
+        measured_profile=mprofile, explains=explains, message=msg)
 
 
 # -- the run's tables, prepared once ------------------------------------------------------------
@@ -709,7 +731,7 @@ def _check_diverged(ctx: _Context) -> Finding:
     return _finding("diverged", flag, layers, steps, value, None, rule, msg, status=ctx.status)
 
 
-def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
+def _check_ratio(ctx: _Context, name: str, thr: float, theory: TheoryCheck | None,
                  dead: Finding, diverged: Finding | None = None) -> Finding:
     vanish = name == "vanishing"
     cmp = (lambda x: x < thr) if vanish else (lambda x: x > thr)
@@ -802,11 +824,10 @@ def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
         if extra["since_step"] is not None:
             msg += (f", at every one since step {extra['since_step']} ({_num(last)} at step "
                     f"{last_step})")
-    if (flag and beyond[0] and theory and theory.get("explains")
-            and theory.get("measured_step") == first_step
-            and cmp(_f(theory.get("predicted_ratio")))):
-        msg += (f"; mean-field theory predicts {_num(theory['predicted_ratio'])} "
-                f"(chi1 = {_num(theory['chi1'])})")
+    if (flag and beyond[0] and theory is not None and theory.explains
+            and theory.measured_step == first_step and cmp(theory.predicted_ratio)):
+        msg += (f"; mean-field theory predicts {_num(theory.predicted_ratio)} "
+                f"(chi1 = {_num(theory.chi1)})")
     if vanish and flag and dead.flagged:
         msg += f"; dead units in layers {_layer_list(dead.layers)} pass no gradient"
     if not vanish and diverged and diverged.flagged:
@@ -1232,7 +1253,8 @@ def _step_list(steps, most: int = 6) -> str:
 __all__ = [
     "CAUSES", "CAUSE_THRESHOLDS", "CHECKS", "CHECK_TITLES", "DEFAULT_THRESHOLDS",
     "EARLY_FRACTION", "END_FRACTION", "FAILING", "REACH", "THEORY_TOLERANCE", "VERDICTS",
-    "VERDICT_SEVERITY", "WARNING", "Cause", "Diagnosis", "Finding", "config_summary",
+    "VERDICT_SEVERITY", "WARNING", "Cause", "Diagnosis", "Finding", "TheoryCheck",
+    "config_summary",
     "delta_ratios", "diagnose", "diagnose_table", "evaluate", "format_diagnosis", "load_frames",
     "predicted_signal_ratio", "resolve_thresholds", "theory_check",
 ]

@@ -51,7 +51,6 @@ def run_row(d: Diagnosis, *, steps: pd.DataFrame | None = None,
     dead = f["dead_units"]
     by_layer = [v for v in (dead.numbers.get("by_layer") or {}).values() if math.isfinite(v)]
     sat = f["saturated"]
-    theory = d.theory or {}
     row = {
         "run": d.run or "", "status": d.status, "message": d.status_message,
         "verdict": d.verdict, "severity": d.severity or "",
@@ -78,7 +77,8 @@ def run_row(d: Diagnosis, *, steps: pd.DataFrame | None = None,
         "ratio_median": _f(van["ratio_median"]), "ratio_last": _f(van["ratio_last"]),
         "grad_ratio_first": _f(van["grad_ratio_first"]),
         "grad_ratio_early": _f(van["grad_ratio_early"]),
-        "predicted_ratio": _f(theory.get("predicted_ratio")), "chi1": _f(theory.get("chi1")),
+        "predicted_ratio": d.theory.predicted_ratio if d.theory else math.nan,
+        "chi1": d.theory.chi1 if d.theory else math.nan,
         "signal_ratio": f["collapsed_signal"].numbers["signal_ratio"],
         "predicted_signal_ratio": f["collapsed_signal"].numbers["predicted_signal_ratio"],
         "update_ratio": _f(f["stalled_updates"].value),

@@ -630,18 +630,17 @@ def _final_line(run: RunData) -> str:
 
 def _theory_line(d: Diagnosis) -> str | None:
     t = d.theory
-    if not t:
+    if t is None:
         return None
-    xi = _float(t.get("xi"))
-    xi_txt = "inf" if math.isinf(xi) else f"{_fmt(xi)} layers"
-    pred, meas = t.get("predicted_ratio"), t.get("measured_ratio")
+    xi_txt = "inf" if math.isinf(t.xi) else f"{_fmt(t.xi)} layers"
+    pred, meas = t.predicted_ratio, t.measured_ratio
     verdict = ""
-    if t.get("explains") is True:
+    if t.explains:
         verdict = " - the prediction explains the measurement"
-    elif t.get("explains") is False and meas is not None and math.isfinite(_float(meas)):
+    elif math.isfinite(meas):
         verdict = " - not explained by the prediction"
-    step = t.get("measured_step")
-    return (f"theory: chi1 = {_fmt(t.get('chi1'))} ({t.get('phase', '?')}), depth scale "
+    step = t.measured_step
+    return (f"theory: chi1 = {_fmt(t.chi1)} ({t.phase}), depth scale "
             f"xi = {xi_txt}; layer-0 / output gradient ratio at init: predicted "
             f"{_fmt(pred)}, measured {_fmt(meas)}"
             + (f" at step {step}" if step is not None else "") + verdict)
@@ -689,7 +688,7 @@ def _compact_block(run: RunData) -> list[tuple[str, str]]:
     if split:
         bits.append(f"final {split} accuracy {_fmt(acc, pct=True)}")
     ratio = f"ratio layer 0 / output {_fmt(d['vanishing'].numbers.get('ratio_early'))}"
-    pred = _float((d.theory or {}).get("predicted_ratio"))
+    pred = d.theory.predicted_ratio if d.theory else math.nan
     if math.isfinite(pred):
         ratio += f" (theory {_fmt(pred)})"
     bits.append(ratio)
@@ -902,8 +901,8 @@ def _profile_pages(runs):
 
 
 def _predicted_profile(run: RunData):
-    t = run.diagnosis.theory or {}
-    prof = t.get("predicted_profile")
+    t = run.diagnosis.theory
+    prof = t.predicted_profile if t else None
     if not prof:
         return None
     lay = run.layers
@@ -1035,8 +1034,8 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
         cfg = item.config if isinstance(item, RunData) else {}
         name = item.flabel if isinstance(item, RunData) else _run_name(d)
         ev = d["vanishing"].numbers
-        act = cfg.get("activation") or (d.theory or {}).get("activation", "?")
-        init = cfg.get("init") or (d.theory or {}).get("init", "?")
+        act = cfg.get("activation") or (d.theory.activation if d.theory else "?")
+        init = cfg.get("init") or (d.theory.init if d.theory else "?")
         opt = cfg.get("optimizer", "?")
         lr = cfg.get("lr") or (cfg.get("optimizer_hyper") or {}).get("lr")
         label = f"{act} / {init} / {opt}" + (f" lr={lr:g}" if lr else "")

@@ -232,6 +232,9 @@ def test_diagnose_opens_a_log_once(quickstart, count_opens):
     assert count_opens == [path.resolve()]
     # the same result as from the tables read one by one
     frames = {"steps": gradscope.read_steps(path), "layers": gradscope.read_layers(path),
-              "config": gradscope.read_config(path), "status": gradscope.read_status(path)}
-    assert d["verdict"] == evaluate(**frames, run=str(path))["verdict"]
+              "config": gradscope.read_config(path), "status": gradscope.read_status(path),
+              "epochs": gradscope.read_epochs(path)}
+    e = evaluate(**frames, run=str(path))
+    assert (d.verdict, d.cause_names, d.flags) == (e.verdict, e.cause_names, e.flags)
+    assert [f.message for f in d.findings.values()] == [f.message for f in e.findings.values()]
     assert load_frames(path)["layers"].equals(frames["layers"])

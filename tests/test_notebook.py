@@ -45,16 +45,17 @@ def test_run_html_summary(logs):
     run = gradscope.Run(logs / "sigmoid.h5")
     html = run._repr_html_()
     d = gradscope.diagnose(logs / "sigmoid.h5")
-    assert run.verdict == d["verdict"] == "vanishing"
+    assert run.verdict == d.headline and d.verdict == "not_learning"
+    assert d.cause_names[0] == "vanishing"
     assert "digits d6w64 sigmoid standard sgd" in html
     assert "completed, 150 steps" in html
-    assert "verdict: <b" in html and ">vanishing</b>" in html
-    # the evidence line of the alarm, escaped
-    assert d["vanishing_evidence"]["message"].replace("'", "&#x27;") in html
+    assert "verdict: <b" in html and f">{d.headline}</b>" in html
+    # the failure's first cause, escaped
+    assert d.causes[0].message.replace("'", "&#x27;") in html
     # the inline figure is a PNG
     b64 = html.split("data:image/png;base64,")[1].split("'")[0]
     assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert repr(run) == f"Run({str(logs / 'sigmoid.h5')!r}: completed, vanishing)"
+    assert repr(run) == f"Run({str(logs / 'sigmoid.h5')!r}: completed, {d.headline})"
 
 
 def test_profile_plots_the_logged_gradients(logs):
@@ -81,7 +82,7 @@ def test_runs_table_and_profiles(logs):
     assert [r.label for r in runs] == ["relu", "sigmoid"]
     t = runs.table()
     assert list(t["run"]) == ["relu", "sigmoid"]
-    assert list(t["verdict"]) == [gradscope.diagnose(logs / f"{n}.h5")["verdict"]
+    assert list(t["verdict"]) == [gradscope.diagnose(logs / f"{n}.h5").verdict
                                   for n in ("relu", "sigmoid")]
     html = runs._repr_html_()
     assert "<table" in html and html.count("<tbody>") == 1

@@ -106,11 +106,9 @@ def test_torch_log_equals_engine_log(tmp_path, activation, init, optimizer, lr):
         _close(bt, be, rtol=1e-9, atol=1e-12)
     # the same verdicts and mean-field comparison
     de, dt = gradscope.diagnose(eng), gradscope.diagnose(tor)
-    assert dt["verdict"] == de["verdict"]
-    for flag in ("vanishing", "exploding", "dead_units", "saturation"):
-        if flag in de:
-            assert dt[flag] == de[flag], flag
-    assert dt.get("theory") is not None
-    assert dt["theory"]["init"] == init
-    _close(dt["theory"]["predicted_ratio"], de["theory"]["predicted_ratio"], rtol=0.05)
-    _close(dt["theory"]["measured_ratio"], de["theory"]["measured_ratio"])
+    assert dt.verdict == de.verdict and dt.cause_names == de.cause_names
+    assert dt.flags == de.flags
+    assert dt.theory is not None
+    assert dt.theory.init == init
+    _close(dt.theory.predicted_ratio, de.theory.predicted_ratio, rtol=0.05)
+    _close(dt.theory.measured_ratio, de.theory.measured_ratio)

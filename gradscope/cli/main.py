@@ -380,15 +380,20 @@ def _num(x) -> str:
 @_opt("--exploding", type=float, default=None, help="Exploding threshold: ratio above it [1e3].")
 @_opt("--dead-units", type=float, default=None, help="Share of dead units in a layer [0.5].")
 @_opt("--saturated", type=float, default=None, help="Share of saturated activations in a layer [0.5].")
+@_opt("--not-learning", type=float, default=None, help="Not learning: accuracy less than this share of the way from chance to 1 [0.25].")
+@_opt("--stalled-updates", type=float, default=None, help="Stalled updates: typical update/weight ratio below it [2e-4].")
 @_opt("--max-steps", type=int, default=400, show_default=True, help="Time bins per figure (long runs are downsampled).")
-def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
+def report(inputs, out, vanishing, exploding, dead_units, saturated, not_learning,
+           stalled_updates, max_steps):
     """Write a multi-page PDF report on one or more logs (or folders of logs) and print
     the verdicts."""
     from ..record.schema import LogError
     from ..views.report import collect_logs, make_report, verdict_table
 
     thresholds = {k: v for k, v in (("vanishing", vanishing), ("exploding", exploding),
-                                    ("dead_units", dead_units), ("saturated", saturated))
+                                    ("dead_units", dead_units), ("saturated", saturated),
+                                    ("not_learning", not_learning),
+                                    ("stalled_updates", stalled_updates))
                   if v is not None}
     if max_steps < 10:
         fail(f"--max-steps {max_steps}; accepted: a whole number >= 10")

@@ -98,9 +98,9 @@ class Run:
         return is_relu_family(self.config)
 
     def frames(self) -> dict:
-        """The diagnosis's tables: ``{"steps", "layers", "config", "status"}``."""
+        """The diagnosis's tables: ``{"steps", "layers", "config", "status", "epochs"}``."""
         return {"steps": self.steps, "layers": self.diagnosis_layers, "config": self.config,
-                "status": self.status}
+                "status": self.status, "epochs": self.epochs}
 
 
 def read_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN,
@@ -126,7 +126,7 @@ def read_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN,
 
 def read_frames(path) -> dict:
     """The diagnosis's tables of one log, with one open: ``{"steps", "layers", "config",
-    "status"}`` (a long log's layers as fine time bins, as :func:`read_run` gives them)."""
+    "status", "epochs"}`` (a long log's layers as fine time bins, as :func:`read_run` gives them)."""
     return read_run(path, figures=False).frames()
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.diagnose import diagnose
+from ..analysis.runs import CHECK_COLUMNS, RUN_COLUMNS, error_row, run_row
 from ..engine.data import DataError
 from ..engine.optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
 from ..files import write_atomic
@@ -65,7 +66,6 @@ NAME_TOKENS = {
     "epochs": "ep", "steps": "steps", "val_fraction": "val", "dtype": "", "log_every": "le",
     "probe_every": "pe", "probe_size": "ps", "hist_bins": "hb", "snapshot_every": "snap",
 }
-VERDICT_COLUMNS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
 MAX_RANGE = 10_000
 MAX_NAME = 200
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -906,52 +906,17 @@ def _cell(v):
     return v
 
 
-def _grad_ratios(layers: pd.DataFrame) -> tuple[float, float]:
-    if layers.empty or "delta_norm" not in layers:
-        return math.nan, math.nan
-    piv = layers.pivot_table(index="step", columns="layer", values="delta_norm", aggfunc="first")
-    if piv.shape[1] < 2:
-        return math.nan, math.nan
-    first, last = piv.columns.min(), piv.columns.max()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = (piv[first] / piv[last]).to_numpy(dtype=float)
-    finite = ratio[np.isfinite(ratio)]
-    return (float(ratio[0]) if len(ratio) else math.nan,
-            float(np.median(finite)) if len(finite) else math.nan)
-
-
 def _log_row(path: Path) -> tuple[dict, dict]:
-    """(results, configuration) of one log, read with one open; raises LogError when
+    """(run-table row, configuration) of one log, read with one open; raises LogError when
     unreadable."""
     run = read_run(path, figures=False)
-    status, cfg, steps, epochs, layers = run.status, run.config, run.steps, run.epochs, run.layers
-    row: dict = {"status": status["status"], "message": status["message"]}
-    last = steps.iloc[-1] if len(steps) else None
-    row["final_step"] = int(last["step"]) if last is not None else math.nan
-    row["final_loss"] = float(last["loss"]) if last is not None else math.nan
-    row["final_accuracy"] = float(last["accuracy"]) if last is not None else math.nan
-    ep = epochs.iloc[-1] if len(epochs) else None
-    for col in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-        row[f"final_{col}"] = float(ep[col]) if ep is not None else math.nan
-    row["epochs_logged"] = len(epochs)
-    row["train_seconds"] = float(last["time"]) if last is not None else math.nan
-    row["grad_ratio_first"], row["grad_ratio_median"] = _grad_ratios(layers)
-    for v in VERDICT_COLUMNS:
-        row[v] = pd.NA
-    row["verdict"] = ""
     try:
         d = diagnose(run)
     except Exception as e:  # noqa: BLE001 -- the run's numbers stay usable
-        row["verdict"] = f"diagnosis failed: {_one_line(e)}"
-    else:
-        for v in VERDICT_COLUMNS:
-            if v in d:
-                row[v] = bool(d[v])
-            ev = d.get(f"{v}_evidence")
-            row[f"{v}_value"] = (ev.get("value", math.nan) if isinstance(ev, dict)
-                                 else math.nan)
-        row["verdict"] = str(d.get("verdict", ""))
-    return row, cfg
+        row = error_row(path, f"diagnosis failed: {_one_line(e)}", status=run.status["status"])
+        row["message"] = run.status["message"]
+        return row, run.config
+    return run_row(d, steps=run.steps, epochs=run.epochs), run.config
 
 
 def summarize(out_dir) -> pd.DataFrame:
@@ -959,9 +924,9 @@ def summarize(out_dir) -> pd.DataFrame:
 
     Rows: every run listed in ``sweep.json`` (in grid order; ``missing`` or ``failed``
     when it has no log yet), then any other ``*.h5`` log in the folder. Columns: ``name``,
-    ``status``, the swept options, the final metrics, gradient ratios, the diagnosis
-    (when gradscope.diagnose is installed), the other options, ``message`` and ``file``;
-    docs/sweep.md lists them.
+    ``status``, the swept options, the run table's measured columns
+    (:data:`gradscope.analysis.runs.RUN_COLUMNS`: the diagnosis, final metrics, gradient
+    ratios), the other options, ``message`` and ``file``; docs/log-format.md lists them.
     """
     out = Path(out_dir)
     spec = {}
@@ -988,8 +953,9 @@ def summarize(out_dir) -> pd.DataFrame:
         else:
             try:
                 res, logged = _log_row(path)
+                res.pop("run", None)
             except LogError as e:
-                row.update(status="unreadable", message=str(e))
+                row.update(error_row(path, str(e)))
             else:
                 row.update(res)
                 cfg = {**cfg, **logged}
@@ -1003,17 +969,14 @@ def summarize(out_dir) -> pd.DataFrame:
         swept = [k for k in option_names
                  if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
     swept = [k for k in swept if k in option_names]
-    result_cols = ["final_step", "final_loss", "final_accuracy", "final_train_loss",
-                   "final_train_accuracy", "final_val_loss", "final_val_accuracy",
-                   "epochs_logged", "train_seconds", "grad_ratio_first", "grad_ratio_median",
-                   *VERDICT_COLUMNS, "verdict", *(f"{v}_value" for v in VERDICT_COLUMNS)]
+    measured = [c for c in RUN_COLUMNS if c not in ("run", "status", "message")]
     others = [k for k in option_names if k not in swept] + ["total_steps"]
-    columns = ["name", "status", *swept, *result_cols, *others, "message", "file"]
+    columns = ["name", "status", *swept, *measured, *others, "message", "file"]
     table = [{**c, **r} for r, c in zip(rows, configs)]
     df = pd.DataFrame(table, columns=columns)
-    for v in VERDICT_COLUMNS:
+    for v in CHECK_COLUMNS:
         df[v] = df[v].astype("boolean")
-    df["verdict"] = df["verdict"].fillna("")
-    df["message"] = df["message"].fillna("")
-    df["file"] = df["file"].fillna("")
+    for c in ("verdict", "severity", "causes", "flags", "error", "accuracy_split", "message",
+              "file"):
+        df[c] = df[c].fillna("")
     return df

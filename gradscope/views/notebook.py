@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis.diagnose import FAILING, WARNING, Diagnosis
 from . import plots
 from .report import MAX_STEPS, collect_logs, load_run, predicted_profile, run_table
 
@@ -38,8 +39,7 @@ __all__ = ["Run", "Runs"]
 #: columns of the comparison table, in order (those present)
 TABLE_COLUMNS = ("run", "status", "depth", "width", "activation", "init", "optimizer", "lr",
                  "remedy", "ratio_early", "predicted_ratio", "dead_frac", "accuracy",
-                 "verdict")
-_VERDICTS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
+                 "verdict", "causes")
 
 
 class Run:
@@ -78,12 +78,13 @@ class Run:
         return str(self.data.status.get("status", ""))
 
     @property
-    def diagnosis(self) -> dict:
+    def diagnosis(self) -> Diagnosis:
         return self.data.diagnosis
 
     @property
     def verdict(self) -> str:
-        return str(self.diagnosis.get("verdict", ""))
+        """The verdict with its causes or warnings (:attr:`Diagnosis.headline`)."""
+        return self.diagnosis.headline
 
     @property
     def steps(self) -> pd.DataFrame:
@@ -126,10 +127,11 @@ class Run:
                 if _finite(row.get("predicted_ratio")) else "")),
         ]
         verdict = self.verdict
-        colour = "#1a7f37" if verdict == "healthy" else "#b42318"
-        items = "".join(
-            f"<li>{html.escape((diag.get(f'{v}_evidence') or {}).get('message', v))}</li>"
-            for v in _VERDICTS if diag.get(v))
+        colour = {FAILING: "#b42318", WARNING: "#8c510a"}.get(diag.severity, "#1a7f37")
+        # a failure's causes in their order, else the flagged checks
+        msgs = ([c.message for c in diag.causes] if diag.failing
+                else [diag[name].message for name in diag.flags])
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in msgs)
         rows = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th>"
                        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
                        for k, v in facts)
@@ -186,7 +188,7 @@ class _RunPlots:
     def dead(self, ax=None):
         """Share of dead units per hidden layer at the probe steps (ReLU family)."""
         d = self._run.data
-        thr = d.diagnosis.get("thresholds", {}).get("dead_units")
+        thr = d.diagnosis.thresholds["dead_units"]
         return plots.dead_units(data=d.probes, ax=ax, threshold=thr)
 
     def activations(self, ax=None):

@@ -4,7 +4,8 @@
 writes one PDF (A4 landscape), one idea per page:
 
 1. summary: each run's configuration, status, final training and validation loss and
-   accuracy, its verdicts with the evidence messages and the mean-field theory line
+   accuracy, its verdict (healthy, warning, not_learning, diverged) with the ranked causes
+   of a failure, every check's evidence message and the mean-field theory line
    (several pages when the runs do not fit on one);
 2. gradient flow: heatmaps of log10 ``grad_norm`` and ``delta_norm`` per layer and step;
 3. gradient profile across depth at start / quarter / half / end, with the mean-field
@@ -74,7 +75,7 @@ import re
 import textwrap
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -85,12 +86,16 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from ..analysis.diagnose import (
-    VERDICTS,
-    config_summary,
+    CHECKS,
+    FAILING,
+    VERDICT_SEVERITY,
+    WARNING,
+    Diagnosis,
     diagnose,
     remedy_parts,
     resolve_thresholds,
 )
+from ..analysis.runs import run_row
 from ..files import atomic_file
 from ..reading.binned import MAX_STEPS, PER_BIN, read_layers_binned
 from ..reading.readers import check_log_file
@@ -179,7 +184,7 @@ class RunData(Run):
     diagnosis."""
 
     label: str = ""
-    diagnosis: dict = field(default_factory=dict)
+    diagnosis: Diagnosis | None = None
     short: str | None = None   # a shorter label for figures (a sweep's names, shortened)
 
     @property
@@ -199,35 +204,35 @@ def load_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN, label=
 
 
 # -- text -----------------------------------------------------------------------------------
-def _flag(d: dict, name: str) -> str:
-    if d.get(name):
-        return "YES"
-    ev = d.get(f"{name}_evidence") or {}
-    return "n/a" if ev.get("applicable") is False else "-"
+def _run_name(d: Diagnosis) -> str:
+    return Path(d.run).name if d.run else "run"
 
 
-def _run_name(d: dict) -> str:
-    run = d.get("run")
-    return Path(run).name if run else "run"
+def _why(d: Diagnosis) -> str:
+    """The causes of a failure (upstream first), the warnings of a run that learns."""
+    if d.failing:
+        return ", ".join(d.cause_names) or "no cause found"
+    return ", ".join(d.flags) or "-"
 
 
 def verdict_table(diagnoses) -> str:
     """A short plain-text table of diagnoses, one line per run, for a terminal.
 
-    Columns: run (file name), status, vanishing, exploding, dead (units), saturated,
-    verdict. ``YES`` marks an alarm, ``-`` a check passed, ``n/a`` a check that does not
-    apply (e.g. dead units of tanh) or could not be judged.
+    Columns: run (file name), status, accuracy (the final accuracy the verdict judged, with
+    ``(live)`` for a run still being written), verdict (:data:`~gradscope.analysis.diagnose.VERDICTS`)
+    and why: for ``not_learning`` and ``diverged`` the causes, upstream first (or ``no cause
+    found``), for ``warning`` the flagged checks.
     """
-    head = ["run", "status", "vanishing", "exploding", "dead", "saturated", "verdict"]
+    head = ["run", "status", "accuracy", "verdict", "cause / warnings"]
     rows = []
     diagnoses = list(diagnoses)
     names, note = _short_names([_run_name(d) for d in diagnoses])
     for d, name in zip(diagnoses, names):
         if len(name) > _NAME_WIDTH:
             name = name[:22] + "..." + name[-23:]
-        rows.append([name, str(d.get("status", "")), _flag(d, "vanishing"),
-                     _flag(d, "exploding"), _flag(d, "dead_units"), _flag(d, "saturated"),
-                     str(d.get("verdict", ""))])
+        acc = d["not_learning"].numbers.get("accuracy")
+        rows.append([name, d.status, _fmt(acc, pct=True) + (" (live)" if d.live else ""),
+                     d.verdict, _why(d)])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -314,20 +319,19 @@ def _final_line(run: RunData) -> str:
     return f"final, {where}: " + "; ".join(parts)
 
 
-def _theory_line(d: dict) -> str | None:
-    t = d.get("theory")
-    if not t:
+def _theory_line(d: Diagnosis) -> str | None:
+    t = d.theory
+    if t is None:
         return None
-    xi = _float(t.get("xi"))
-    xi_txt = "inf" if math.isinf(xi) else f"{_fmt(xi)} layers"
-    pred, meas = t.get("predicted_ratio"), t.get("measured_ratio")
+    xi_txt = "inf" if math.isinf(t.xi) else f"{_fmt(t.xi)} layers"
+    pred, meas = t.predicted_ratio, t.measured_ratio
     verdict = ""
-    if t.get("explains") is True:
+    if t.explains:
         verdict = " - the prediction explains the measurement"
-    elif t.get("explains") is False and meas is not None and math.isfinite(_float(meas)):
+    elif math.isfinite(meas):
         verdict = " - not explained by the prediction"
-    step = t.get("measured_step")
-    return (f"theory: chi1 = {_fmt(t.get('chi1'))} ({t.get('phase', '?')}), depth scale "
+    step = t.measured_step
+    return (f"theory: chi1 = {_fmt(t.chi1)} ({t.phase}), depth scale "
             f"xi = {xi_txt}; layer-0 / output gradient ratio at init: predicted "
             f"{_fmt(pred)}, measured {_fmt(meas)}"
             + (f" at step {step}" if step is not None else "") + verdict)
@@ -348,35 +352,44 @@ def _wrap(text: str, indent: str = "", width: int = _WRAP) -> list[str]:
 
 def _needs_block(run: RunData) -> bool:
     d = run.diagnosis
-    return (d.get("verdict") not in ("healthy",) or d.get("status") != "completed"
-            or bool(run.notes))
+    return d.verdict != "healthy" or d.status != "completed" or bool(run.notes)
+
+
+_STYLE_OF = {FAILING: "alarm", WARNING: "warn"}
+
+
+def _verdict_lines(d: Diagnosis) -> list[tuple[str, str]]:
+    """The verdict line and, for a failure, its causes ranked."""
+    style = _STYLE_OF.get(d.severity, "ok")
+    out = [(style, f"   verdict: {d.headline}")]
+    for i, c in enumerate(d.causes, 1):
+        out += [(style, line) for line in _wrap(f"{i}. {c.message}", "     ",
+                                                width=_WRAP_BOLD)]
+    return out
 
 
 def _compact_block(run: RunData) -> list[tuple[str, str]]:
     """A run's lines on the summary pages of a sweep: what it is, how it ended, its
-    alarms (not the checks it passed)."""
+    verdict with its causes and the warnings (not the checks it passed)."""
     d = run.diagnosis
     st = run.status
     label = run.label if len(run.label) <= 120 else run.label[:117] + "..."
-    ev = d.get("vanishing_evidence") or {}
     acc, split = _final_accuracy(run)
-    bits = [d.get("config_summary", ""), f"status: {st.get('status', 'unknown')}"]
+    bits = [d.config_summary, f"status: {st.get('status', 'unknown')}"]
     if split:
         bits.append(f"final {split} accuracy {_fmt(acc, pct=True)}")
-    ratio = f"ratio layer 0 / output {_fmt(ev.get('ratio_median_early'))}"
-    pred = _float((d.get("theory") or {}).get("predicted_ratio"))
+    ratio = f"ratio layer 0 / output {_fmt(d['vanishing'].numbers.get('ratio_early'))}"
+    pred = d.theory.predicted_ratio if d.theory else math.nan
     if math.isfinite(pred):
         ratio += f" (theory {_fmt(pred)})"
     bits.append(ratio)
     out = [("head", label)]
     out += [("text", line) for line in _wrap("  |  ".join(bits), "   ")]
-    verdict = d.get("verdict", "")
-    out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
-                f"   verdict: {verdict}"))
-    for v in VERDICTS:
-        if d.get(v):
-            msg = (d.get(f"{v}_evidence") or {}).get("message", v)
-            out += [("alarm", line) for line in _wrap(f"! {msg}", "     ", width=_WRAP_BOLD)]
+    out += _verdict_lines(d)
+    if not d.failing:
+        for name in d.flags:
+            out += [("warn", line) for line in _wrap(f"? {d[name].message}", "     ",
+                                                     width=_WRAP_BOLD)]
     for note in run.notes:
         out.append(("dim", f"   note: {note}"))
     out.append(("gap", ""))
@@ -391,25 +404,23 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
     msg = st.get("message") or ""
     label = run.label if len(run.label) <= 120 else run.label[:117] + "..."
     out = [("head", label)]
-    for line in _wrap(f"{d.get('config_summary', '')}  |  status: {status}"
+    for line in _wrap(f"{d.config_summary}  |  status: {status}"
                       + (f" ({msg})" if msg else "") + f"  |  {run.logged_steps} logged steps",
                       "   "):
         out.append(("text", line))
     for line in _wrap(_final_line(run), "   "):
         out.append(("text", line))
-    verdict = d.get("verdict", "")
-    out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
-                f"   verdict: {verdict}"))
+    out += _verdict_lines(d)
     na = []
-    for v in VERDICTS:
-        ev = d.get(f"{v}_evidence") or {}
-        if not d.get(v) and ev.get("applicable") is False:
-            na.append(ev.get("message", v))
+    for name in CHECKS:
+        f = d[name]
+        if not f.flagged and not f.applicable:
+            na.append(f.message)
             continue
-        mark = "!" if d.get(v) else "-"
-        width = _WRAP_BOLD if d.get(v) else _WRAP
-        for line in _wrap(f"{mark} {ev.get('message', v)}", "     ", width=width):
-            out.append(("alarm" if d.get(v) else "text", line))
+        mark = {FAILING: "!", WARNING: "?"}.get(f.severity, "-")
+        width = _WRAP_BOLD if f.flagged else _WRAP
+        for line in _wrap(f"{mark} {f.message}", "     ", width=width):
+            out.append((_STYLE_OF.get(f.severity, "text"), line))
     if na:
         for line in _wrap("n/a: " + "; ".join(m.split(": ")[-1] for m in na), "     "):
             out.append(("dim", line))
@@ -498,7 +509,7 @@ def _grid(n: int) -> tuple[int, int]:
     return {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}.get(n, (2, 3))
 
 
-def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
+def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis]) -> list[_Page]:
     table = verdict_table(diagnoses).splitlines()
     head, rows = table[:2], table[2:]
     if rows and rows[-1].startswith("(run names without"):
@@ -543,6 +554,7 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
                 "head": {"fontweight": "bold", "fontsize": 10},
                 "text": {"fontsize": 8.8},
                 "alarm": {"fontsize": 8.8, "color": "#a50f15", "fontweight": "bold"},
+                "warn": {"fontsize": 8.8, "color": "#8c510a", "fontweight": "bold"},
                 "ok": {"fontsize": 8.8, "color": "#005a32", "fontweight": "bold"},
                 "dim": {"fontsize": 8.5, "color": "0.4"},
                 "mono": {"fontsize": 8.5, "family": "monospace"},
@@ -557,12 +569,15 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict]) -> list[_Page]:
         n_runs = len(runs)
         title = "Summary"
         caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
-                   "YES = alarm, - = check passed, n/a = not applicable or not judged. "
-                   "Gradient ratios compare ||delta|| = ||dL/dz|| of layer 0 (input side) "
-                   "with the output layer's."
+                   "Verdict: healthy (learning, nothing flagged), warning (learning, something "
+                   "flagged), not_learning or diverged (failing; the causes the log shows, "
+                   "upstream first). ! = failing, ? = warning, - = check passed, n/a = not "
+                   "applicable or not judged. Gradient ratios compare ||delta|| = ||dL/dz|| of "
+                   "layer 0 (input side) with the output layer's."
                    + (f" With more than {SAMPLE_ABOVE} runs, the table lists every run and "
-                      "below it each run with an alarm (or not completed) gets its alarms; a "
-                      "report of one run lists every check." if compact else ""))
+                      "below it each run that is not healthy (or not completed) gets its "
+                      "verdict, causes and warnings; a report of one run lists every check."
+                      if compact else ""))
         out.append(_Page(title, caption if i == 0 else "", draw, layout=False))
     return out
 
@@ -613,8 +628,8 @@ def _profile_pages(runs):
 
 
 def _predicted_profile(run: RunData):
-    t = run.diagnosis.get("theory") or {}
-    prof = t.get("predicted_profile")
+    t = run.diagnosis.theory
+    prof = t.predicted_profile if t else None
     if not prof:
         return None
     lay = run.layers
@@ -751,16 +766,16 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
         d = item.diagnosis if isinstance(item, RunData) else item
         cfg = item.config if isinstance(item, RunData) else {}
         name = item.flabel if isinstance(item, RunData) else _run_name(d)
-        ev = d.get("vanishing_evidence") or {}
-        act = cfg.get("activation") or (d.get("theory") or {}).get("activation", "?")
-        init = cfg.get("init") or (d.get("theory") or {}).get("init", "?")
+        ev = d["vanishing"].numbers
+        act = cfg.get("activation") or (d.theory.activation if d.theory else "?")
+        init = cfg.get("init") or (d.theory.init if d.theory else "?")
         opt = cfg.get("optimizer", "?")
         lr = cfg.get("lr") or (cfg.get("optimizer_hyper") or {}).get("lr")
         label = f"{act} / {init} / {opt}" + (f" lr={lr:g}" if lr else "")
         if cfg.get("depth"):
             label += f" / depth {cfg['depth']}"
         for when, key in (("first logged step", "ratio_first"),
-                          ("median, first half", "ratio_median_early")):
+                          ("median, first half", "ratio_early")):
             rows.append({"run": name, "label": label, "activation": act, "init": init,
                          "optimizer": opt, "when": when, "ratio": _float(ev.get(key))})
     df = pd.DataFrame(rows)
@@ -898,35 +913,21 @@ def _final_accuracy(run: RunData) -> tuple[float, str]:
 
 
 def run_table(runs) -> pd.DataFrame:
-    """One row per run: its options and the numbers the sweep pages draw.
+    """One row per run: the run table of :func:`gradscope.analysis.runs.run_row` (the
+    columns of :data:`~gradscope.analysis.runs.RUN_COLUMNS`, the same as the sweep summary's;
+    docs/log-format.md lists them) with ``run`` the label, plus ``file`` and the options.
 
     ``runs``: :class:`RunData` (from :func:`load_run`). The table is what
     :func:`gradscope.views.plots.phase_diagram`, :func:`~gradscope.views.plots.depth_dead_units` and
-    :func:`~gradscope.views.plots.grid_heatmap` take. Columns:
+    :func:`~gradscope.views.plots.grid_heatmap` take. Added columns:
 
-    - ``run`` (the label), ``file``, ``status``, ``verdict``;
-    - the options as the run used them: ``dataset``, ``depth``, ``width`` (None for
+    - ``file``; the options as the run used them: ``dataset``, ``depth``, ``width`` (None for
       unequal ``widths``), ``widths``, ``activation``, ``init``, ``init_gain``,
       ``optimizer``, ``lr`` (the optimizer's default filled in), ``batch_size``, ``seed``,
       ``dropout``, ``residual``, ``norm``, ``clip_norm``, ``clip_value``;
     - ``remedy``: the remedies that are on (``"residual + batchnorm"``) or ``"none"``;
       ``variant``: the options other than depth, activation, init, optimizer and seed that
-      differ between these runs, as text (``"residual=on"``; ``""`` when none does);
-    - ``ratio_first`` (``delta_norm`` of layer 0 over the output layer's at the first
-      logged step, ``first_step``) and ``ratio_early`` (its median over the first half of
-      training): the diagnosis's ``ratio_first`` and ``ratio_median_early`` evidence;
-      ``predicted_ratio``: the mean-field prediction at initialisation
-      (``predicted_delta_profile(...)[0]`` with the run's weight variances, as
-      :func:`gradscope.analysis.diagnose.theory_check` computes it; NaN with skips, normalisation or
-      dropout);
-    - ``dead_frac``: the mean over the hidden layers of the share of dead units at the last
-      usable probe step (the diagnosis's per-layer values), ``dead_frac_max`` the worst
-      layer's, ``dead_step`` that probe step (NaN / None outside the ReLU family);
-    - ``accuracy``: the final validation accuracy, else the last epoch's training accuracy,
-      else the last batch's; ``accuracy_split`` says which (``validation``, ``training``,
-      ``training batch``); ``n_classes``;
-    - the verdict booleans ``vanishing``, ``exploding``, ``dead_units``, ``saturated``,
-      ``diverged``.
+      differ between these runs, as text (``"residual=on"``; ``""`` when none does).
     """
     runs = list(runs)
     opts = [_options(r.config) for r in runs]
@@ -935,35 +936,15 @@ def run_table(runs) -> pd.DataFrame:
     var_keys = _varying(opts, skip)
     rows = []
     for r, o in zip(runs, opts):
-        d = r.diagnosis
-        ev = d.get("vanishing_evidence") or {}
-        dead_ev = d.get("dead_units_evidence") or {}
-        by_layer = {k: _float(v) for k, v in (dead_ev.get("by_layer") or {}).items()}
-        finite = [v for v in by_layer.values() if math.isfinite(v)]
-        relu = r.relu_family and dead_ev.get("applicable", True) and finite
-        theory = d.get("theory") or {}
-        acc, split = _final_accuracy(r)
-        row = {"run": r.label, "file": r.path.name, "status": d.get("status", ""),
-               "verdict": d.get("verdict", "")}
+        row = run_row(r.diagnosis, steps=r.steps, epochs=r.epochs)
+        row["run"] = r.label
+        row["file"] = r.path.name
         for k in ("dataset", "depth", "width", "widths", "activation", "init", "init_gain",
                   "optimizer", "lr", "batch_size", "seed", *REMEDY_KEYS):
             v = o.get(k)
             row[k] = ",".join(map(str, v)) if isinstance(v, list) else v
         row["remedy"] = _remedy_text(o)
         row["variant"] = ", ".join(_setting(k, o.get(k)) for k in var_keys)
-        row.update({
-            "ratio_first": _float(ev.get("ratio_first")), "first_step": ev.get("first_step"),
-            "ratio_early": _float(ev.get("ratio_median_early")),
-            "predicted_ratio": _float(theory.get("predicted_ratio")),
-            "dead_frac": float(np.mean(finite)) if relu else math.nan,
-            "dead_frac_max": float(np.max(finite)) if relu else math.nan,
-            "dead_step": dead_ev.get("step") if relu else None,
-            "accuracy": acc, "accuracy_split": split,
-            "n_classes": r.config.get("n_outputs") if r.config.get("task", "classification")
-            == "classification" else None,
-        })
-        for v in VERDICTS:
-            row[v] = bool(d.get(v, False))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -1174,13 +1155,13 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
             described[i] = (f"{t}: {extra}" if extra else t, g, o, k)
     skipped = len(groups) - len(described)
     for n, (title, group, opts, keys) in enumerate(described):
-        base = group[0].diagnosis.get("config_summary") or config_summary(group[0].config)
+        base = group[0].diagnosis.config_summary
         seed = opts[0].get("seed")
         titles, preds = {}, {}
         for r, o in zip(group, opts):
             setting = ", ".join(f"--{k.replace('_', '-')} {_remedy_value(k, o.get(k))}"
                                 for k in keys)
-            titles[r.flabel] = f"{setting}: {r.diagnosis.get('verdict', '')}"
+            titles[r.flabel] = f"{setting}: {r.diagnosis.headline}"
             p = _predicted_profile(r)
             if p is not None:
                 preds[r.flabel] = p
@@ -1194,10 +1175,10 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
                 plots.profile_comparison(data=data, runs=labels, titles=titles,
                                          predicted=preds, ax=axes[:len(chunk)])
                 for ax, r in zip(axes, chunk):
-                    alarm = r.diagnosis.get("verdict") not in ("healthy", "no data",
-                                                               "not diagnosed")
+                    color = {FAILING: "#a50f15", WARNING: "#8c510a"}.get(
+                        r.diagnosis.severity, "#005a32")
                     ax.set_title(titles[r.flabel], loc="left", fontsize=11,
-                                 fontweight="bold", color="#a50f15" if alarm else "#005a32")
+                                 fontweight="bold", color=color)
                 for ax in axes[len(chunk):]:
                     ax.set_axis_off()
             caption = (
@@ -1234,7 +1215,7 @@ def _sample_runs(runs: list[RunData], table: pd.DataFrame,
         depth = _float(table["depth"].iloc[i])
         return (-(depth if math.isfinite(depth) else 0), -far)
 
-    order = sorted(by_verdict, key=lambda v: (v in ("healthy", "no data", "not diagnosed"),
+    order = sorted(by_verdict, key=lambda v: (VERDICT_SEVERITY.get(v) is None,
                                               -len(by_verdict[v]), v))
     queues = [sorted(by_verdict[v], key=extremeness) for v in order]
     picked: list[int] = []
@@ -1270,7 +1251,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
 report leaves no partial file.
 
     Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
-    "diagnoses": [diagnose() dicts], "table": run_table(), "sweep": sweep_layout() or None,
+    "diagnoses": [Diagnosis], "table": run_table(), "sweep": sweep_layout() or None,
     "remedy_groups": [[labels]], "sampled": [labels of the runs with per-run pages],
     "seconds": float}``. Raises :class:`LogError` (one line) for a missing,
     non-HDF5, non-gradscope or truncated file, ``ValueError`` for a bad threshold.
@@ -1332,7 +1313,7 @@ report leaves no partial file.
         source = source[:117] + "..."
     meta = {
         "Title": title or f"gradscope report: {source}",
-        "Subject": "; ".join(f"{lab}: {d.get('verdict', '')}" for lab, d in
+        "Subject": "; ".join(f"{lab}: {d.headline}" for lab, d in
                              zip(labels, diagnoses))[:2000],
         "Keywords": "gradscope, gradient diagnostics",
         "Creator": "gradscope",

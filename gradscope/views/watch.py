@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..analysis.diagnose import CAUSES, FAILING, WARNING, Diagnosis
 from ..reading.readers import committed_rows, log_status, open_log, read_config, read_rows
 from ..record.schema import LogError
 
@@ -55,7 +56,6 @@ UNREADABLE_AFTER = 5.0
 DIAGNOSE_EVERY = 5.0
 #: statuses of a run that will not change any more
 ENDED = ("completed", "diverged", "interrupted", "stalled", "failed", "unreadable")
-VERDICT_NAMES = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
 SPARK = "▁▂▃▄▅▆▇█"
 #: how much a status asks for attention (lower first) in the folder view
 _ATTENTION = {"diverged": 0, "failed": 1, "unreadable": 1, "stalled": 2, "interrupted": 3,
@@ -96,7 +96,8 @@ class RunTail:
     layers: pd.DataFrame | None = None    # thinned layer history (no probe columns)
     probes: pd.DataFrame | None = None    # every probe row
     last_step: int | None = None
-    diagnosis: dict | None = None
+    diagnosis: Diagnosis | None = None
+    diagnosis_error: str = ""             # why the last diagnosis failed, if it did
     error: str = ""
     _stamp: tuple = ()
     _grew_at: float = 0.0
@@ -254,7 +255,7 @@ class RunTail:
         ds = float(tail["step"].iloc[-1] - tail["step"].iloc[0])
         return ds / dt if dt > 0 else math.nan
 
-    def diagnose(self, now: float | None = None, force: bool = False) -> dict | None:
+    def diagnose(self, now: float | None = None, force: bool = False) -> Diagnosis | None:
         """The verdicts on the history held, recomputed when new rows came and at most every
         ``DIAGNOSE_EVERY`` seconds while the run grows."""
         now = time.monotonic() if now is None else now
@@ -277,8 +278,9 @@ class RunTail:
             self.diagnosis = diagnose(str(self.path), frames={
                 "steps": self.steps, "layers": layers, "config": self.config,
                 "status": status})
+            self.diagnosis_error = ""
         except Exception as e:  # noqa: BLE001 - a view shows the problem, it does not stop
-            self.diagnosis = {"verdict": "?", "error": f"{type(e).__name__}: {e}"}
+            self.diagnosis, self.diagnosis_error = None, f"{type(e).__name__}: {e}"
         self._diag_rows, self._diag_at = n, now
         return self.diagnosis
 
@@ -366,12 +368,13 @@ class Watch:
         """One dict per run (and planned run without a log), sorted by what needs attention."""
         out = []
         for name, t in self.runs.items():
-            d = t.diagnosis or {}
+            d = t.diagnosis
+            verdict = (d.headline if d is not None else "?" if t.diagnosis_error else "")
             out.append({"name": t.name, "status": t.status, "message": t.message or t.error,
                         "step": t.last_step, "total": t.total_steps,
                         "loss": _last_loss(t), "ratio": t.ratio(),
-                        "verdict": d.get("verdict", "") if t.status != "waiting" else "",
-                        "alarm": _alarmed(d)})
+                        "verdict": verdict if t.status != "waiting" else "",
+                        "alarm": _alarmed(d), "severity": d.severity if d else None})
         have = {t.name for t in self.runs.values()} | {Path(n).stem for n in self.runs}
         for name in self.planned:
             if name not in have:
@@ -379,7 +382,7 @@ class Watch:
                 out.append({"name": name, "status": st,
                             "message": self.failed_notes.get(name, ""), "step": None,
                             "total": None, "loss": math.nan, "ratio": math.nan, "verdict": "",
-                            "alarm": False})
+                            "alarm": False, "severity": None})
         for r, short in zip(out, short_names([r["name"] for r in out])):
             r["short"] = short
         return sorted(out, key=_attention)
@@ -426,8 +429,9 @@ def _last_loss(t: RunTail) -> float:
     return float(v[-1]) if not np.isfinite(v).all() else float(np.median(v))
 
 
-def _alarmed(d: dict) -> bool:
-    return any(bool(d.get(v)) for v in VERDICT_NAMES)
+def _alarmed(d: Diagnosis | None) -> bool:
+    """A failing verdict (not learning, diverged) or a warning."""
+    return d is not None and d.severity is not None
 
 
 def _attention(row: dict) -> tuple:
@@ -543,7 +547,7 @@ def render_run(t: RunTail, width: int = 100, every: float | None = None):
     delta = rec["delta_norm"].reindex(range(depth + 1))
     bars, lo, hi = log_bars(delta.to_numpy(), bar_w)
     probe = t.latest_probe()
-    thr = ((t.diagnosis or {}).get("thresholds") or {}).get("vanishing", 1e-3)
+    thr = t.diagnosis.thresholds["vanishing"] if t.diagnosis else 1e-3
     out_v = delta.iloc[-1]
     table = Table(box=None, pad_edge=False, padding=(0, 1), show_edge=False,
                   title_justify="left", title_style="bold")
@@ -601,31 +605,36 @@ def render_run(t: RunTail, width: int = 100, every: float | None = None):
 def _applies(t: RunTail, name: str) -> bool:
     """Whether the diagnosis judges ``name`` for this run (dead units: ReLU family;
     saturation: sigmoid, tanh); True until a diagnosis says otherwise."""
-    ev = (t.diagnosis or {}).get(f"{name}_evidence") or {}
-    return ev.get("applicable", True) is not False or bool(ev.get("layers"))
+    if t.diagnosis is None:
+        return True
+    f = t.diagnosis[name]
+    return f.applicable or bool(f.layers)
 
 
 def _verdict_lines(t: RunTail) -> list:
     from rich.text import Text
 
     d = t.diagnosis
-    if not d:
+    if d is None and t.diagnosis_error:
+        return [Text(f"verdict: not judged ({t.diagnosis_error})", style="yellow")]
+    if d is None:
         return [Text("verdict: waiting for evidence", style="dim")]
-    if "error" in d and "verdict" in d and d["verdict"] == "?":
-        return [Text(f"verdict: not judged ({d['error']})", style="yellow")]
-    v = str(d.get("verdict", ""))
-    style = "bold green" if v == "healthy" else "dim" if v == "no data" else "bold red"
-    lines = [Text.assemble(("verdict: ", "bold"), (v, style))]
-    for name in VERDICT_NAMES:
-        ev = d.get(f"{name}_evidence") or {}
-        if d.get(name):
-            lines.append(Text(f"  ✗ {ev.get('message', name)}", style="red"))
+    style = {FAILING: "bold red", WARNING: "bold yellow"}.get(
+        d.severity, "dim" if d.verdict == "no_data" else "bold green")
+    lines = [Text.assemble(("verdict: ", "bold"), (d.headline, style))]
+    # a failure's causes in their order (upstream first), then the other flags
+    for i, c in enumerate(d.causes, 1):
+        lines.append(Text(f"  {i}. {c.message}", style="red"))
+    for name in d.flags:
+        if name not in d.cause_names:
+            lines.append(Text(f"  ✗ {d[name].message}",
+                              style="red" if d[name].severity == FAILING else "yellow"))
     ok = []
-    for name in VERDICT_NAMES:
-        ev = d.get(f"{name}_evidence") or {}
-        if not d.get(name):
+    for name in CAUSES:
+        f = d[name]
+        if not f.flagged and name not in d.cause_names:
             label = name.replace("_", " ")
-            ok.append(f"{label} n/a" if ev.get("applicable") is False else f"no {label}")
+            ok.append(f"{label} n/a" if not f.applicable else f"no {label}")
     if ok:
         lines.append(Text("  ✓ " + ", ".join(ok), style="green"))
     return lines
@@ -662,7 +671,8 @@ def render_table(w: Watch, width: int = 100, height: int | None = None):
         step = "-" if r["step"] is None else f"{r['step'] + 1:,}" + (
             f"/{r['total']:,}" if r["total"] else "")
         verdict = r["verdict"] or ("" if r["status"] != "failed" else r["message"])
-        vstyle = ("bold red" if r["alarm"] else "green" if verdict == "healthy" else "dim")
+        vstyle = {FAILING: "bold red", WARNING: "bold yellow"}.get(
+            r["severity"], "green" if verdict == "healthy" else "dim")
         table.add_row(r["short"], Text(r["status"], style=_status_style(r["status"])), step,
                       fmt(r["loss"]), fmt(r["ratio"]), Text(verdict, style=vstyle))
     parts = [head, table]

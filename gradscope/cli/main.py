@@ -128,7 +128,9 @@ def _opt(*names, **kw):
       help="Clamp every gradient element to [-V, V] (torch clip_grad_value_) [default: off].")
 @_opt("--out", type=click.Path(dir_okay=False), default=None,
       help="Log file [default: runs/<descriptive name>.h5].")
-@_opt("--force", is_flag=True, help="Overwrite an existing log.")
+@_opt("--force", is_flag=True,
+      help="Overwrite an existing log (logs are records and are never replaced without it; "
+           "reports and figures, made from logs, are).")
 @_opt("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(out, force, quiet, **options):
     """Train an MLP and record per-layer gradient diagnostics to an HDF5 log."""
@@ -189,20 +191,32 @@ def train(out, force, quiet, **options):
 
 
 @main.command()
-@_opt("--activation", required=True, help=f"One of: {', '.join(activation_names())}.")
-@_opt("--depth", type=int, required=True, help="Hidden layers.")
-@_opt("--init", default="xavier", show_default=True, help=f"One of: {', '.join(INITIALIZERS)}.")
+@click.argument("run", required=False, metavar="[RUN.h5]")
+@_opt("--activation", default=None, help=f"One of: {', '.join(activation_names())}.")
+@_opt("--depth", type=int, default=None, help="Hidden layers.")
+@_opt("--init", default="xavier", show_default=True,
+      help=f"One of: {', '.join(INITIALIZERS)} (train's default).")
 @_opt("--init-gain", type=float, default=1.0, show_default=True, help="The current gain.")
 @_opt("--bias-var", type=float, default=0.0, show_default=True, help="Bias variance s_b^2.")
 @_opt("--width", type=int, default=None, help="Hidden width (matters for xavier and orthogonal with unequal fans).")
-def advise(activation, depth, init, init_gain, bias_var, width):
-    """Initialisation advice from mean-field theory: how far the gradients fall, and the gain
-    that puts ACTIVATION at (or nearest to) criticality."""
+def advise(run, activation, depth, init, init_gain, bias_var, width):
+    """Initialisation advice from mean-field theory before you train (--activation, --depth):
+    how far the gradients fall, and the --init-gain that puts the activation at (or nearest
+    to) criticality.
+
+    With a finished run's log (gradscope advise RUN.h5): its verdicts and, for each failing
+    one, remedies as complete command lines, most promising first (the report's advice)."""
     import math
 
     from ..analysis.theory import advise as run_advise
     from ..engine.activations import get_activation
 
+    if run is not None:
+        if activation is not None or depth is not None:
+            fail("give either RUN.h5 or --activation and --depth, not both")
+        return _advise_run(run)
+    if activation is None or depth is None:
+        fail("give a run's log (gradscope advise RUN.h5) or --activation and --depth")
     try:
         get_activation(activation)
     except KeyError as e:
@@ -220,7 +234,7 @@ def advise(activation, depth, init, init_gain, bias_var, width):
     r = run_advise(activation, depth, init=init, gain=init_gain, bias_var=bias_var, width=width)
     rows = [
         ("weight variance s_w^2", r["weight_var"], r.get("advised_weight_var")),
-        ("gain", r["gain"], r.get("advised_gain")),
+        ("gain (--init-gain)", r["gain"], r.get("advised_gain")),
         ("chi1", r["chi1"], r.get("advised_chi1")),
         ("first/last-layer gradient ratio", r["grad_ratio"], r.get("advised_grad_ratio")),
         ("  from inputs of mean square 1", r.get("grad_ratio_from_inputs"),
@@ -230,6 +244,53 @@ def advise(activation, depth, init, init_gain, bias_var, width):
     for name, cur, adv in rows:
         click.echo(f"{name:34s}{_num(cur):>12s}{_num(adv):>12s}")
     click.echo(r["recommendation"])
+    g = r.get("advised_gain")
+    if g is not None and abs(g - init_gain) > 1e-3 * init_gain:
+        click.echo(f"to train with it: gradscope train --activation {activation} --depth {depth} "
+                   f"--init {init} --init-gain {g:.3g} ...")
+
+
+def _advise_run(run: str) -> int:
+    from ..analysis.diagnose import diagnose
+    from ..analysis.remedies import remedies_for_run
+    from ..reading.readers import read_config
+    from ..record.schema import LogError
+    from ..views.report import check_log_file, verdict_table
+
+    path = Path(run)
+    if not path.is_file():
+        fail(f"run {run!r} is not a file; accepted: a gradscope log (.h5)")
+    try:
+        check_log_file(path)
+        config = read_config(path)
+        d = diagnose(path)
+    except LogError as e:
+        fail(str(e))
+    except (OSError, KeyError, ValueError) as e:
+        fail(f"{run!r} is not a readable gradscope log: {str(e).splitlines()[0] if str(e) else e}")
+    click.echo(verdict_table([d]))
+    click.echo(remedy_text([(d, config, path)], most=99) or f"{path.name}: no failing verdict, nothing to change")
+    return 0
+
+
+def remedy_text(items, most: int = 3) -> str:
+    """'What to do next' lines for the failing runs of ``items`` ((diagnosis, config, path)
+    triples): the top ``most`` remedies of each as complete command lines."""
+    from ..analysis.remedies import remedies_for_run
+
+    lines = []
+    for d, config, path in items:
+        rs = remedies_for_run(config, d, path)
+        if not rs:
+            continue
+        lines.append(f"\nwhat to do next for {Path(path).name} ({d.get('verdict')}), "
+                     "most promising first:")
+        for i, r in enumerate(rs[:most], 1):
+            lines.append(f"  {i}. {r.summary}")
+            lines.append(f"     {r.command}")
+        if len(rs) > most:
+            lines.append(f"  ({len(rs) - most} more: gradscope advise {path})")
+    return "\n".join(lines).lstrip("\n")
 
 
 def _num(x) -> str:
@@ -247,9 +308,15 @@ def _num(x) -> str:
 @_opt("--dead-units", type=float, default=None, help="Share of dead units in a layer [0.5].")
 @_opt("--saturated", type=float, default=None, help="Share of saturated activations in a layer [0.5].")
 @_opt("--max-steps", type=int, default=400, show_default=True, help="Time bins per figure (long runs are downsampled).")
-def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
-    """Write a multi-page PDF report on one or more logs (or folders of logs) and print
-    the verdicts."""
+@_opt("--check-advice", is_flag=True,
+      help="Retrain each run with an alarm briefly with its first remedy (logs in "
+           "<report name>-advice/ beside the PDF) and add before/after pages.")
+def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps, check_advice):
+    """Write a multi-page PDF report on one or more logs (or folders of logs), print the
+    verdicts and, for each run with an alarm, what to do next.
+
+    The PDF (and, with --check-advice, its folder of retrained logs) is derived from the logs
+    and replaced when it exists; the logs themselves are never overwritten."""
     from ..record.schema import LogError
     from ..views.report import collect_logs, make_report, verdict_table
 
@@ -278,8 +345,15 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create folder {str(out.parent)!r}: {e.strerror}")
+    advice = None
+    if check_advice:
+        folder = out.with_name(f"{out.stem}-advice")
+
+        def advice(runs):
+            return _check_advice(runs, folder, **thresholds)
     try:
-        result = make_report(paths, out, max_steps=max_steps, **thresholds)
+        result = make_report(paths, out, max_steps=max_steps, check_advice=advice,
+                             **thresholds)
     except (LogError, ValueError, OSError) as e:
         if created:
             try:
@@ -289,8 +363,56 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         fail(msg)
     click.echo(verdict_table(result["diagnoses"]))
+    from ..reading.readers import read_config
+
+    todo = remedy_text([(d, read_config(p), p) for d, p in zip(result["diagnoses"], paths)
+                        if any(d.get(v) for v in ("vanishing", "exploding", "dead_units",
+                                                  "saturated", "diverged"))],
+                       most=2 if len(paths) <= 12 else 1)
+    if todo:
+        click.echo(todo)
+    for a in result.get("advice") or ():
+        click.echo(f"checked: {a['run']} with {_change_words(a['change'])}: "
+                   f"{a['before']} -> {a['after']}")
     click.echo(f"report: {result['out']} ({result['pages']} pages)")
     return 0
+
+
+def _change_words(change: dict) -> str:
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                    for k, v in change.items())
+
+
+def _check_advice(runs, folder: Path, **thresholds):
+    """Retrain each run with an alarm with its first remedy, briefly; (run, remedy, log)."""
+    from ..analysis.remedies import remedies_for_run
+    from ..training.loop import TrainConfig, prepare
+    from ..training.loop import train as run_training
+    from ..views.report import ADVICE_STEPS
+
+    out = []
+    for run in runs:
+        rs = remedies_for_run(run.config, run.diagnosis, run.path, **thresholds)
+        if not rs:
+            continue
+        remedy = rs[0]
+        opts = {k: v for k, v in remedy.options.items() if v is not None or k in ("norm",)}
+        total = int(run.config.get("total_steps") or ADVICE_STEPS)
+        opts["steps"], opts["epochs"] = min(total, ADVICE_STEPS), None
+        slug = Path(remedy.command.split(" --out ")[-1]).stem if " --out " in remedy.command \
+            else f"{run.path.stem}--remedy"
+        path = folder / f"{slug}.h5"
+        click.echo(f"checking advice: {_change_words(remedy.change)} on {run.label} "
+                   f"({opts['steps']} steps) -> {path}", err=True)
+        try:
+            prep = prepare(TrainConfig(**opts))
+            run_training(prep, path)
+        except Exception as e:  # a remedy that cannot be trained is reported, not fatal
+            click.echo(f"warning: advice for {run.label} not checked: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+            continue
+        out.append((run, remedy, path))
+    return out
 
 
 def _register_subcommands() -> None:

@@ -415,6 +415,48 @@ def _check_advice(runs, folder: Path, **thresholds):
     return out
 
 
+#: The quick start's contrasting pair: (log name, train options).
+DEMO_RUNS = (
+    ("sigmoid-standard", {"depth": 8, "activation": "sigmoid", "init": "standard",
+                          "optimizer": "sgd", "lr": 0.05, "epochs": 10}),
+    ("relu-he", {"depth": 8, "activation": "relu", "init": "he", "optimizer": "sgd",
+                 "lr": 0.05, "epochs": 10}),
+)
+
+
+@main.command()
+@_opt("--out-dir", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False),
+      help="Folder of the two logs (replaced: the demo's own runs).")
+@_opt("--report", "report_path", default="reports/quickstart.pdf", show_default=True,
+      type=click.Path(dir_okay=False), help="The report to write.")
+@_opt("--check-advice", is_flag=True, help="Also check the advice (see report --help).")
+@click.pass_context
+def demo(ctx, out_dir, report_path, check_advice):
+    """The quick start: train two contrasting 8-layer nets on the shipped digits data
+    (sigmoid with the "standard" init, whose gradient vanishes, and ReLU with He init,
+    which is healthy) and write their report, printing each command it runs."""
+    for name, opts in DEMO_RUNS:
+        out = Path(out_dir) / f"{name}.h5"
+        words = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items())
+        click.echo(f"$ gradscope train {words} --force --out {out}")
+        args = ["train", *words.split(), "--force", "--out", str(out)]
+        rc = _run_sub(ctx, args)
+        if rc:
+            return rc
+    args = ["report", out_dir, "--out", report_path] + (["--check-advice"] if check_advice else [])
+    click.echo(f"$ gradscope {' '.join(args)}")
+    return _run_sub(ctx, args)
+
+
+def _run_sub(ctx, args) -> int:
+    """Run one gradscope command line in this process (its errors end the demo as usual)."""
+    cmd = main.get_command(ctx, args[0])
+    sub = cmd.make_context(args[0], list(args[1:]), parent=ctx)
+    with sub:
+        rv = cmd.invoke(sub)
+    return rv if isinstance(rv, int) else 0
+
+
 def _register_subcommands() -> None:
     from .plot import plot
     from .sweep import sweep

@@ -57,7 +57,7 @@ def test_sweep_report_pages(sweep_report):
     # per-run pages: a sample, said so in the captions
     assert len(r["sampled"]) == report.SAMPLE_RUNS < len(r["runs"]) == 24
     assert titles.count("Gradient profile across depth") == 1
-    assert titles[-1] == "Gradient ratio across depth, run by run"
+    assert titles[-2:] == ["Gradient ratio across depth, run by run", "How to read this report"]
     assert r["remedy_groups"] == []
     assert r["seconds"] < 60
     if PDFTOTEXT:

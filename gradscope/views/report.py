@@ -1866,7 +1866,6 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
 
     pages: list[_Page] = []
     pages += _summary_pages(runs, diagnoses, thr)
-    pages += _how_to_read_page()
     if layout is not None:
         pages += _sweep_pages(table, layout, thr)
     pages += _remedy_pages(groups)
@@ -1892,6 +1891,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
             after = load_run(after_path, max_steps=max_steps, **thresholds)
             advice_pairs.append((before, remedy, after))
         pages += _advice_pages(advice_pairs)
+    pages += _how_to_read_page()
 
     # number the pages of a figure that spans several: "Gradient flow (2 of 3)"
     counts: dict[str, int] = {}

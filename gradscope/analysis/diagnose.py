@@ -709,12 +709,13 @@ def _f(x) -> float:
 
 
 def _num(x) -> str:
-    """A ratio for a message: ``2.1e-06``, ``0.91``, ``0``, ``nan``, ``inf``."""
+    """A ratio for a message: ``2.1e-06``, ``0.91``, ``< 1e-308 (underflow)``, ``nan``,
+    ``inf`` (a ratio of norms is 0 only when the numerator fell below the float range)."""
     x = _f(x)
     if not math.isfinite(x):
         return str(x)
     if x == 0:
-        return "0"
+        return "< 1e-308 (underflow)"
     if 1e-2 <= abs(x) < 1e3:
         return f"{x:.2g}"
     return f"{x:.1e}".replace(".0e", "e")

@@ -450,10 +450,13 @@ def _draw_profile_run(ax, data, *, predicted=None, legend_loc="in", **kw):
     _draw_profile(ax, data, predicted=pred, **kw)
 
 
-def _one_line(series: list, tol_decades: float = 0.05) -> bool:
-    """Whether these per-layer profiles coincide on a log scale (within ``tol_decades``
-    at every shared layer)."""
+def _one_line(series: list, tol_decades: float = 0.05, tol_share: float = 0.02) -> bool:
+    """Whether these per-layer profiles coincide on a log scale: within ``tol_decades``, or
+    ``tol_share`` of the decades the first one spans if more, at every shared layer (on an
+    axis of 15 decades, lines 0.1 decade apart look like one)."""
     base = np.log10(series[0].astype(float))
+    span = float(np.nanmax(base) - np.nanmin(base)) if len(base) else 0.0
+    tol_decades = max(tol_decades, tol_share * span)
     for s in series[1:]:
         other = np.log10(s.astype(float))
         common = base.index.intersection(other.index)
@@ -1044,10 +1047,14 @@ def run_comparison(*, summary: pd.DataFrame, x: str = "run", y: str = "ratio", h
     for gv, name in zip(guides or (), ("vanishing", "exploding")):
         line(gv, ls="--", **guide_kw)
         if num_is_x:  # labels on the side of the line facing the plot's middle
+            # (exploding at the top: the two never run into each other)
             right = name == "exploding"
-            ax.annotate(f"{name} {gv:g}", xy=(gv, 0.0), xycoords=("data", "axes fraction"),
-                        xytext=(-3 if right else 3, 3), textcoords="offset points",
-                        va="bottom", ha="right" if right else "left", fontsize="small")
+            ax.annotate(f"{name} {gv:g}", xy=(gv, 1.0 if right else 0.0),
+                        xycoords=("data", "axes fraction"),
+                        xytext=(-3 if right else 3, -3 if right else 3),
+                        textcoords="offset points", va="top" if right else "bottom",
+                        ha="right" if right else "left", fontsize="small",
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
         else:
             ax.annotate(f"{name} {gv:g}", xy=(0.0, gv), xycoords=("axes fraction", "data"),
                         xytext=(3, 3), textcoords="offset points", fontsize="small")

@@ -691,7 +691,7 @@ def _needs_block(run: RunData) -> bool:
 
 def _overview_lines(n_runs: int) -> int:
     """Summary lines the at-a-glance figure takes (it grows with the runs, up to 40%)."""
-    return int(min(24, 7 + 0.9 * n_runs))
+    return int(min(26, 9 + 0.9 * n_runs))
 
 
 def overview_summary(runs: list[RunData]) -> pd.DataFrame:
@@ -719,7 +719,7 @@ def overview_summary(runs: list[RunData]) -> pd.DataFrame:
 def _draw_overview(fig, runs, thresholds, top: float, height: float) -> None:
     thr = thresholds or {}
     s = overview_summary(runs)
-    bottom = top - height + 0.035
+    bottom = top - height + 0.06     # room for the axis labels
     h = top - 0.03 - bottom
     a1 = fig.add_axes((0.20, bottom, 0.44, h))
     a2 = fig.add_axes((0.67, bottom, 0.27, h))
@@ -1152,8 +1152,8 @@ def _update_pages(runs):
                 ax.set_axis_off()
         out.append(_Page(
             "Update / weight ratio",
-            "||dW_l|| / ||W_l||: how much each update changes a layer's weights, per layer "
-            "over training (log scale, bin medians). Around 1e-3 (dashed) is the usual rule "
+            "How much each update changes a layer's weights, as a share of their size, "
+            "||dW_l|| / ||W_l||, per layer over training (log scale, bin medians). Around 1e-3 (dashed) is the usual rule "
             "of thumb; far below, the layer barely learns; far above, the learning rate is "
             "likely too large.", draw))
     return out
@@ -1181,7 +1181,7 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
     """One row per run and measurement for :func:`gradscope.views.plots.run_comparison`.
 
     Columns: ``run`` (label), ``label`` (activation / init / optimizer ...), ``activation``,
-    ``init``, ``optimizer``, ``when`` (``"first logged step"`` or ``"median, first half"``)
+    ``init``, ``optimizer``, ``depth``, ``when`` (``"first logged step"`` or ``"median, first half"``)
     and ``ratio`` (delta_norm[layer 0] / delta_norm[output layer]).
     """
     rows = []
@@ -1200,7 +1200,8 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
         for when, key in (("first logged step", "ratio_first"),
                           ("median, first half", "ratio_median_early")):
             rows.append({"run": name, "label": label, "activation": act, "init": init,
-                         "optimizer": opt, "when": when, "ratio": _float(ev.get(key))})
+                         "optimizer": opt, "depth": _float(cfg.get("depth")), "when": when,
+                         "ratio": _float(ev.get(key))})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -1208,7 +1209,8 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
     dups = set(df.drop_duplicates("run")["label"][dup])
     df["label"] = [f"{lab} ({run})" if lab in dups else lab
                    for lab, run in zip(df["label"], df["run"])]
-    order = (df.drop_duplicates("run").sort_values(["activation", "init", "optimizer", "label"])
+    order = (df.drop_duplicates("run")
+             .sort_values(["activation", "init", "optimizer", "depth", "label"])
              ["label"].tolist())
     df["label"] = pd.Categorical(df["label"], categories=order, ordered=True)
     return df.sort_values(["label", "when"]).reset_index(drop=True)
@@ -1580,10 +1582,11 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
                             guides=(thr.get("vanishing", 1e-3), thr.get("exploding", 1e3)))
 
     with_theory = table["predicted_ratio"].notna()
-    theory_note = ("Dashed, hollow markers: the mean-field prediction at initialisation in the "
-                   "line's colour, predicted_delta_profile(...)[0] with each run's weight "
-                   "variance, the output layer's included (about chi1^(depth/2)); crosses: "
-                   "each run's ratio at its first logged step, what the prediction describes "
+    theory_note = ("Dashed, hollow markers: what mean-field theory predicts at "
+                   "initialisation, in the line's colour, from each run's initial weight "
+                   "size (about chi1^(depth/2): chi1 is the factor by which the squared "
+                   "gradient changes per layer, see the last page); crosses: each run's "
+                   "ratio at its first logged step, what the prediction describes "
                    "(training moves the solid line away from it). "
                    if with_theory.any() else
                    "Crosses: each run's ratio at its first logged step. ")
@@ -1591,8 +1594,8 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
         theory_note += "(The theory covers plain MLPs only: no dashed line with remedies.) "
     pages.append(_Page(
         "Vanishing-gradient phase diagram",
-        "Gradient ratio ||delta_0|| / ||delta_out|| (back-propagated gradient at the first "
-        "layer over the output layer's) against depth, log scale: the median over the "
+        "How much of the output layer's gradient reaches the first layer, "
+        "||delta_0|| / ||delta_out||, against depth (log scale): the median over the "
         "logged steps of the first half of training, the number the vanishing and exploding "
         "verdicts judge. One line per activation (colour) and init (marker), one panel per "
         f"optimizer{' and variant' if row else ''}; {seeds}. " + theory_note
@@ -1765,8 +1768,8 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
                 f"The same network and training ({base}, seed {seed}) with "
                 + (f"{', '.join('--' + k.replace('_', '-') for k in keys)} changed" if keys
                    else "different remedies")
-                + ": ||delta_l|| = ||dL/dz_l|| of each layer (log scale, one scale for every "
-                "panel) at the first and the last logged step. Each panel's title: the "
+                + ": the gradient passed back to each layer, ||delta_l|| = ||dL/dz_l|| (log "
+                "scale, one scale for every panel), at the first and the last logged step. Each panel's title: the "
                 "setting and the run's verdict (red: an alarm). A line falling towards layer "
                 "0 is a gradient that vanishes on its way back; dashed: the mean-field "
                 "prediction at initialisation (plain MLP only).")

@@ -382,10 +382,9 @@ def test_phase_diagram_lines_per_activation_and_init_log_scale_and_guides():
         assert word in legend
 
 
-def test_phase_diagram_on_given_axes_missing_values_and_summarize_columns():
+def test_phase_diagram_on_given_axes_missing_values():
     t = sweep_table(seeds=(0,), optimizers=("sgd",))
     t.loc[0, "ratio_early"] = 0.0                      # underflow: not on a log axis
-    t = t.rename(columns={"ratio_early": "vanishing_value", "ratio_first": "grad_ratio_first"})
     t = t.drop(columns="predicted_ratio")
     _, ax = plt.subplots()
     axes = plots.phase_diagram(summary=t, ax=ax, guides=(1e-4, 1e4))
@@ -399,7 +398,7 @@ def test_phase_diagram_on_given_axes_missing_values_and_summarize_columns():
         _, two = plt.subplots(1, 2)
         plots.phase_diagram(summary=sweep_table(), ax=two[:1])
     with pytest.raises(ValueError, match="no column"):
-        plots.phase_diagram(summary=t.drop(columns="vanishing_value"))
+        plots.phase_diagram(summary=t.drop(columns="ratio_early"))
 
 
 def test_depth_dead_units_relu_rows_only_linear_scale():

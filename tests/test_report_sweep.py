@@ -67,7 +67,7 @@ def test_sweep_report_pages(sweep_report):
         assert "mean-field prediction" in text and "vanishing (< 0.001)" in text
         assert f"Showing {report.SAMPLE_RUNS} of 24 runs" in text
         # the verdict table covers every run (names shortened the same way)
-        names, note = report._short_names([Path(d["run"]).name for d in r["diagnoses"]])
+        names, note = report._short_names([Path(d.run).name for d in r["diagnoses"]])
         assert note and "run names without their common" in text
         for name in names:
             assert name in text, name
@@ -81,17 +81,18 @@ def test_run_table_matches_the_diagnosis(sweep_report):
             "remedy"} <= set(table.columns)
     assert (table["variant"] == "").all() and (table["remedy"] == "none").all()
     for d, (_, row) in zip(sweep_report["diagnoses"], table.iterrows()):
-        again = diagnose(d["run"])
-        ev = again["vanishing_evidence"]
+        again = diagnose(d.run)
+        ev = again["vanishing"].numbers
         assert row["ratio_early"] == pytest.approx(ev["ratio_median_early"])
         assert row["ratio_first"] == pytest.approx(ev["ratio_first"])
-        assert row["predicted_ratio"] == pytest.approx(again["theory"]["predicted_ratio"])
-        by_layer = again["dead_units_evidence"].get("by_layer") or {}
+        assert row["predicted_ratio"] == pytest.approx(again.theory["predicted_ratio"])
+        by_layer = again["dead_units"].numbers.get("by_layer") or {}
         if row["activation"] == "relu":
             assert row["dead_frac"] == pytest.approx(np.mean(list(by_layer.values())))
         else:
             assert math.isnan(row["dead_frac"])
-        assert row["verdict"] == again["verdict"]
+        assert row["verdict"] == again.verdict
+        assert row["causes"] == ",".join(again.cause_names)
         assert row["accuracy_split"] == "validation"
 
 
@@ -111,11 +112,20 @@ def test_predicted_ratio_is_the_theory_profile(sweep_report):
 
 
 def test_run_table_agrees_with_sweep_summary(sweep_dir, sweep_report):
+    from gradscope.analysis.runs import RUN_COLUMNS
+
     s = summarize(sweep_dir).set_index("file")
     t = sweep_report["table"].set_index("file")
     s = s.loc[t.index]
-    np.testing.assert_allclose(t["ratio_first"], s["grad_ratio_first"], rtol=1e-6)
-    np.testing.assert_allclose(t["ratio_early"], s["vanishing_value"], rtol=1e-6)
+    # one table: every measured column under the same name, with the same values
+    shared = [c for c in RUN_COLUMNS if c != "run"]
+    assert set(shared) <= set(s.columns) and set(shared) <= set(t.columns)
+    for c in shared:
+        a, b = t[c], s[c]
+        if pd.api.types.is_float_dtype(a) or pd.api.types.is_float_dtype(b):
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-9, err_msg=c)
+        else:
+            assert a.astype(str).tolist() == b.astype(str).tolist(), c
     np.testing.assert_allclose(t["accuracy"], s["final_val_accuracy"], rtol=1e-6)
 
 
@@ -140,14 +150,14 @@ def test_sampling_is_stable_and_spread():
             for init in ("standard", "he"):
                 vanish = act == "sigmoid" and depth == 8
                 rows.append({"depth": depth, "activation": act, "init": init,
-                             "verdict": "vanishing" if vanish else "healthy",
+                             "verdict": "not_learning" if vanish else "healthy",
                              "ratio_early": 1e-6 if vanish else 0.5})
     table = pd.DataFrame(rows)
     runs = list(range(len(table)))
     sample = report._sample_runs(runs, table)
     assert sample == sorted(sample) and len(sample) == report.SAMPLE_RUNS
     picked = table.iloc[sample]
-    assert set(picked["verdict"]) == {"vanishing", "healthy"}
+    assert set(picked["verdict"]) == {"not_learning", "healthy"}
     assert (picked["depth"] == 8).all()                     # the deepest first
     assert picked[["activation", "init"]].drop_duplicates().shape[0] == len(sample)
     assert report._sample_runs(runs[:5], table.iloc[:5]) == runs[:5]
@@ -208,12 +218,14 @@ def test_remedy_page(remedy_pair, tmp_path):
     assert r["titles"].index(title) == 1                # right after the summary
     assert r["sweep"] is None                           # two runs: no grid
     plain, res = r["diagnoses"]
-    assert plain["verdict"] == "vanishing" and res["verdict"] == "healthy"
+    # 40 steps: neither learns; the plain net's gradient vanishes, the residual one's does not
+    assert plain.headline == "not_learning: cause vanishing"
+    assert res.verdict == "not_learning" and not res["vanishing"].flagged
     assert r["remedy_groups"] == [[p.stem for p in remedy_pair]]
     if PDFTOTEXT:
         text = pdf_text(out)
         assert title in text
-        assert "--residual off: vanishing" in text and "--residual on: healthy" in text
+        assert "--residual off: not_learning: cause vanishing" in text
 
 
 def test_remedy_page_panels_share_one_log_scale(remedy_pair):
@@ -232,7 +244,9 @@ def test_remedy_page_panels_share_one_log_scale(remedy_pair):
     assert all(a.get_yscale() == "log" for a in axes)
     assert axes[0].get_ylim() == axes[1].get_ylim()
     titles = [a.get_title(loc="left") for a in axes]
-    assert titles == ["--residual off: vanishing", "--residual on: healthy"]
+    assert titles == [f"--residual off: {runs[0].diagnosis.headline}",
+                      f"--residual on: {runs[1].diagnosis.headline}"]
+    assert titles[0] == "--residual off: not_learning: cause vanishing"
     # the plain run's panel has the mean-field prediction, the residual one has none
     assert any(l.get_linestyle() == "--" for l in axes[0].get_lines())
     assert not any(l.get_linestyle() == "--" for l in axes[1].get_lines())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from gradscope.cli.sweep import sweep
-from gradscope.reading.readers import read_status, read_steps
+from gradscope.reading.readers import read_epochs, read_status, read_steps
 from gradscope.training.loop import ConfigError, TrainConfig, train
 from gradscope.training.sweep import (
     GRID_FILE,
@@ -38,7 +39,8 @@ from gradscope.training.sweep import (
 )
 
 TINY = {"dataset": "moons", "width": 8, "steps": 30}
-VERDICTS = ["vanishing", "exploding", "dead_units", "saturated", "diverged", "verdict"]
+VERDICTS = ["not_learning", "vanishing", "exploding", "dead_units", "saturated", "diverged",
+            "stalled_updates", "verdict", "causes"]
 
 
 def _grid(**options):
@@ -164,12 +166,12 @@ def test_local_sweep_matches_direct_training(tmp_path):
     csv = pd.read_csv(out / SUMMARY_FILE)
     assert list(csv["name"]) == names == list(df["name"])
     assert set(csv["status"]) == {"completed"}
-    for col in [*VERDICTS, "depth", "activation", "final_loss", "final_accuracy",
-                "final_val_loss", "final_val_accuracy", "grad_ratio_first",
-                "grad_ratio_median", "lr", "seed"]:
+    for col in [*VERDICTS, "depth", "activation", "loss_end", "accuracy",
+                "final_val_loss", "final_val_accuracy", "ratio_first", "ratio_early",
+                "grad_ratio_first", "lr", "seed"]:
         assert col in csv.columns, col
     assert list(csv.columns[2:4]) == ["depth", "activation"]  # the swept options first
-    assert csv["final_loss"].notna().all() and csv["grad_ratio_first"].gt(0).all()
+    assert csv["loss_end"].notna().all() and csv["ratio_first"].gt(0).all()
     spec = json.loads((out / GRID_FILE).read_text())
     assert spec["swept"] == ["depth", "activation"] and len(spec["runs"]) == 4
     assert events[0].name is None and events[-1].done == 4 and events[-1].left == 0
@@ -180,7 +182,10 @@ def test_local_sweep_matches_direct_training(tmp_path):
     direct = train(TrainConfig(**{**TINY, "depth": 3, "activation": "relu"}), tmp_path / "d.h5")
     a, b = read_steps(out / f"{name}.h5"), read_steps(direct.path)
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
-    assert csv["final_loss"].iloc[-1] == pytest.approx(direct.final_loss, rel=1e-6)
+    tail = b["loss"].to_numpy()[-math.ceil(0.1 * len(b)):]
+    assert csv["loss_end"].iloc[-1] == pytest.approx(np.median(tail), rel=1e-6)
+    assert csv["final_train_loss"].iloc[-1] == pytest.approx(
+        read_epochs(direct.path)["train_loss"].iloc[-1], rel=1e-6)
     assert summarize(out)["name"].tolist() == names
 
 
@@ -306,7 +311,7 @@ def test_dask_local_cluster(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "d").glob("*.h5")) == sorted(names)
     # the bytes that came back are the log a local run writes
     local = run_sweep(configs[:1], tmp_path / "l", jobs=1)
-    np.testing.assert_allclose(df["final_loss"].iloc[0], local["final_loss"].iloc[0], rtol=1e-6)
+    np.testing.assert_allclose(df["loss_end"].iloc[0], local["loss_end"].iloc[0], rtol=1e-6)
 
 
 def _wait_for(cond, timeout, what):

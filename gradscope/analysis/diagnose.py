@@ -1,83 +1,253 @@
-"""Diagnose a run from its log: vanishing or exploding gradients, dead units, saturation,
-divergence.
+"""Diagnose a run from its log: is it learning, and if not, why.
 
 :func:`diagnose` reads a log (or takes already-read tables with ``frames=``) and returns a
-plain dict: one boolean per verdict, beside each an evidence dict naming the layers and steps
-where the condition holds, the number compared, the threshold and a one-line message, plus a
-one-line overall ``verdict`` and, when :mod:`gradscope.analysis.theory` is available, the mean-field
-prediction of the gradient ratio set beside the measured one.
+:class:`Diagnosis`: one overall verdict (:data:`VERDICTS`: ``healthy``, ``warning``,
+``not_learning``, ``diverged``, ``no_data``), one :class:`Finding` per check (:data:`CHECKS`)
+with its evidence, and for a failing verdict the ranked :class:`Cause` list drawn from those
+findings. The verdict comes from the run's own progress (its training loss against its start
+and against the chance-level loss, its accuracy against chance); the other checks explain it.
 
-Only what :func:`~gradscope.reading.readers.read_steps`, :func:`~gradscope.reading.readers.read_layers`,
-:func:`~gradscope.reading.readers.read_config` and :func:`~gradscope.reading.readers.read_status` return is used.
-The rules, their default thresholds and the reasons for them are in docs/diagnosis.md.
+Every name a diagnosis uses (checks, verdicts, severities) is defined here, once; the run
+table of :mod:`gradscope.analysis.runs`, the report, the sweep summary and the terminal
+table use these names. The rules, their default thresholds and the reasons for them are in
+docs/diagnosis.md.
 
-Building blocks for sweeps: :func:`load_frames`, :func:`evaluate` (DataFrames in, the
-same dict out), :func:`diagnose_table` (many logs, one row each), :func:`delta_ratios`,
-:func:`config_summary`, :func:`theory_check`, :func:`format_diagnosis`.
+Only what the readers return is used (steps, layers, config, status, and epochs when
+given). Building blocks: :func:`load_frames`, :func:`evaluate` (tables in, a Diagnosis
+out), :func:`delta_ratios`, :func:`config_summary`, :func:`theory_check`,
+:func:`format_diagnosis`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..engine.activations import get_activation
-from ..reading.readers import read_config, read_layers, read_status, read_steps
-from ..record.schema import LogError
+from ..reading.readers import read_config, read_epochs, read_layers, read_status, read_steps
 
-#: The booleans of a diagnosis, in the order the verdict lists them.
-VERDICTS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
+# -- the names, in one place --------------------------------------------------------------------
+#: Severities of a flagged finding and of a verdict.
+FAILING, WARNING = "failing", "warning"
 
-#: Default thresholds; each can be overridden by keyword (``diagnose(path, vanishing=1e-4)``).
+#: Every check, in the order a diagnosis reports them, with its words for people. The first
+#: two judge the outcome (progress); the others are the causes a failing verdict can name,
+#: upstream first: the causes of a failure are ranked in this order (a gradient that explodes
+#: or vanishes at initialisation comes before what follows from it; small updates follow from
+#: every condition above them, so stalled updates come last).
+CHECK_TITLES = {
+    "not_learning": "not learning",
+    "diverged": "diverged",
+    "exploding": "exploding gradients",
+    "vanishing": "vanishing gradients",
+    "exploding_signal": "exploding forward signal",
+    "collapsed_signal": "collapsing forward signal",
+    "dead_units": "dead units",
+    "saturated": "saturated units",
+    "unstable_loss": "oscillating or rising loss",
+    "stalled_updates": "stalled updates",
+}
+CHECKS = tuple(CHECK_TITLES)
+#: The checks that can be named as the cause of a failing verdict.
+CAUSES = CHECKS[2:]
+
+#: The overall verdicts and their severity: ``healthy`` is a run that learns with no check
+#: flagged; ``warning`` one that learns with some flagged; ``not_learning`` and ``diverged``
+#: are failures; ``no_data`` has nothing to judge yet.
+VERDICT_SEVERITY = {
+    "healthy": None,
+    "warning": WARNING,
+    "not_learning": FAILING,
+    "diverged": FAILING,
+    "no_data": None,
+}
+VERDICTS = tuple(VERDICT_SEVERITY)
+
+#: Default thresholds, named after their check; each can be overridden by keyword
+#: (``diagnose(path, vanishing=1e-4)``). docs/diagnosis.md gives each one's source.
 DEFAULT_THRESHOLDS = {
-    # delta_norm[layer 0] / delta_norm[output layer]: below this is vanishing
+    # progress: the share of the way from chance to a perfect fit the run has come, by loss
+    # (fall from min(start, chance loss)) and by accuracy (above chance); below it: not learning
+    "not_learning": 0.25,
+    # for classification the loss's fall is judged at this looser share (cross-entropy falls
+    # slowly while the accuracy already rises)
+    "not_learning_loss": 0.05,
+    # delta_norm[layer 0] / delta_norm[output layer]: below this is vanishing ...
     "vanishing": 1e-3,
     # ... above this is exploding
     "exploding": 1e3,
+    # RMS activation of the last hidden layer over the first's, at the first logged step
+    "collapsed_signal": 1e-2,
+    "exploding_signal": 1e2,
+    # update_norm / weight_norm of the typical layer (median over steps, then over layers);
+    # the customary healthy value is about 1e-3
+    "stalled_updates": 2e-4,
+    # batch-loss swings (interquartile range over the second half) or climb back from the best
+    # running median, in units of the chance-level loss
+    "unstable_loss": 0.5,
     # share of a hidden layer's units dead on the probe set (ReLU family)
     "dead_units": 0.5,
     # share of a hidden layer's units with phi' < 5% of its maximum (sigmoid, tanh)
     "saturated": 0.5,
 }
+#: For a failing run, a condition is named as a cause already at these looser bounds (the
+#: checks not listed use their threshold): a gradient shrinking twentyfold (growing a
+#: hundredfold) across the net slows learning under one learning rate even where it is no
+#: alarm on a run that learns (shallow sigmoid nets, whose phi' is at most 1/4).
+CAUSE_THRESHOLDS = {"vanishing": 5e-2, "exploding": 1e2}
+#: A layer whose back-propagated gradient is below this share of the output layer's at a step
+#: is not "reached" by the gradient there (its updates are left out of stalled_updates).
+REACH = 1e-2
+#: Thresholds that are shares in (0, 1].
+_SHARES = ("not_learning", "not_learning_loss", "dead_units", "saturated")
 
 #: Gradient ratios are judged on the logged steps in this leading share of training.
 EARLY_FRACTION = 0.5
+#: The loss at the end of a run: the median over this trailing share of its logged steps.
+END_FRACTION = 0.1
 #: The mean-field prediction "explains" a measured ratio within this factor.
 THEORY_TOLERANCE = 10.0
 
 _SATURATING = ("sigmoid", "tanh")
 _RELU_FAMILY = ("relu", "leaky_relu", "elu")
+_BELOW = ("vanishing", "collapsed_signal", "stalled_updates")  # flagged below the threshold
+
+
+# -- the result ---------------------------------------------------------------------------------
+@dataclass
+class Finding:
+    """One check of a run.
+
+    ``flagged``: the condition holds. ``severity``: ``failing`` for a flag on a run that
+    failed (its verdict is failing), ``warning`` for a flag on a run that learns, None when not
+    flagged. ``value`` is the number compared with ``threshold``; ``numbers`` holds the other
+    measurements (docs/diagnosis.md lists them per check). ``layers`` and ``steps`` name where
+    the condition holds. ``applicable`` is False when the check does not apply to the run
+    (dead units of tanh) or there was nothing to judge. ``message`` is one line for people;
+    ``rule`` one sentence.
+    """
+
+    name: str
+    flagged: bool
+    value: float
+    threshold: float | None
+    message: str
+    rule: str
+    applicable: bool = True
+    severity: str | None = None
+    layers: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    numbers: dict = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return CHECK_TITLES[self.name]
+
+
+@dataclass
+class Cause:
+    """A cause named for a failing verdict: ``name`` (one of :data:`CAUSES`), ``strength``
+    (how far beyond its bound, in decades for ratios and in shares for shares; the ranking
+    key), ``value`` and ``bound`` (the number and the bound it crossed), ``message``."""
+
+    name: str
+    strength: float
+    value: float
+    bound: float
+    message: str
+
+    @property
+    def title(self) -> str:
+        return CHECK_TITLES[self.name]
+
+
+@dataclass
+class Diagnosis:
+    """The diagnosis of one run. ``verdict`` is one of :data:`VERDICTS`, ``severity`` its
+    :data:`VERDICT_SEVERITY`; ``causes`` ranks what the log shows as the reasons for a
+    failing verdict (empty when none is found, or when the verdict is not failing);
+    ``findings`` holds every check of :data:`CHECKS` by name; ``live`` is True for a run
+    still being written (judged so far)."""
+
+    run: str | None
+    status: str
+    status_message: str
+    config_summary: str
+    thresholds: dict
+    depth: int
+    logged_steps: int
+    verdict: str
+    severity: str | None
+    causes: list
+    findings: dict
+    theory: dict | None
+    live: bool = False
+
+    def __getitem__(self, name: str) -> Finding:
+        return self.findings[name]
+
+    @property
+    def flags(self) -> list[str]:
+        """Names of the flagged checks, in :data:`CHECKS` order."""
+        return [n for n in CHECKS if self.findings[n].flagged]
+
+    @property
+    def failing(self) -> bool:
+        return self.severity == FAILING
+
+    @property
+    def cause_names(self) -> list[str]:
+        """The causes' names, strongest first (machine-readable: remedies key on these)."""
+        return [c.name for c in self.causes]
+
+    @property
+    def headline(self) -> str:
+        """One line: the verdict and, for a failure, its causes (``not_learning: cause
+        vanishing, stalled_updates``), or the warnings (``warning: dead_units``)."""
+        if self.failing:
+            if self.causes:
+                return f"{self.verdict}: cause {', '.join(self.cause_names)}"
+            return f"{self.verdict}: no cause found"
+        if self.verdict == "warning":
+            return f"warning: {', '.join(self.flags)}"
+        return self.verdict
+
+    def to_dict(self) -> dict:
+        """Plain data (``json.dumps`` works, NaN as JSON's NaN)."""
+        return asdict(self)
 
 
 # -- public API ---------------------------------------------------------------------------------
 def load_frames(path) -> dict:
-    """The tables :func:`evaluate` needs: ``{"steps", "layers", "config", "status"}``."""
+    """The tables :func:`evaluate` needs: ``{"steps", "layers", "config", "status",
+    "epochs"}``."""
     return {
         "steps": read_steps(path),
         "layers": read_layers(path),
         "config": read_config(path),
         "status": read_status(path),
+        "epochs": read_epochs(path),
     }
 
 
-def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> dict:
+def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> Diagnosis:
     """Diagnose one run.
 
     Parameters
     ----------
     path : the log file. May be omitted when ``frames`` is given (then it only names the run).
     frames : already-read tables ``{"steps": DataFrame, "layers": DataFrame, "config": dict,
-        "status": dict}`` as the readers return them; ``layers`` and ``config`` are required,
-        ``steps`` and ``status`` optional.
-    **thresholds : overrides of :data:`DEFAULT_THRESHOLDS` by verdict name (``vanishing``,
-        ``exploding``, ``dead_units``, ``saturated``).
+        "status": dict, "epochs": DataFrame}`` as the readers return them; ``layers`` and
+        ``config`` are required, the others optional (without ``steps`` progress cannot be
+        judged; without ``epochs`` the accuracy is the training batches').
+    **thresholds : overrides of :data:`DEFAULT_THRESHOLDS` by check name.
 
-    Returns the dict described in :func:`evaluate`. Raises :class:`~gradscope.reading.readers.LogError`
-    for an unreadable file and ``ValueError`` for an unknown or invalid threshold.
+    Returns a :class:`Diagnosis`. Raises :class:`~gradscope.record.schema.LogError` for an
+    unreadable file and ``ValueError`` for an unknown or invalid threshold.
     """
     if frames is None:
         if path is None:
@@ -87,85 +257,62 @@ def diagnose(path=None, *, frames: dict | None = None, **thresholds) -> dict:
     if missing:
         raise ValueError(f"frames needs {', '.join(missing)}; give steps, layers, config, status")
     return evaluate(frames.get("steps"), frames["layers"], frames["config"], frames.get("status"),
-                    run=None if path is None else str(path), **thresholds)
+                    epochs=frames.get("epochs"), run=None if path is None else str(path),
+                    **thresholds)
 
 
 def evaluate(steps: pd.DataFrame | None, layers: pd.DataFrame, config: dict,
-             status: dict | None = None, *, run: str | None = None, **thresholds) -> dict:
+             status: dict | None = None, *, epochs: pd.DataFrame | None = None,
+             run: str | None = None, **thresholds) -> Diagnosis:
     """Diagnose a run from its tables (``read_steps``, ``read_layers``, ``read_config``,
-    ``read_status``).
-
-    Returns a dict with
-
-    - ``run`` (the path, or None), ``status`` (``completed``, ``diverged``, ``running``,
-      ``interrupted``, or ``unknown`` without a status), ``status_message``,
-      ``config_summary`` (e.g. ``"digits d8w64 sigmoid standard sgd lr=0.01 bs=32"``),
-      ``thresholds`` (the values used), ``depth`` (hidden layers), ``logged_steps``;
-    - for each name in :data:`VERDICTS` a boolean, and ``<name>_evidence``: a dict with
-      ``layers`` (list of layer indices), ``steps`` (list of steps), ``value`` (float, the
-      number compared), ``threshold`` (float, or None for ``diverged``), ``rule`` (one
-      sentence), ``message`` (one line), ``applicable`` (False when the check does not apply
-      to the run, e.g. dead units of tanh, or there was nothing to judge) and further keys
-      per verdict (docs/diagnosis.md lists them);
-    - ``verdict``: ``"healthy"``, ``"no data"`` (no usable logged step), or the alarms joined
-      with ``", "`` (e.g. ``"vanishing, saturated"``);
-    - ``theory``: :func:`theory_check`'s dict, or None when gradscope.analysis.theory is missing or
-      cannot describe the run.
-    """
+    ``read_status``, ``read_epochs``); see :func:`diagnose`."""
     thr = resolve_thresholds(**thresholds)
-    ctx = _Context.build(steps, layers, config, status)
-    out: dict = {
-        "run": run,
-        "status": ctx.status,
-        "status_message": ctx.status_message,
-        "config_summary": config_summary(config),
-        "thresholds": thr,
-        "depth": ctx.depth,
-        "logged_steps": len(ctx.all_steps),
-    }
+    ctx = _Context.build(steps, layers, config, status, epochs)
     theory = theory_check(config, layers)
-    diverged = _check_diverged(ctx)
-    dead = _check_fraction(ctx, "dead_units", thr["dead_units"])
-    vanishing = _check_ratio(ctx, "vanishing", thr["vanishing"], theory, dead)
-    exploding = _check_ratio(ctx, "exploding", thr["exploding"], theory, dead, diverged)
-    saturated = _check_fraction(ctx, "saturated", thr["saturated"])
-    for name, (flag, ev) in zip(VERDICTS, (vanishing, exploding, dead, saturated, diverged)):
-        out[name] = bool(flag)
-        out[f"{name}_evidence"] = ev
-    alarms = [v for v in VERDICTS if out[v]]
-    if alarms:
-        out["verdict"] = ", ".join(alarms)
-    elif ctx.ratio.empty and ctx.probe_steps.size == 0:
-        out["verdict"] = "no data"
+    found = {}
+    found["diverged"] = _check_diverged(ctx)
+    found["not_learning"] = _check_progress(ctx, thr["not_learning"], thr["not_learning_loss"])
+    found["dead_units"] = _check_fraction(ctx, "dead_units", thr["dead_units"])
+    found["saturated"] = _check_fraction(ctx, "saturated", thr["saturated"])
+    found["vanishing"] = _check_ratio(ctx, "vanishing", thr["vanishing"], theory,
+                                      found["dead_units"])
+    found["exploding"] = _check_ratio(ctx, "exploding", thr["exploding"], theory,
+                                      found["dead_units"], found["diverged"])
+    found["collapsed_signal"], found["exploding_signal"] = _check_signal(
+        ctx, thr["collapsed_signal"], thr["exploding_signal"])
+    found["stalled_updates"] = _check_updates(ctx, thr["stalled_updates"])
+    found["unstable_loss"] = _check_loss(ctx, thr["unstable_loss"])
+    findings = {name: found[name] for name in CHECKS}
+
+    if findings["diverged"].flagged:
+        verdict = "diverged"
+    elif findings["not_learning"].flagged:
+        verdict = "not_learning"
+    elif not findings["not_learning"].applicable and ctx.ratio.empty and \
+            ctx.probe_steps.size == 0:
+        verdict = "no_data"
+    elif any(findings[n].flagged for n in CAUSES):
+        verdict = "warning"
     else:
-        out["verdict"] = "healthy"
-    out["theory"] = theory
-    return out
+        verdict = "healthy"
+    severity = VERDICT_SEVERITY[verdict]
+    for f in findings.values():
+        f.severity = (FAILING if severity == FAILING else WARNING) if f.flagged else None
+    causes = _rank_causes(findings, thr) if severity == FAILING else []
+    return Diagnosis(
+        run=run, status=ctx.status, status_message=ctx.status_message,
+        config_summary=config_summary(config), thresholds=thr, depth=ctx.depth,
+        logged_steps=len(ctx.all_steps), verdict=verdict, severity=severity, causes=causes,
+        findings=findings, theory=theory, live=ctx.status == "running",
+    )
 
 
 def diagnose_table(paths, **thresholds) -> pd.DataFrame:
-    """One row per log: ``run``, ``status``, ``config_summary``, ``verdict``, each verdict's
-    boolean and ``<name>_value``, ``theory_chi1``, ``theory_predicted_ratio``,
-    ``theory_measured_ratio``, and ``error`` (the one-line message of an unreadable log)."""
-    rows = []
-    for p in paths:
-        try:
-            d = diagnose(p, **thresholds)
-        except LogError as e:
-            rows.append({"run": str(p), "error": str(e)})
-            continue
-        row = {"run": d["run"], "status": d["status"], "config_summary": d["config_summary"],
-               "verdict": d["verdict"]}
-        for v in VERDICTS:
-            row[v] = d[v]
-            row[f"{v}_value"] = d[f"{v}_evidence"]["value"]
-        t = d["theory"] or {}
-        row["theory_chi1"] = t.get("chi1", math.nan)
-        row["theory_predicted_ratio"] = t.get("predicted_ratio", math.nan)
-        row["theory_measured_ratio"] = t.get("measured_ratio", math.nan)
-        row["error"] = ""
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """The run table (:func:`gradscope.analysis.runs.run_table`) of these logs: one row per
+    log, the columns of :data:`gradscope.analysis.runs.RUN_COLUMNS`."""
+    from .runs import run_table
+
+    return run_table(paths, **thresholds)
 
 
 def resolve_thresholds(**overrides) -> dict:
@@ -180,10 +327,51 @@ def resolve_thresholds(**overrides) -> dict:
             raise ValueError(f"threshold {k}={v!r}; accepted: a number") from None
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"threshold {k}={v!r}; accepted: a finite number > 0")
-        if k in ("dead_units", "saturated") and v > 1:
+        if k in _SHARES and v > 1:
             raise ValueError(f"threshold {k}={v!r}; accepted: a share in (0, 1]")
         thr[k] = v
     return thr
+
+
+def _rank_causes(findings: dict, thr: dict) -> list[Cause]:
+    """The causes of a failing run, upstream first (:data:`CAUSES` order; a gradient that
+    vanishes only after initialisation after dead and saturated units): every cause check
+    whose value is beyond its bound (:data:`CAUSE_THRESHOLDS`, else its threshold)."""
+    out = []
+    for name in CAUSES:
+        f = findings[name]
+        if not f.applicable:
+            continue
+        value = f.numbers.get("cause_value", f.value)
+        bound = CAUSE_THRESHOLDS.get(name, thr[name])
+        if name == "exploding" and f.numbers.get("diverged"):
+            strength = math.inf   # a run that diverged: exploding whatever the ratio was
+        elif not (isinstance(value, float) and not math.isnan(value)):
+            if not f.flagged:
+                continue
+            strength, value = math.inf, _f(value)
+        elif name in _BELOW:
+            if not value < bound:
+                continue
+            strength = math.log10(bound / value) if value > 0 else math.inf
+        elif name in ("dead_units", "saturated"):
+            if not value >= bound:
+                continue
+            strength = (value - bound) / (1 - bound) if bound < 1 else 0.0
+        else:
+            if not value > bound:
+                continue
+            strength = math.log10(value / bound) if math.isfinite(value) else math.inf
+        out.append(Cause(name=name, strength=float(strength), value=float(value),
+                         bound=float(bound), message=f.numbers.get("cause_message") or f.message))
+    # a gradient that vanishes only later in training follows from units that died or
+    # saturated: it is ranked after them (one that vanishes at initialisation comes first)
+    van = findings["vanishing"].numbers
+    late = not (_f(van.get("ratio_first")) < CAUSE_THRESHOLDS["vanishing"])
+    order = {n: i for i, n in enumerate(CAUSES)}
+    if late:
+        order["vanishing"] = order["saturated"] + 0.5
+    return sorted(out, key=lambda c: order[c.name])
 
 
 def delta_ratios(layers: pd.DataFrame, column: str = "delta_norm") -> pd.DataFrame:
@@ -252,14 +440,18 @@ def remedy_parts(config: dict) -> list[str]:
     return parts
 
 
-def format_diagnosis(result: dict) -> str:
-    """The diagnosis as text: the verdict line, one message per verdict, the theory line."""
-    lines = [(f"{result.get('run') or 'run'}: {result['verdict']}"
-              f" ({result['config_summary']}; status {result['status']})")]
-    for v in VERDICTS:
-        lines.append(f"  {'!' if result[v] else ' '} {result[f'{v}_evidence']['message']}")
-    if result.get("theory"):
-        lines.append(f"    theory: {result['theory']['message']}")
+def format_diagnosis(d: Diagnosis) -> str:
+    """The diagnosis as text: the headline, the ranked causes of a failure, one line per check
+    (``!`` failing, ``?`` warning), the theory line."""
+    lines = [f"{d.run or 'run'}: {d.headline} ({d.config_summary}; status {d.status})"]
+    for i, c in enumerate(d.causes, 1):
+        lines.append(f"  cause {i}: {c.message}")
+    for name in CHECKS:
+        f = d.findings[name]
+        mark = {FAILING: "!", WARNING: "?"}.get(f.severity, " ")
+        lines.append(f"  {mark} {f.message}")
+    if d.theory:
+        lines.append(f"    theory: {d.theory['message']}")
     return "\n".join(lines)
 
 
@@ -383,9 +575,14 @@ class _Context:
     early: np.ndarray             # steps of ``ratio`` in the first EARLY_FRACTION of training
     probe_steps: np.ndarray       # usable probe steps
     excluded_probe_steps: list    # probe steps left out (diverged or non-finite)
+    epochs: pd.DataFrame | None
+    loss: pd.Series               # finite batch losses by step
+    classification: bool
+    n_classes: int | None
+    chance_loss: float            # log(classes), or the target's variance (NaN if unknown)
 
     @classmethod
-    def build(cls, steps, layers, config, status) -> _Context:
+    def build(cls, steps, layers, config, status, epochs=None) -> _Context:
         layers = layers.sort_values(["step", "layer"], kind="stable").reset_index(drop=True)
         status = status or {}
         depth = _depth(layers, config) or 0
@@ -438,7 +635,21 @@ class _Context:
                 else:
                     keep.append(int(s))
             probe_steps = np.array(keep, dtype=int)
+        loss = pd.Series(dtype=float)
+        if steps is not None and len(steps) and "loss" in steps:
+            st = steps.drop_duplicates("step", keep="last").sort_values("step")
+            loss = pd.Series(st["loss"].to_numpy(float), index=st["step"].to_numpy(int))
+            loss = loss[np.isfinite(loss.to_numpy()) & ~loss.index.isin(bad_steps)]
+        classification = str(config.get("task", "classification")) == "classification"
+        n_classes = config.get("n_outputs") if classification else None
+        n_classes = int(n_classes) if n_classes else None
+        if classification:
+            chance = math.log(n_classes) if n_classes and n_classes > 1 else math.nan
+        else:
+            chance = _f(config.get("target_variance"))
         return cls(
+            epochs=epochs, loss=loss, classification=classification, n_classes=n_classes,
+            chance_loss=chance,
             layers=layers, steps=steps, config=config,
             status=str(status.get("status", "unknown")),
             status_message=str(status.get("message", "") or ""),
@@ -460,21 +671,15 @@ class _Context:
 
 
 # -- the checks ---------------------------------------------------------------------------------
-def _evidence(layers, steps, value, threshold, rule, message, applicable=True, **extra) -> dict:
-    ev = {
-        "layers": [int(x) for x in layers],
-        "steps": [int(x) for x in steps],
-        "value": _f(value),
-        "threshold": None if threshold is None else float(threshold),
-        "rule": rule,
-        "message": message,
-        "applicable": bool(applicable),
-    }
-    ev.update(extra)
-    return ev
+def _finding(name, flag, layers, steps, value, threshold, rule, message, applicable=True,
+             **numbers) -> Finding:
+    return Finding(name=name, flagged=bool(flag), value=_f(value),
+                   threshold=None if threshold is None else float(threshold), message=message,
+                   rule=rule, applicable=bool(applicable), layers=[int(x) for x in layers],
+                   steps=[int(x) for x in steps], numbers=numbers)
 
 
-def _check_diverged(ctx: _Context) -> tuple[bool, dict]:
+def _check_diverged(ctx: _Context) -> Finding:
     rule = ("The run diverged if its status is 'diverged' or the loss or the total gradient "
             "norm is non-finite at a logged step.")
     flag = ctx.status == "diverged" or ctx.bad_steps.size > 0
@@ -500,38 +705,42 @@ def _check_diverged(ctx: _Context) -> tuple[bool, dict]:
     else:
         msg = ("did not diverge: the loss and the gradient norm are finite at every logged step"
                if len(ctx.all_steps) else "did not diverge: no logged step yet")
-    return flag, _evidence(layers, steps, value, None, rule, msg, status=ctx.status)
+    return _finding("diverged", flag, layers, steps, value, None, rule, msg, status=ctx.status)
 
 
 def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
-                 dead: tuple[bool, dict], diverged: tuple[bool, dict] | None = None):
+                 dead: Finding, diverged: Finding | None = None) -> Finding:
     vanish = name == "vanishing"
     cmp = (lambda x: x < thr) if vanish else (lambda x: x > thr)
     word = "below" if vanish else "above"
     rule = (f"The back-propagated gradient ratio delta_norm[layer 0] / delta_norm[output layer] "
-            f"(median over the logged steps in the first half of training) is {word} the "
-            "threshold" + ("." if vanish else ", or the run diverged."))
+            f"at the first logged step (the initialisation) or its median over the logged steps in the "
+            f"first half of training is {word} the threshold"
+            + ("." if vanish else ", or the run diverged."))
     r = ctx.ratio
     if r.empty:
-        flag = bool(diverged and diverged[0])
+        flag = bool(diverged and diverged.flagged)
         msg = (f"{name}: not judged: no logged step has finite, non-zero gradients at the "
                "output layer to compare with")
         if flag:
-            msg = f"exploding: {diverged[1]['message']}"
+            msg = f"exploding: {diverged.message}"
         nan = math.nan
         extra = {"ratio_first": nan, "first_step": None, "ratio_median_early": nan,
                  "early_steps": [], "ratio_median": nan, "ratio_last": nan, "last_step": None,
                  "grad_ratio_first": nan, "grad_ratio_median_early": nan, "layer_ratios": {},
                  "recovered_step": None, "onset_step": None, "since_step": None,
-                 "diverged": flag}
-        return flag, _evidence(diverged[1]["layers"] if flag else [],
-                               diverged[1]["steps"] if flag else [], nan, thr, rule, msg,
-                               applicable=False, **extra)
+                 "diverged": flag, "at_init": False, "cause_value": nan}
+        return _finding(name, flag, diverged.layers if flag else [],
+                        diverged.steps if flag else [], nan, thr, rule, msg,
+                        applicable=flag, **extra)
     r0 = r[0]
     early = r.loc[ctx.early]
     value = float(np.median(early[0]))
-    flag = cmp(value)
     first_step, first = int(r.index[0]), float(r0.iloc[0])
+    # judged at the initialisation too: an adaptive optimizer can hide a gradient that
+    # vanishes at step 0 within a few steps, and the run may never recover from the start
+    at_init = cmp(first) and first_step == int(ctx.all_steps[0])
+    flag = cmp(value) or at_init
     med_all, last_step, last = float(np.median(r0)), int(r.index[-1]), float(r0.iloc[-1])
     layers = [l for l in ctx.hidden if l in early.columns and cmp(float(np.median(early[l])))]
     steps = [int(s) for s in r.index[cmp(r0.to_numpy())]]
@@ -547,7 +756,8 @@ def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
         "ratio_last": last, "last_step": last_step,
         "grad_ratio_first": g_first, "grad_ratio_median_early": g_early,
         "layer_ratios": {int(l): float(np.median(early[l])) for l in early.columns},
-        "recovered_step": None, "onset_step": None, "diverged": False,
+        "recovered_step": None, "onset_step": None, "diverged": False, "at_init": at_init,
+        "cause_value": min(first, value) if vanish else max(first, value),
     }
     # did the ratio start on the wrong side and come back (or the reverse)?
     beyond = cmp(r0.to_numpy())
@@ -596,23 +806,45 @@ def _check_ratio(ctx: _Context, name: str, thr: float, theory: dict | None,
             and cmp(_f(theory.get("predicted_ratio")))):
         msg += (f"; mean-field theory predicts {_num(theory['predicted_ratio'])} "
                 f"(chi1 = {_num(theory['chi1'])})")
-    if vanish and flag and dead[0]:
-        msg += f"; dead units in layers {_layer_list(dead[1]['layers'])} pass no gradient"
-    if not vanish and diverged and diverged[0]:
+    if vanish and flag and dead.flagged:
+        msg += f"; dead units in layers {_layer_list(dead.layers)} pass no gradient"
+    if not vanish and diverged and diverged.flagged:
         extra["diverged"] = True
-        steps = sorted(set(steps) | set(diverged[1]["steps"]))
+        steps = sorted(set(steps) | set(diverged.steps))
         if not flag:
-            layers = layers or diverged[1]["layers"]
-            msg = (f"exploding: {diverged[1]['message'].removeprefix('diverged: ')}; before "
+            layers = layers or diverged.layers
+            msg = (f"exploding: {diverged.message.removeprefix('diverged: ')}; before "
                    f"that, {what} was {_num(value)} of the output layer's (median over the "
                    f"first half of training; threshold {fmt_thr})")
         else:
-            msg += f"; {diverged[1]['message']}"
+            msg += f"; {diverged.message}"
         flag = True
-    return flag, _evidence(layers, steps, value, thr, rule, msg, **extra)
+    extra["cause_message"] = (
+        f"{CHECK_TITLES[name]}: back-propagated gradient at layer 0 is {_num(first)} of the "
+        f"output layer's at step {first_step}, median {_num(value)} over the first half of "
+        "training")
+    if extra["diverged"]:
+        extra["cause_message"] = (f"{CHECK_TITLES[name]}: "
+                                  f"{diverged.message.removeprefix('diverged: ')}"
+                                  + _gradient_growth(ctx))
+    return _finding(name, flag, layers, steps, value, thr, rule, msg, **extra)
 
 
-def _check_fraction(ctx: _Context, name: str, thr: float) -> tuple[bool, dict]:
+def _gradient_growth(ctx: _Context) -> str:
+    """``"; the total gradient norm grew from A at step s to B at step t"`` (finite steps)."""
+    st = ctx.steps
+    if st is None or not len(st) or "grad_norm_total" not in st:
+        return ""
+    g = pd.Series(st["grad_norm_total"].to_numpy(float), index=st["step"].to_numpy(int))
+    g = g[np.isfinite(g.to_numpy())]
+    if len(g) < 2:
+        return ""
+    top = int(g.idxmax())
+    return (f"; the total gradient norm grew from {_num(g.iloc[0])} at step {int(g.index[0])} "
+            f"to {_num(g.max())} at step {top}")
+
+
+def _check_fraction(ctx: _Context, name: str, thr: float) -> Finding:
     dead = name == "dead_units"
     act = ctx.activation
     if dead:
@@ -632,12 +864,11 @@ def _check_fraction(ctx: _Context, name: str, thr: float) -> tuple[bool, dict]:
         applicable = act in _SATURATING
         noun, why = "saturation", f"{act or 'this activation'} does not saturate"
     if not applicable:
-        return False, _evidence([], [], math.nan, thr, rule, f"{name}: not applicable: {why}",
-                                applicable=False)
+        return _finding(name, False, [], [], math.nan, thr, rule,
+                        f"{name}: not applicable: {why}", applicable=False)
     if not ctx.hidden:
-        return False, _evidence([], [], math.nan, thr, rule,
-                                f"{name}: not judged: no hidden layer in the log yet",
-                                applicable=False)
+        return _finding(name, False, [], [], math.nan, thr, rule,
+                        f"{name}: not judged: no hidden layer in the log yet", applicable=False)
     tab = ctx.table(column, ctx.probe_steps) if ctx.probe_steps.size else pd.DataFrame()
     if not tab.empty:
         tab = tab.dropna(how="all")
@@ -657,7 +888,7 @@ def _check_fraction(ctx: _Context, name: str, thr: float) -> tuple[bool, dict]:
         msg = f"{name}: not judged: no usable probe step"
         if ctx.excluded_probe_steps:
             msg += f" (left out: {', '.join(map(str, ctx.excluded_probe_steps))})"
-        return False, _evidence([], [], math.nan, thr, rule, msg, applicable=False)
+        return _finding(name, False, [], [], math.nan, thr, rule, msg, applicable=False)
     if source == column:
         last_step = int(tab.index[-1])
         at_last = tab.loc[last_step]
@@ -697,7 +928,261 @@ def _check_fraction(ctx: _Context, name: str, thr: float) -> tuple[bool, dict]:
     if ctx.excluded_probe_steps and source == column:
         msg += (f"; probe step{'s' if len(ctx.excluded_probe_steps) > 1 else ''} "
                 f"{_step_list(ctx.excluded_probe_steps)} left out (diverged or overflowed)")
-    return flag, _evidence(layers, steps, value, thr, rule, msg, **extra)
+    extra["cause_message"] = (f"{CHECK_TITLES[name]}: {_pct(value)} of layer {worst}'s units "
+                              f"are {label} at {where}")
+    return _finding(name, flag, layers, steps, value, thr, rule, msg, **extra)
+
+
+
+def _final_accuracy(ctx: _Context) -> tuple[float, str]:
+    """The run's accuracy at its end and where it comes from: the last epoch's validation
+    accuracy, else its training accuracy, else the median batch accuracy over the last
+    :data:`END_FRACTION` of the logged steps."""
+    ep = ctx.epochs
+    for col, split in (("val_accuracy", "validation"), ("train_accuracy", "training")):
+        if ep is not None and len(ep) and col in ep.columns:
+            v = pd.to_numeric(ep[col], errors="coerce").dropna()
+            if len(v):
+                return float(v.iloc[-1]), split
+    st = ctx.steps
+    if st is not None and len(st) and "accuracy" in st.columns:
+        a = pd.to_numeric(st["accuracy"], errors="coerce")
+        a = a[~st["step"].isin(ctx.bad_steps)].dropna().to_numpy(float)
+        if a.size:
+            return float(np.median(a[-_tail(a.size):])), "training batches"
+    return math.nan, ""
+
+
+def _tail(n: int) -> int:
+    return max(1, math.ceil(END_FRACTION * n))
+
+
+def _check_progress(ctx: _Context, thr: float, thr_loss: float) -> Finding:
+    name = "not_learning"
+    rule = ("The run is not learning if its training loss (median over the last tenth of the "
+            "logged steps) has come down less than the threshold share of min(loss at the first "
+            "logged step, chance-level loss) (for classification: less than the not_learning_loss "
+            "share), or its accuracy has come less than the threshold share of the way from "
+            "chance to 1.")
+    loss = ctx.loss
+    nan = math.nan
+    acc, split = _final_accuracy(ctx) if ctx.classification else (nan, "")
+    chance_acc = 1.0 / ctx.n_classes if ctx.classification and ctx.n_classes else nan
+    numbers = {"loss_start": nan, "loss_end": nan, "chance_loss": ctx.chance_loss,
+               "loss_fall": nan, "accuracy": acc, "accuracy_split": split,
+               "chance_accuracy": chance_acc, "accuracy_gain": nan, "so_far": False,
+               "first_step": None, "last_step": None,
+               "total_steps": ctx.config.get("total_steps")}
+    if loss.empty:
+        msg = ("not_learning: not judged: no logged step with a finite loss"
+               if ctx.steps is not None else "not_learning: not judged: no steps table")
+        return _finding(name, False, [], [], nan, thr, rule, msg, applicable=False, **numbers)
+    vals = loss.to_numpy(float)
+    start, end = float(vals[0]), float(np.median(vals[-_tail(vals.size):]))
+    chance = ctx.chance_loss
+    ref = min(start, chance) if math.isfinite(chance) else start
+    fall = (ref - end) / ref if ref > 0 else nan
+    gain = (acc - chance_acc) / (1 - chance_acc) if math.isfinite(acc) and chance_acc < 1 \
+        else nan
+    live = ctx.status == "running"
+    numbers.update(loss_start=start, loss_end=end, loss_fall=fall, accuracy_gain=gain,
+                   so_far=live, first_step=int(loss.index[0]), last_step=int(loss.index[-1]))
+    # cross-entropy falls slowly while the accuracy rises: for classification the accuracy is
+    # judged at the threshold and the loss at the looser not_learning_loss
+    loss_thr = thr_loss if ctx.classification else thr
+    slow_loss = math.isfinite(fall) and fall < loss_thr
+    slow_acc = math.isfinite(gain) and gain < thr
+    flag = slow_loss or slow_acc
+    value = min(x for x in (fall, gain) if math.isfinite(x)) if math.isfinite(fall) or \
+        math.isfinite(gain) else nan
+    chance_txt = ("log(classes)" if ctx.classification else "the target's variance")
+    loss_txt = (f"training loss {_num(start)} at step {int(loss.index[0])} -> {_num(end)} by "
+                f"step {int(loss.index[-1])}"
+                + (f" (chance level {_num(chance)}, {chance_txt})" if math.isfinite(chance)
+                   else " (chance level unknown)")
+                + f", {_pct(max(fall, 0) if math.isfinite(fall) else fall)} of the way down")
+    acc_txt = (f"; {split} accuracy {_pct(acc)} (chance {_pct(chance_acc)})"
+               if math.isfinite(acc) else "")
+    when = ""
+    if live:
+        total = ctx.config.get("total_steps")
+        when = (f" so far (step {int(loss.index[-1])}"
+                + (f" of {int(total)})" if total else ")"))
+    if flag:
+        msg = (f"not_learning{when}: {loss_txt}{acc_txt} (thresholds: {_pct(loss_thr)} of the "
+               f"way down" + (f", {_pct(thr)} of the way from chance accuracy to 1)"
+                              if ctx.classification else ")"))
+    else:
+        msg = f"learning{when}: {loss_txt}{acc_txt}"
+    return _finding(name, flag, [], [int(loss.index[-1])] if flag else [], value, thr, rule,
+                    msg, **numbers)
+
+
+def _rms_profile(ctx: _Context, step) -> pd.Series:
+    """Root mean square of each hidden layer's activations at ``step``:
+    ``sqrt(act_mean^2 + act_std^2)``."""
+    lay = ctx.layers[(ctx.layers["step"] == step) & (ctx.layers["layer"] < ctx.depth)]
+    if not {"act_mean", "act_std"} <= set(lay.columns):
+        return pd.Series(dtype=float)
+    lay = lay.drop_duplicates("layer", keep="last").set_index("layer").sort_index()
+    return np.sqrt(lay["act_mean"].astype(float) ** 2 + lay["act_std"].astype(float) ** 2)
+
+
+def predicted_signal_ratio(config: dict, rms_first: float, depth: int) -> float:
+    """Mean-field prediction of the RMS activation of the last hidden layer over the first's
+    at initialisation: from the measured first layer, ``q_1 = s_w^2 rms_0^2`` and
+    ``q_l = s_w^2 E[phi(sqrt(q_{l-1}) z)^2]`` (no biases at init), RMS ``sqrt(E[phi^2])``.
+    NaN when the theory does not describe the run (remedies on, unknown activation or init)."""
+    if config.get("residual_layers") or config.get("norm") or (config.get("dropout") or 0) > 0:
+        return math.nan
+    if depth < 2 or not (math.isfinite(rms_first) and rms_first > 0):
+        return math.nan
+    from . import theory
+
+    try:
+        act = get_activation(str(config["activation"])).name
+        sw2 = float(theory.weight_var_from_config(config))
+        q = theory.q_trajectory(act, sw2, 0.0, rms_first ** 2, depth - 2)
+        m2 = theory.gaussian_moments(act, float(q[-1]))[0]
+    except (KeyError, ValueError, TypeError, ArithmeticError, RuntimeError):
+        return math.nan
+    return math.sqrt(m2) / rms_first if math.isfinite(m2) and m2 >= 0 else math.nan
+
+
+def _check_signal(ctx: _Context, lo: float, hi: float) -> tuple[Finding, Finding]:
+    rule = ("The forward signal collapses (explodes) if the root-mean-square activation of the "
+            "last hidden layer over the first hidden layer's, at the first logged step (the "
+            "initialisation), is below (above) the threshold.")
+    nan = math.nan
+    rms = _rms_profile(ctx, ctx.all_steps[0]) if ctx.all_steps.size else pd.Series(dtype=float)
+    rms = rms[np.isfinite(rms.to_numpy(float))]
+    if ctx.depth < 2 or len(rms) < 2 or not rms.iloc[0] > 0:
+        why = ("fewer than two hidden layers" if ctx.depth < 2
+               else "no activation statistics at the first logged step")
+        return tuple(_finding(n, False, [], [], nan, t, rule, f"{n}: not judged: {why}",
+                              applicable=False, signal_ratio=nan, predicted_signal_ratio=nan,
+                              rms_by_layer={}, step=None)
+                     for n, t in (("collapsed_signal", lo), ("exploding_signal", hi)))
+    step = int(ctx.all_steps[0])
+    ratio = float(rms.iloc[-1] / rms.iloc[0])
+    pred = predicted_signal_ratio(ctx.config, float(rms.iloc[0]), ctx.depth)
+    profile = {int(l): float(v) for l, v in rms.items()}
+    last = int(rms.index[-1])
+    pred_txt = f"; mean-field theory predicts {_num(pred)}" if math.isfinite(pred) else ""
+    head = (f"RMS activation of layer {last} is {_num(ratio)} of layer {int(rms.index[0])}'s "
+            f"at step {step}")
+    out = []
+    for name, t, beyond in (("collapsed_signal", lo, ratio < lo),
+                            ("exploding_signal", hi, ratio > hi)):
+        rel = rms / rms.iloc[0]
+        layers = [int(l) for l, v in rel.items() if (v < t if name == "collapsed_signal"
+                                                     else v > t)]
+        word = "below" if name == "collapsed_signal" else "above"
+        if beyond:
+            msg = f"{name}: {head} (threshold {_num(t)}){pred_txt}"
+        else:
+            msg = f"no {name.replace('_', ' ')}: {head} (threshold {_num(t)}){pred_txt}"
+        if beyond and len(layers) > 1:
+            msg += f"; layers {_layer_list(layers)} are {word} it"
+        out.append(_finding(name, beyond, layers if beyond else [], [step] if beyond else [],
+                            ratio, t, rule, msg, signal_ratio=ratio,
+                            predicted_signal_ratio=pred, rms_by_layer=profile, step=step,
+                            cause_message=f"{CHECK_TITLES[name]}: {head}{pred_txt}"))
+    return out[0], out[1]
+
+
+def _check_updates(ctx: _Context, thr: float) -> Finding:
+    name = "stalled_updates"
+    rule = ("Updates are stalled if the typical layer's update/weight ratio (update_norm / "
+            "weight_norm: its median over the logged steps at which the layer's back-propagated "
+            "gradient is at least 1e-2 of the output layer's, then the median over the layers) "
+            "is below the threshold.")
+    nan = math.nan
+    if "update_ratio" not in ctx.layers.columns:
+        return _finding(name, False, [], [], nan, thr, rule,
+                        f"{name}: not judged: no update_ratio in the log", applicable=False,
+                        by_layer={}, fastest_layer=None)
+    lay = ctx.layers[~ctx.layers["step"].isin(ctx.bad_steps)]
+    lay = lay.drop_duplicates(["step", "layer"], keep="last")
+    tab = lay.pivot(index="step", columns="layer", values="update_ratio")
+    tab = tab.where(np.isfinite(tab))
+    all_med = tab.median()
+    # layers the gradient does not reach at a step (it vanished, or the units died) do not
+    # move whatever the learning rate: that is another check's cause, so they are left out
+    if not ctx.ratio.empty:
+        reach = ctx.ratio.reindex(index=tab.index, columns=tab.columns)
+        tab = tab.where(~(reach < REACH))
+    med = tab.median()
+    med = med[np.isfinite(med.to_numpy(float))]
+    if med.empty:
+        return _finding(name, False, [], [], nan, thr, rule,
+                        f"{name}: not judged: no finite update ratio logged", applicable=False,
+                        by_layer={}, fastest_layer=None)
+    by_layer = {int(l): float(v) for l, v in all_med.items() if math.isfinite(v)}
+    fastest = int(med.idxmax())
+    value = float(med.median())
+    flag = value < thr
+    slow = [l for l, v in by_layer.items() if v < thr]
+    lr = ctx.config.get("lr")
+    if lr is None:
+        lr = (ctx.config.get("optimizer_hyper") or {}).get("lr")
+    opt = ctx.config.get("optimizer")
+    what = (f"the typical layer changes its weights by {_num(value)} of their norm per step "
+            f"(median over the logged steps at which the gradient reaches it, then over "
+            f"{len(med)} layers; threshold {_num(thr)}, "
+            f"about 1e-3 is customary; fastest layer {fastest} at {_num(med.max())})")
+    setting = f" with {opt} at lr {lr:g}" if opt and lr is not None else ""
+    if flag:
+        msg = f"{name}: {what}{setting}"
+    else:
+        msg = f"no stalled updates: {what}"
+        if slow:
+            msg += f"; layers {_layer_list(slow)} are below it"
+    return _finding(name, flag, slow if flag else [], [], value, thr, rule, msg,
+                    by_layer=by_layer, fastest_layer=fastest,
+                    cause_message=f"{CHECK_TITLES[name]}: {what}{setting}")
+
+
+def _check_loss(ctx: _Context, thr: float) -> Finding:
+    name = "unstable_loss"
+    rule = ("The loss is oscillating or rising if, in units of the larger of the chance-level "
+            "loss (else the first loss) and the median loss of the second half of the logged "
+            "steps, the batch losses of that half spread over an interquartile range above the "
+            "threshold, or the loss's running median ends more than the threshold above its "
+            "lowest point.")
+    nan = math.nan
+    loss = ctx.loss
+    numbers = {"spread": nan, "climb": nan, "best": nan, "best_step": None, "scale": nan}
+    if loss.size < 4:
+        return _finding(name, False, [], [], nan, thr, rule,
+                        f"{name}: not judged: fewer than 4 logged steps with a finite loss",
+                        applicable=False, **numbers)
+    scale = ctx.chance_loss if math.isfinite(ctx.chance_loss) and ctx.chance_loss > 0 \
+        else float(loss.iloc[0])
+    if not (math.isfinite(scale) and scale > 0):
+        return _finding(name, False, [], [], nan, thr, rule,
+                        f"{name}: not judged: no loss scale", applicable=False, **numbers)
+    vals = loss.to_numpy(float)
+    half = vals[vals.size // 2:]
+    # a loss far above chance (an exploding net's) is judged against its own level
+    scale = max(scale, float(np.median(half)))
+    q1, q3 = np.percentile(half, [25, 75])
+    spread = float(q3 - q1) / scale
+    run_med = loss.rolling(max(3, loss.size // 20), min_periods=1).median()
+    best_step = int(run_med.idxmin())
+    best = float(run_med.min())
+    climb = (float(run_med.iloc[-1]) - best) / scale
+    value = max(spread, climb)
+    flag = value > thr
+    numbers.update(spread=spread, climb=climb, best=best, best_step=best_step, scale=scale)
+    what = (f"batch losses of the second half spread over {_num(spread)} x the loss scale "
+            f"{_num(scale)} (interquartile range), and the running median ends {_num(climb)} x "
+            f"it above its lowest point ({_num(best)} at step {best_step})")
+    msg = (f"{name}: {what} (threshold {_num(thr)})" if flag
+           else f"no oscillating or rising loss: {what} (threshold {_num(thr)})")
+    steps = [int(s) for s in loss.index[vals.size // 2:]] if flag and spread > thr else []
+    return _finding(name, flag, [], steps, value, thr, rule, msg,
+                    cause_message=f"{CHECK_TITLES[name]}: {what}", **numbers)
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -743,7 +1228,9 @@ def _step_list(steps, most: int = 6) -> str:
 
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "EARLY_FRACTION", "THEORY_TOLERANCE", "VERDICTS", "config_summary",
-    "delta_ratios", "diagnose", "diagnose_table", "evaluate", "format_diagnosis",
-    "load_frames", "resolve_thresholds", "theory_check",
+    "CAUSES", "CAUSE_THRESHOLDS", "CHECKS", "CHECK_TITLES", "DEFAULT_THRESHOLDS",
+    "EARLY_FRACTION", "END_FRACTION", "FAILING", "REACH", "THEORY_TOLERANCE", "VERDICTS",
+    "VERDICT_SEVERITY", "WARNING", "Cause", "Diagnosis", "Finding", "config_summary",
+    "delta_ratios", "diagnose", "diagnose_table", "evaluate", "format_diagnosis", "load_frames",
+    "predicted_signal_ratio", "resolve_thresholds", "theory_check",
 ]

@@ -24,11 +24,17 @@ from pathlib import Path
 
 from .theory import advise
 
-__all__ = ["Remedy", "command_line", "remedies", "remedies_for_run", "failing_verdicts",
+__all__ = ["Remedy", "command_line", "problems", "remedies", "remedies_for_run",
            "VERDICT_ORDER"]
 
-#: The order in which failing verdicts are addressed (the first one's remedies come first).
-VERDICT_ORDER = ("diverged", "exploding", "vanishing", "dead_units", "saturated")
+#: The order in which problems (flagged checks of a diagnosis) are addressed when no
+#: ranking of causes is given (the first one's remedies come first).
+VERDICT_ORDER = ("diverged", "exploding", "exploding_signal", "vanishing", "collapsed_signal",
+                 "dead_units", "saturated", "unstable_loss", "stalled_updates")
+#: Problems remedied alike: a forward signal that collapses or explodes has the same cure
+#: as the gradient that does (the initialisation), as does an unstable loss as divergence.
+_ALIKE = {"collapsed_signal": "vanishing", "exploding_signal": "exploding",
+          "unstable_loss": "diverged"}
 
 _SATURATING = ("sigmoid", "tanh", "logistic")
 _RELU_FAMILY = ("relu", "leaky_relu", "elu")
@@ -242,10 +248,12 @@ def remedies(config: dict, verdicts, *, exploding: float = 1e3) -> list[Remedy]:
     """Remedies for the failing ``verdicts`` (names from :data:`VERDICT_ORDER`) of a run
     with this logged ``config``, most promising first, without duplicates. Each remedy's
     ``options`` and ``command`` are the run's options with the change applied."""
-    failing = [v for v in VERDICT_ORDER if v in set(verdicts)]
+    verdicts = list(verdicts)
+    failing = [v for v in verdicts if v in VERDICT_ORDER]
     act = str(config.get("activation", "relu"))
     found: list[Remedy] = []
-    for v in failing:
+    for name in failing:
+        v = _ALIKE.get(name, name)
         if v in ("vanishing", "saturated"):
             ranked = sorted(_init_candidates(v, config), key=lambda t: t[0])
             found += [r for _, r in ranked] + _structural(v, config)
@@ -278,6 +286,12 @@ def remedies(config: dict, verdicts, *, exploding: float = 1e3) -> list[Remedy]:
                 found.append(Remedy(v, {"widths": [2 * w for w in widths]},
                                     "wider layers: a deep, narrow ReLU net is often born dead"))
             found += _smaller_steps(v, config)[:1]
+        elif v == "stalled_updates" and len(failing) == 1:
+            lr = _lr(config)
+            if lr:
+                new = float(f"{lr * 10:.3g}")
+                found.append(Remedy(v, {"lr": new}, f"updates change the weights too little: "
+                                    f"a learning rate ten times larger ({lr:g} -> {new:g})"))
     out, seen = [], set()
     base = train_options(config)
     for r in found:
@@ -294,16 +308,31 @@ def remedies(config: dict, verdicts, *, exploding: float = 1e3) -> list[Remedy]:
     return out
 
 
-def failing_verdicts(diagnosis: dict) -> list[str]:
-    """The names of a diagnosis's failing verdicts, in :data:`VERDICT_ORDER`."""
-    return [v for v in VERDICT_ORDER if diagnosis.get(v)]
+def problems(diagnosis) -> list[str]:
+    """What to remedy in a diagnosis: a failing run's causes, strongest first (and
+    ``diverged`` for a diverged run); a warning's flagged checks; nothing for a healthy
+    run. Takes the typed :class:`~gradscope.analysis.diagnose.Diagnosis` (or its plain
+    ``dict`` of booleans)."""
+    if isinstance(diagnosis, dict):
+        return [v for v in VERDICT_ORDER if diagnosis.get(v)]
+    if diagnosis.failing:
+        out = list(diagnosis.cause_names)
+        if diagnosis.verdict == "diverged" and "diverged" not in out:
+            out.insert(0, "diverged")
+        return out
+    if diagnosis.verdict == "warning":
+        return [n for n in diagnosis.flags if n in VERDICT_ORDER]
+    return []
+
+
+failing_verdicts = problems
 
 
 def remedies_for_run(config: dict, diagnosis: dict, path: str | Path | None = None,
                      **thresholds) -> list[Remedy]:
     """:func:`remedies` for a diagnosed run; with ``path`` each command writes its log next
     to the run's (``NAME--CHANGE.h5``)."""
-    out = remedies(config, failing_verdicts(diagnosis),
+    out = remedies(config, problems(diagnosis),
                    exploding=thresholds.get("exploding", 1e3))
     for r in out:
         target = None

@@ -283,7 +283,8 @@ def remedy_text(items, most: int = 3) -> str:
         rs = remedies_for_run(config, d, path)
         if not rs:
             continue
-        lines.append(f"\nwhat to do next for {Path(path).name} ({d.get('verdict')}), "
+        head = d.headline if hasattr(d, "headline") else d.get("verdict")
+        lines.append(f"\nwhat to do next for {Path(path).name} ({head}), "
                      "most promising first:")
         for i, r in enumerate(rs[:most], 1):
             lines.append(f"  {i}. {r.summary}")
@@ -366,14 +367,15 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps, 
     from ..reading.readers import read_config
 
     todo = remedy_text([(d, read_config(p), p) for d, p in zip(result["diagnoses"], paths)
-                        if any(d.get(v) for v in ("vanishing", "exploding", "dead_units",
-                                                  "saturated", "diverged"))],
+                        if d.verdict != "healthy"],
                        most=2 if len(paths) <= 12 else 1)
     if todo:
         click.echo(todo)
     for a in result.get("advice") or ():
         click.echo(f"checked: {a['run']} with {_change_words(a['change'])}: "
-                   f"{a['before']} -> {a['after']}")
+                   f"{a['before']} -> {a['after']}"
+                   + (f" (gone: {', '.join(a['fixed'])})" if a["fixed"] else "")
+                   + (f" (still: {', '.join(a['still'])})" if a["still"] else ""))
     click.echo(f"report: {result['out']} ({result['pages']} pages)")
     return 0
 

@@ -276,6 +276,8 @@ def prepare(config: TrainConfig) -> Prepared:
         loss="cross_entropy" if classification else "mse",
         n_train=int(n), n_val=int(X_val.shape[0]), n_features=int(X.shape[1]),
         n_outputs=int(n_out), batch_size_resolved=int(bs), steps_per_epoch=steps_per_epoch,
+        # the loss of predicting the mean, the chance level a regression run is judged against
+        target_variance=None if classification else float(np.var(y, axis=0).mean()),
         total_steps=int(total), probe_every=int(probe_every),
         probe_size=int(min(config.probe_size or 1024, n)),
         optimizer_hyper=opt.hyper, gradscope_version=__version__,

@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..engine.data import DataError
 from ..engine.optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
-from ..reading.readers import read_config, read_epochs, read_layers, read_status, read_steps
+from ..reading.readers import read_status
 from ..record.schema import LogError
 from ._signals import StopRequest
 from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
@@ -62,7 +62,6 @@ NAME_TOKENS = {
     "epochs": "ep", "steps": "steps", "val_fraction": "val", "dtype": "", "log_every": "le",
     "probe_every": "pe", "probe_size": "ps", "hist_bins": "hb", "snapshot_every": "snap",
 }
-VERDICT_COLUMNS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
 MAX_RANGE = 10_000
 MAX_NAME = 200
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -894,15 +893,6 @@ def _run_dask(todo, out, client, retries, report, finished, stop):
 
 
 # -- the summary ------------------------------------------------------------------------------
-def _diagnose_fn():
-    """gradscope.analysis.diagnose.diagnose when it exists (looked up at each call)."""
-    try:
-        from ..analysis.diagnose import diagnose
-    except ImportError:
-        return None
-    return diagnose
-
-
 def _effective_config(cfg: dict) -> dict:
     """The configuration with optimizer defaults filled in from the resolved hyperparameters."""
     out = dict(cfg)
@@ -927,70 +917,24 @@ def _cell(v):
     return v
 
 
-def _grad_ratios(layers: pd.DataFrame) -> tuple[float, float]:
-    if layers.empty or "delta_norm" not in layers:
-        return math.nan, math.nan
-    piv = layers.pivot_table(index="step", columns="layer", values="delta_norm", aggfunc="first")
-    if piv.shape[1] < 2:
-        return math.nan, math.nan
-    first, last = piv.columns.min(), piv.columns.max()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = (piv[first] / piv[last]).to_numpy(dtype=float)
-    finite = ratio[np.isfinite(ratio)]
-    return (float(ratio[0]) if len(ratio) else math.nan,
-            float(np.median(finite)) if len(finite) else math.nan)
+def _log_row(path: Path) -> tuple[dict, dict]:
+    """(run-table row, configuration) of one log; raises LogError when unreadable."""
+    from ..analysis.diagnose import diagnose, load_frames
+    from ..analysis.runs import run_row
 
-
-def _log_row(path: Path, diagnose) -> tuple[dict, dict]:
-    """(results, configuration) of one log; raises LogError when unreadable."""
-    status = read_status(path)
-    cfg = read_config(path)
-    steps = read_steps(path)
-    epochs = read_epochs(path)
-    layers = read_layers(path)
-    row: dict = {"status": status["status"], "message": status["message"]}
-    last = steps.iloc[-1] if len(steps) else None
-    row["final_step"] = int(last["step"]) if last is not None else math.nan
-    row["final_loss"] = float(last["loss"]) if last is not None else math.nan
-    row["final_accuracy"] = float(last["accuracy"]) if last is not None else math.nan
-    ep = epochs.iloc[-1] if len(epochs) else None
-    for col in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-        row[f"final_{col}"] = float(ep[col]) if ep is not None else math.nan
-    row["epochs_logged"] = len(epochs)
-    row["train_seconds"] = float(last["time"]) if last is not None else math.nan
-    row["grad_ratio_first"], row["grad_ratio_median"] = _grad_ratios(layers)
-    for v in VERDICT_COLUMNS:
-        row[v] = pd.NA
-    row["verdict"] = ""
-    if diagnose is not None:
-        try:
-            d = _call_diagnose(diagnose, path, steps, layers, cfg, status)
-        except Exception as e:  # noqa: BLE001 -- the run's numbers stay usable
-            row["verdict"] = f"diagnosis failed: {_one_line(e)}"
-        else:
-            for v in VERDICT_COLUMNS:
-                if v in d:
-                    row[v] = bool(d[v])
-                ev = d.get(f"{v}_evidence")
-                row[f"{v}_value"] = (ev.get("value", math.nan) if isinstance(ev, dict)
-                                     else math.nan)
-            row["verdict"] = str(d.get("verdict", ""))
-    else:
-        row["diverged"] = status["status"] == "diverged"
-    return row, cfg
-
-
-def _call_diagnose(diagnose, path, steps, layers, cfg, status):
-    import inspect
-
+    frames = load_frames(path)
     try:
-        takes_frames = "frames" in inspect.signature(diagnose).parameters
-    except (TypeError, ValueError):
-        takes_frames = False
-    if takes_frames:  # the tables are read already
-        return diagnose(path, frames={"steps": steps, "layers": layers, "config": cfg,
-                                     "status": status})
-    return diagnose(path)
+        d = diagnose(path, frames=frames)
+    except LogError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the run's numbers stay usable
+        from ..analysis.runs import error_row
+
+        row = error_row(path, f"diagnosis failed: {_one_line(e)}",
+                        status=frames["status"]["status"])
+        row["message"] = frames["status"]["message"]
+        return row, frames["config"]
+    return run_row(d, steps=frames["steps"], epochs=frames["epochs"]), frames["config"]
 
 
 def summarize(out_dir) -> pd.DataFrame:
@@ -998,10 +942,12 @@ def summarize(out_dir) -> pd.DataFrame:
 
     Rows: every run listed in ``sweep.json`` (in grid order; ``missing`` or ``failed``
     when it has no log yet), then any other ``*.h5`` log in the folder. Columns: ``name``,
-    ``status``, the swept options, the final metrics, gradient ratios, the diagnosis
-    (when gradscope.diagnose is installed), the other options, ``message`` and ``file``;
-    docs/sweep.md lists them.
+    ``status``, the swept options, the run table's measured columns
+    (:data:`gradscope.analysis.runs.RUN_COLUMNS`: the diagnosis, final metrics, gradient
+    ratios), the other options, ``message`` and ``file``; docs/log-format.md lists them.
     """
+    from ..analysis.runs import CHECK_COLUMNS, RUN_COLUMNS, error_row
+
     out = Path(out_dir)
     spec = {}
     if (out / GRID_FILE).exists():
@@ -1012,7 +958,6 @@ def summarize(out_dir) -> pd.DataFrame:
     planned = {r["name"]: r.get("config", {}) for r in spec.get("runs", [])}
     logs = {p.stem: p for p in sorted(out.glob("*.h5"))} if out.is_dir() else {}
     order = list(planned) + [n for n in logs if n not in planned]
-    diagnose = _diagnose_fn()
     option_names = list(option_kinds())
     rows, configs = [], []
     for name in order:
@@ -1030,9 +975,10 @@ def summarize(out_dir) -> pd.DataFrame:
             try:
                 if not ok and "truncated" in why:
                     raise LogError(f"{str(path)!r} is truncated: {why}")
-                res, logged = _log_row(path, diagnose)
+                res, logged = _log_row(path)
+                res.pop("run")
             except LogError as e:
-                row.update(status="unreadable", message=str(e))
+                row.update(error_row(path, str(e)))
             else:
                 row.update(res)
                 cfg = {**cfg, **logged}
@@ -1046,17 +992,14 @@ def summarize(out_dir) -> pd.DataFrame:
         swept = [k for k in option_names
                  if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
     swept = [k for k in swept if k in option_names]
-    result_cols = ["final_step", "final_loss", "final_accuracy", "final_train_loss",
-                   "final_train_accuracy", "final_val_loss", "final_val_accuracy",
-                   "epochs_logged", "train_seconds", "grad_ratio_first", "grad_ratio_median",
-                   *VERDICT_COLUMNS, "verdict", *(f"{v}_value" for v in VERDICT_COLUMNS)]
+    measured = [c for c in RUN_COLUMNS if c not in ("run", "status", "message")]
     others = [k for k in option_names if k not in swept] + ["total_steps"]
-    columns = ["name", "status", *swept, *result_cols, *others, "message", "file"]
+    columns = ["name", "status", *swept, *measured, *others, "message", "file"]
     table = [{**c, **r} for r, c in zip(rows, configs)]
     df = pd.DataFrame(table, columns=columns)
-    for v in VERDICT_COLUMNS:
+    for v in CHECK_COLUMNS:
         df[v] = df[v].astype("boolean")
-    df["verdict"] = df["verdict"].fillna("")
-    df["message"] = df["message"].fillna("")
-    df["file"] = df["file"].fillna("")
+    for c in ("verdict", "severity", "causes", "flags", "error", "accuracy_split", "message",
+              "file"):
+        df[c] = df[c].fillna("")
     return df

@@ -1094,43 +1094,26 @@ def run_comparison(*, summary: pd.DataFrame, x: str = "run", y: str = "ratio", h
 
 
 # -- sweeps: one row per run ----------------------------------------------------------------
-#: Axis / colour-bar labels of the per-run columns of a sweep (report.run_table and
-#: sweep.summarize use these names).
+#: Axis / colour-bar labels of the per-run columns of a sweep (the run table of
+#: gradscope.analysis.runs, which report.run_table and sweep.summarize share).
 SWEEP_LABELS = {
     "ratio_early": "||delta_0|| / ||delta_out||\n(median over the first half of training)",
-    "vanishing_value": "||delta_0|| / ||delta_out||\n(median over the first half of training)",
     "ratio_first": "||delta_0|| / ||delta_out||\n(at the first logged step)",
-    "grad_ratio_first": "||delta_0|| / ||delta_out||\n(at the first logged step)",
-    "grad_ratio_median": "||delta_0|| / ||delta_out||\n(median over all logged steps)",
+    "ratio_median": "||delta_0|| / ||delta_out||\n(median over all logged steps)",
     "dead_frac": "dead units: mean share over the hidden layers\n(last probe step)",
     "dead_frac_max": "dead units: share of the worst hidden layer\n(last probe step)",
-    "dead_units_value": "dead units: share of the worst hidden layer\n(last probe step)",
     "accuracy": "final accuracy",
     "final_val_accuracy": "final validation accuracy",
     "final_train_accuracy": "final training accuracy (last epoch)",
-    "final_accuracy": "final training accuracy (last batch)",
-}
-#: Columns tried, in order, when a sweep figure's default column is missing (so that the
-#: output of :func:`gradscope.training.sweep.summarize` draws as well as :func:`report.run_table`'s).
-_FALLBACKS = {
-    "ratio_early": ("vanishing_value", "grad_ratio_median"),
-    "ratio_first": ("grad_ratio_first",),
-    "dead_frac": ("dead_frac_max", "dead_units_value"),
-    "accuracy": ("final_val_accuracy", "final_train_accuracy", "final_accuracy"),
 }
 
 
 def _column(summary: pd.DataFrame, name: str, what: str) -> str:
-    """``name`` if ``summary`` has it, else its first fallback holding a finite value."""
+    """``name``, checked to be a column of ``summary``."""
     if name in summary.columns:
         return name
-    for alt in _FALLBACKS.get(name, ()):
-        if alt in summary.columns and np.isfinite(
-                pd.to_numeric(summary[alt], errors="coerce").to_numpy(float)).any():
-            return alt
-    raise ValueError(f"summary has no column {name!r} for the {what}"
-                     + (f" (nor {', '.join(_FALLBACKS[name])})" if name in _FALLBACKS else "")
-                     + f"; it has: {', '.join(map(str, summary.columns))}")
+    raise ValueError(f"summary has no column {name!r} for the {what}; it has: "
+                     f"{', '.join(map(str, summary.columns))}")
 
 
 def _levels(df: pd.DataFrame, col) -> list:
@@ -1325,12 +1308,11 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
                   palette: Mapping | None = None, height: float = 4.0, aspect: float = 1.0):
     """The vanishing-gradient phase diagram of a sweep: gradient ratio against depth.
 
-    ``summary``: one row per run (:func:`gradscope.views.report.run_table`, or
-    :func:`gradscope.training.sweep.summarize`), with the columns named by ``x`` (numeric, default
-    ``depth``), ``y`` (default ``ratio_early``: ``delta_norm`` of layer 0 over the output
-    layer's, the median over the first half of training, as the diagnosis judges it;
-    ``ratio_first`` is the first logged step; a summarize() table has ``vanishing_value``,
-    used when ``ratio_early`` is missing) and the grouping columns ``hue`` (colour), ``style``
+    ``summary``: one row per run (the run table: :func:`gradscope.views.report.run_table`,
+    :func:`gradscope.training.sweep.summarize`), with the columns named by ``x`` (numeric,
+    default ``depth``), ``y`` (default ``ratio_early``: ``delta_norm`` of layer 0 over the
+    output layer's, the median over the first half of training, as the diagnosis judges it;
+    ``ratio_first`` is the first logged step) and the grouping columns ``hue`` (colour), ``style``
     (marker), ``col`` and ``row`` (panels; None for none).
 
     One line per hue x style level through the **median** over the rows sharing ``x`` (the
@@ -1339,8 +1321,7 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
     ``predicted`` (default ``predicted_ratio``, the mean-field ``chi1^(depth/2)``-type
     prediction at initialisation; silently left out when the column is missing or empty)
     is drawn dashed in the line's colour with hollow markers, and ``first`` (default
-    ``ratio_first``, the ratio at the first logged step; ``grad_ratio_first`` in a
-    summarize() table; left out when missing) as small crosses, one per run: the measurement
+    ``ratio_first``, the ratio at the first logged step; left out when missing) as small crosses, one per run: the measurement
     the prediction describes. ``guides``: the vanishing and
     exploding thresholds, drawn dashed with the regions beyond them shaded; a grey line
     marks 1.
@@ -1354,7 +1335,7 @@ def phase_diagram(*, summary: pd.DataFrame, y: str = "ratio_early", x: str = "de
         if c is not None and c not in summary.columns:
             raise ValueError(f"summary has no column {c!r}")
     if first is not None and first not in summary.columns:
-        first = next((c for c in _FALLBACKS.get(first, ()) if c in summary.columns), None)
+        first = None
     g, axes, d = _depth_lines(summary, y=y, x=x, hue=hue, style=style, col=col, row=row,
                               ax=ax, predicted=predicted, log=True, first=first,
                               ylabel=SWEEP_LABELS.get(y, f"{y} (log scale)") + "",
@@ -1397,8 +1378,8 @@ def depth_dead_units(*, summary: pd.DataFrame, y: str = "dead_frac", x: str = "d
     min-max band), panels by ``col`` / ``row``.
 
     ``y`` (default ``dead_frac``: the mean over the hidden layers of the share of units dead
-    on the probe set at the last probe step; a summarize() table has ``dead_units_value``,
-    the worst layer's share, used when ``dead_frac`` is missing). Rows without a finite
+    on the probe set at the last probe step; ``dead_frac_max`` is the worst layer's share).
+    Rows without a finite
     value (activations whose units cannot die) are left out: pass the ReLU-family runs.
     Linear y from 0 to 100 %; ``threshold`` drawn dashed. Returns a FacetGrid (``ax=None``)
     or the Axes as a 2-D array, as :func:`phase_diagram`.
@@ -1430,9 +1411,8 @@ def grid_heatmap(*, summary: pd.DataFrame, value: str = "accuracy", x: str = "de
     """A value of each run over the grid: rows = ``y`` levels, columns = ``x``, one panel per
     ``col`` level.
 
-    ``summary``: one row per run. ``value`` (default ``accuracy``: final validation
-    accuracy, else training; a summarize() table has ``final_val_accuracy``, used when
-    ``accuracy`` is missing). ``y``: one column or several, joined into row labels
+    ``summary``: one row per run (the run table). ``value`` (default ``accuracy``: final
+    validation accuracy, else training). ``y``: one column or several, joined into row labels
     ``"relu / he"``; ``x``: the columns of each panel (sorted). Rows sharing a cell (seeds)
     are combined by ``agg`` (``median``, ``mean``, ``min``, ``max``); cells without a run
     are left blank ("no run"). Every panel has the same rows and columns. Cells are
@@ -1598,16 +1578,18 @@ def run_overview(*, summary: pd.DataFrame, ax, guides=(1e-3, 1e3), shares=(0.5, 
     ``summary``: one row per run with ``run`` (label), ``ratio`` (first-to-output
     back-propagated gradient ratio, median over the first half of training), ``dead`` and
     ``saturated`` (the worst hidden layer's share, NaN where it does not apply) and
-    ``alarm`` (bool). ``ax``: two Axes. Left: the ratio on a log axis with the vanishing and
+    ``alarm`` ("failing", "warning" or "", or a bool: True = failing). ``ax``: two Axes. Left: the ratio on a log axis with the vanishing and
     exploding ``guides`` and their zones shaded; a ratio of 0 (below the float range) is
     drawn at the axis' left end as "< 1e-308". Right: the two shares as bars, with the
-    ``shares`` thresholds. Runs with an alarm are red, the others green.
+    ``shares`` thresholds. Failing runs are red, warnings orange, healthy runs green.
     """
     a1, a2 = ax
     d = summary.reset_index(drop=True)
     n = len(d)
     y = np.arange(n)
-    col = np.where(d["alarm"].to_numpy(bool), "#c0392b", "#1e8449")
+    # "failing" red, "warning" orange, else (healthy) green; booleans: True = failing
+    alarm = d["alarm"].map(lambda a: "failing" if a is True else ("" if a is False else a))
+    col = alarm.map({"failing": "#c0392b", "warning": "#e67e22"}).fillna("#1e8449").to_numpy()
     r = pd.to_numeric(d["ratio"], errors="coerce").to_numpy(float)
     pos = r[np.isfinite(r) & (r > 0)]
     lo = min([guides[0] / 30, *(pos / 3)]) if len(pos) else guides[0] / 30

@@ -4,7 +4,8 @@
 writes one PDF (A4 landscape), one idea per page:
 
 1. summary: each run's configuration, status, final training and validation loss and
-   accuracy, its verdicts with the evidence messages and the mean-field theory line
+   accuracy, its verdict (healthy, warning, not_learning, diverged) with the ranked causes
+   of a failure, every check's evidence message and the mean-field theory line
    (several pages when the runs do not fit on one);
 2. gradient flow: heatmaps of log10 ``grad_norm`` and ``delta_norm`` per layer and step;
 3. gradient profile across depth at start / quarter / half / end, with the mean-field
@@ -85,6 +86,16 @@ import seaborn as sns
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
+from ..analysis.diagnose import (
+    CHECKS,
+    FAILING,
+    WARNING,
+    Diagnosis,
+    diagnose,
+    remedy_parts,
+    resolve_thresholds,
+)
+from ..analysis.runs import run_row
 from ..reading.readers import (
     _committed,
     _read_table,
@@ -130,7 +141,6 @@ _RC = {
     "ytick.labelsize": 9, "legend.fontsize": 8.5, "legend.title_fontsize": 8.5,
     "pdf.fonttype": 42, "ps.fonttype": 42,
 }
-_VERDICTS = ("vanishing", "exploding", "dead_units", "saturated", "diverged")
 _RELU_FAMILY = ("relu", "leaky_relu", "elu")
 
 
@@ -424,7 +434,7 @@ class RunData:
     hist: pd.DataFrame         # histograms at the first and last probe step
     dead_steps: np.ndarray | None
     dead: list | None
-    diagnosis: dict
+    diagnosis: Diagnosis
     notes: list = field(default_factory=list)
     short: str | None = None   # a shorter label for figures (a sweep's names, shortened)
 
@@ -480,84 +490,57 @@ def load_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN, label=
     whole = (layers.drop(columns=["step_lo", "step_hi"])
              if len(layers) == n_layer_rows and (layers["step_lo"] == layers["step_hi"]).all()
              else None)
-    diag = _diagnose(path, steps, layers, config, status, n_layer_rows, max_steps, per_bin,
-                     notes, thresholds, whole=whole)
+    diag = _diagnose(path, steps, epochs, layers, config, status, n_layer_rows, max_steps,
+                     per_bin, notes, thresholds, whole=whole)
     return RunData(path=path, label=label or path.stem, config=config, status=status,
                    steps=steps, epochs=epochs, layers=layers, probes=probes, hist=hist,
                    dead_steps=dead_steps, dead=dead, diagnosis=diag, notes=notes)
 
 
-def _diagnose(path, steps, layers, config, status, n_rows, max_steps, per_bin, notes,
-              thresholds, whole=None) -> dict:
-    try:
-        from ..analysis.diagnose import diagnose
-    except ImportError:
-        notes.append("no diagnosis: gradscope.diagnose is not available")
-        return _no_diagnosis(path, config, status)
-    if whole is not None:
-        return diagnose(path, frames={"steps": steps, "layers": whole, "config": config,
-                                      "status": status}, **thresholds)
-    if n_rows <= FULL_DIAGNOSE_ROWS:
-        return diagnose(path, **thresholds)
-    fine = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps),
-                              per_bin=DIAGNOSE_PER_BIN)
-    notes.append(f"diagnosed on {fine['step'].nunique()} time bins of medians "
-                 f"(the log has {n_rows} layer rows)")
-    frames = {"steps": steps, "layers": fine.drop(columns=["step_lo", "step_hi"]),
-              "config": config, "status": status}
+def _diagnose(path, steps, epochs, layers, config, status, n_rows, max_steps, per_bin, notes,
+              thresholds, whole=None) -> Diagnosis:
+    if whole is None and n_rows <= FULL_DIAGNOSE_ROWS:
+        whole = read_layers(path)
+    elif whole is None:
+        whole = read_layers_binned(path, max_steps=max(DIAGNOSE_STEPS, max_steps),
+                                   per_bin=DIAGNOSE_PER_BIN).drop(columns=["step_lo", "step_hi"])
+        notes.append(f"diagnosed on {whole['step'].nunique()} time bins of medians "
+                     f"(the log has {n_rows} layer rows)")
+    frames = {"steps": steps, "layers": whole, "config": config, "status": status,
+              "epochs": epochs}
     return diagnose(path, frames=frames, **thresholds)
 
 
-def _no_diagnosis(path, config, status) -> dict:
-    d = {"run": str(path), "status": status.get("status", "unknown"),
-         "status_message": status.get("message", ""), "config_summary": _config_summary(config),
-         "verdict": "not diagnosed", "theory": None}
-    for v in _VERDICTS:
-        d[v] = False
-        d[f"{v}_evidence"] = {"layers": [], "steps": [], "value": math.nan, "threshold": None,
-                              "rule": "", "message": f"{v}: not judged", "applicable": False}
-    return d
-
-
-def _config_summary(config: dict) -> str:
-    try:
-        from ..analysis.diagnose import config_summary
-        return config_summary(config)
-    except ImportError:
-        keys = ("dataset", "depth", "width", "activation", "init", "optimizer", "lr")
-        return " ".join(f"{k}={config.get(k)}" for k in keys if config.get(k) is not None)
-
-
 # -- text -----------------------------------------------------------------------------------
-def _flag(d: dict, name: str) -> str:
-    if d.get(name):
-        return "YES"
-    ev = d.get(f"{name}_evidence") or {}
-    return "n/a" if ev.get("applicable") is False else "-"
+def _run_name(d: Diagnosis) -> str:
+    return Path(d.run).name if d.run else "run"
 
 
-def _run_name(d: dict) -> str:
-    run = d.get("run")
-    return Path(run).name if run else "run"
+def _why(d: Diagnosis) -> str:
+    """The causes of a failure (strongest first), the warnings of a run that learns."""
+    if d.failing:
+        return ", ".join(d.cause_names) or "no cause found"
+    return ", ".join(d.flags) or "-"
 
 
 def verdict_table(diagnoses) -> str:
     """A short plain-text table of diagnoses, one line per run, for a terminal.
 
-    Columns: run (file name), status, vanishing, exploding, dead (units), saturated,
-    verdict. ``YES`` marks an alarm, ``-`` a check passed, ``n/a`` a check that does not
-    apply (e.g. dead units of tanh) or could not be judged.
+    Columns: run (file name), status, accuracy (the final accuracy the verdict judged, with
+    ``(live)`` for a run still being written), verdict (:data:`~gradscope.analysis.diagnose.VERDICTS`)
+    and why: for ``not_learning`` and ``diverged`` the causes, strongest first (or ``no cause
+    found``), for ``warning`` the flagged checks.
     """
-    head = ["run", "status", "vanishing", "exploding", "dead", "saturated", "verdict"]
+    head = ["run", "status", "accuracy", "verdict", "cause / warnings"]
     rows = []
     diagnoses = list(diagnoses)
     names, note = _short_names([_run_name(d) for d in diagnoses])
     for d, name in zip(diagnoses, names):
         if len(name) > _NAME_WIDTH:
             name = name[:22] + "..." + name[-23:]
-        rows.append([name, str(d.get("status", "")), _flag(d, "vanishing"),
-                     _flag(d, "exploding"), _flag(d, "dead_units"), _flag(d, "saturated"),
-                     str(d.get("verdict", ""))])
+        acc = d["not_learning"].numbers.get("accuracy")
+        rows.append([name, d.status, _fmt(acc, pct=True) + (" (live)" if d.live else ""),
+                     d.verdict, _why(d)])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -651,8 +634,8 @@ def _final_line(run: RunData) -> str:
     return f"final, {where}: " + "; ".join(parts)
 
 
-def _theory_line(d: dict) -> str | None:
-    t = d.get("theory")
+def _theory_line(d: Diagnosis) -> str | None:
+    t = d.theory
     if not t:
         return None
     xi = _float(t.get("xi"))
@@ -685,8 +668,20 @@ def _wrap(text: str, indent: str = "", width: int = _WRAP) -> list[str]:
 
 def _needs_block(run: RunData) -> bool:
     d = run.diagnosis
-    return (d.get("verdict") not in ("healthy",) or d.get("status") != "completed"
-            or bool(run.notes))
+    return d.verdict != "healthy" or d.status != "completed" or bool(run.notes)
+
+
+_STYLE_OF = {FAILING: "alarm", WARNING: "warn"}
+
+
+def _verdict_lines(d: Diagnosis) -> list[tuple[str, str]]:
+    """The verdict line and, for a failure, its causes ranked."""
+    style = _STYLE_OF.get(d.severity, "ok")
+    out = [(style, f"   verdict: {d.headline}")]
+    for i, c in enumerate(d.causes, 1):
+        out += [(style, line) for line in _wrap(f"{i}. {c.message}", "     ",
+                                                width=_WRAP_BOLD)]
+    return out
 
 
 def _overview_lines(n_runs: int) -> int:
@@ -696,23 +691,20 @@ def _overview_lines(n_runs: int) -> int:
 
 def overview_summary(runs: list[RunData]) -> pd.DataFrame:
     """The at-a-glance figure's numbers: one row per run (``run``, ``ratio``, ``dead``,
-    ``saturated``, ``alarm``)."""
+    ``saturated``, ``alarm``: "failing", "warning" or "")."""
     rows = []
     for r in runs:
         d = r.diagnosis
-        ev = d.get("vanishing_evidence") or {}
         shares = {}
         for key, name in (("dead", "dead_units"), ("saturated", "saturated")):
-            e = d.get(f"{name}_evidence") or {}
-            by = e.get("by_layer") or {}
-            vals = [_float(v) for v in by.values()]
+            f = d[name]
+            vals = [_float(v) for v in (f.numbers.get("by_layer") or {}).values()]
             vals = [v for v in vals if math.isfinite(v)]
-            shares[key] = max(vals) if (vals and e.get("applicable", True)) else math.nan
-        verdict = d.get("verdict", "")
+            shares[key] = max(vals) if (vals and f.applicable) else math.nan
         rows.append({"run": _fit(r.short or r.label, 34),
-                     "ratio": _float(ev.get("ratio_median_early")),
+                     "ratio": _float(d["vanishing"].numbers.get("ratio_median_early")),
                      **shares,
-                     "alarm": verdict not in ("healthy", "no data", "not diagnosed")})
+                     "alarm": {FAILING: "failing", WARNING: "warning"}.get(d.severity, "")})
     return pd.DataFrame(rows)
 
 
@@ -731,6 +723,14 @@ def _draw_overview(fig, runs, thresholds, top: float, height: float) -> None:
 #: Remedies shown per failing run on the summary (all of them: ``gradscope advise RUN.h5``).
 SUMMARY_REMEDIES = 2
 _CMD_WRAP = 150
+
+
+def _problems(d: Diagnosis) -> list[str]:
+    try:
+        from ..analysis.remedies import problems
+        return problems(d)
+    except ImportError:
+        return list(d.flags)
 
 
 def _remedies(run: RunData):
@@ -770,30 +770,28 @@ def _remedy_block(run: RunData, most: int = SUMMARY_REMEDIES) -> list[tuple[str,
 
 def _compact_block(run: RunData) -> list[tuple[str, str]]:
     """A run's lines on the summary pages of a sweep: what it is, how it ended, its
-    alarms (not the checks it passed)."""
+    verdict with its causes and the warnings (not the checks it passed)."""
     d = run.diagnosis
     st = run.status
     label = run.label if len(run.label) <= 120 else run.label[:117] + "..."
-    ev = d.get("vanishing_evidence") or {}
     acc, split = _final_accuracy(run)
-    bits = [d.get("config_summary", ""), f"status: {st.get('status', 'unknown')}"]
+    bits = [d.config_summary, f"status: {st.get('status', 'unknown')}"]
     if split:
         bits.append(f"final {split} accuracy {_fmt(acc, pct=True)}")
-    ratio = f"ratio layer 0 / output {_fmt(ev.get('ratio_median_early'), ratio=True)}"
-    pred = _float((d.get("theory") or {}).get("predicted_ratio"))
+    ratio = ("ratio layer 0 / output "
+             f"{_fmt(d['vanishing'].numbers.get('ratio_median_early'), ratio=True)}")
+    pred = _float((d.theory or {}).get("predicted_ratio"))
     if math.isfinite(pred):
         ratio += f" (theory {_fmt(pred, ratio=True)})"
     bits.append(ratio)
     out = [("head", label)]
     out += [("text", line) for line in _wrap("  |  ".join(bits), "   ")]
-    verdict = d.get("verdict", "")
-    out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
-                f"   verdict: {verdict}"))
+    out += _verdict_lines(d)
     out += _remedy_block(run, most=1)
-    for v in _VERDICTS:
-        if d.get(v):
-            msg = (d.get(f"{v}_evidence") or {}).get("message", v)
-            out += [("dim", line) for line in _wrap(f"! {msg}", "     ")]
+    if not d.failing:
+        for name in d.flags:
+            out += [("warn", line) for line in _wrap(f"? {d[name].message}", "     ",
+                                                     width=_WRAP_BOLD)]
     for note in run.notes:
         out.append(("dim", f"   note: {note}"))
     out.append(("gap", ""))
@@ -808,28 +806,27 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
     msg = st.get("message") or ""
     label = run.label if len(run.label) <= 120 else run.label[:117] + "..."
     out = [("head", label)]
-    for line in _wrap(f"{d.get('config_summary', '')}  |  status: {status}"
+    for line in _wrap(f"{d.config_summary}  |  status: {status}"
                       + (f" ({msg})" if msg else "") + f"  |  {len(run.steps)} logged steps",
                       "   "):
         out.append(("text", line))
     for line in _wrap(_final_line(run), "   "):
         out.append(("text", line))
-    verdict = d.get("verdict", "")
-    out.append(("alarm" if verdict not in ("healthy", "no data", "not diagnosed") else "ok",
-                f"   verdict: {verdict}"))
+    out += _verdict_lines(d)
     out += _remedy_block(run)
     out.append(("dim", "   evidence:"))
     na, passed = [], []
-    for v in _VERDICTS:
-        ev = d.get(f"{v}_evidence") or {}
-        if not d.get(v) and ev.get("applicable") is False:
-            na.append(ev.get("message", v))
+    for name in CHECKS:
+        f = d[name]
+        if not f.flagged and not f.applicable:
+            na.append(f.message)
             continue
-        if not d.get(v):  # a passed check: its name is enough here (figures show the rest)
-            passed.append(ev.get("message", v).split(":")[0])
+        if not f.flagged:  # a passed check: its name is enough here (figures show the rest)
+            passed.append(f.message.split(":")[0])
             continue
-        for line in _wrap(f"! {ev.get('message', v)}", "     ", width=_WRAP_BOLD):
-            out.append(("alarm", line))
+        mark = {FAILING: "!", WARNING: "?"}.get(f.severity, "-")
+        for line in _wrap(f"{mark} {f.message}", "     ", width=_WRAP_BOLD):
+            out.append((_STYLE_OF.get(f.severity, "text"), line))
     if passed:
         for line in _wrap("passed: " + "; ".join(passed), "     "):
             out.append(("text", line))
@@ -886,7 +883,7 @@ def _grid(n: int) -> tuple[int, int]:
     return {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}.get(n, (2, 3))
 
 
-def _summary_pages(runs: list[RunData], diagnoses: list[dict],
+def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis],
                    thresholds: dict | None = None) -> list[_Page]:
     table = verdict_table(diagnoses).splitlines()
     head, rows = table[:2], table[2:]
@@ -935,6 +932,7 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict],
                 "head": {"fontweight": "bold", "fontsize": 10},
                 "text": {"fontsize": 8.8},
                 "alarm": {"fontsize": 8.8, "color": "#a50f15", "fontweight": "bold"},
+                "warn": {"fontsize": 8.8, "color": "#8c510a", "fontweight": "bold"},
                 "ok": {"fontsize": 8.8, "color": "#005a32", "fontweight": "bold"},
                 "dim": {"fontsize": 8.5, "color": "0.4"},
                 "mono": {"fontsize": 8.5, "family": "monospace"},
@@ -959,13 +957,16 @@ def _summary_pages(runs: list[RunData], diagnoses: list[dict],
         caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
                    "At a glance: how much of the output layer's gradient reaches the first "
                    "layer (1 = all of it; red zone: vanished, orange zone: exploded) and the "
-                   "worst layer's share of dead or saturated units. Red runs have an alarm. "
-                   "In the table, YES = alarm, - = check passed, n/a = not applicable or not "
-                   "judged. Under each run with an alarm: what to do next, as commands to "
-                   "paste, most promising first; the evidence follows."
+                   "worst layer's share of dead or saturated units; red: failing, orange: "
+                   "warning, green: healthy. Verdict: healthy (learning, nothing flagged), "
+                   "warning (learning, something flagged), not_learning or diverged (failing; "
+                   "the causes the log shows, strongest first). Under each run that is not "
+                   "healthy: what to do next, as commands to paste, most promising first; then "
+                   "the evidence (! = failing, ? = warning, n/a = not applicable or not judged)."
                    + (f" With more than {SAMPLE_ABOVE} runs, the table lists every run and "
-                      "below it each run with an alarm (or not completed) gets its alarms; a "
-                      "report of one run lists every check." if compact else ""))
+                      "below it each run that is not healthy (or not completed) gets its "
+                      "verdict, causes and warnings; a report of one run lists every check."
+                      if compact else ""))
         out.append(_Page(title, caption if i == 0 else "", draw, layout=False))
     return out
 
@@ -1043,7 +1044,7 @@ def _profile_pages(runs):
 
 
 def _predicted_profile(run: RunData):
-    t = run.diagnosis.get("theory") or {}
+    t = run.diagnosis.theory or {}
     prof = t.get("predicted_profile")
     if not prof:
         return None
@@ -1189,9 +1190,9 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
         d = item.diagnosis if isinstance(item, RunData) else item
         cfg = item.config if isinstance(item, RunData) else {}
         name = item.flabel if isinstance(item, RunData) else _run_name(d)
-        ev = d.get("vanishing_evidence") or {}
-        act = cfg.get("activation") or (d.get("theory") or {}).get("activation", "?")
-        init = cfg.get("init") or (d.get("theory") or {}).get("init", "?")
+        ev = d["vanishing"].numbers
+        act = cfg.get("activation") or (d.theory or {}).get("activation", "?")
+        init = cfg.get("init") or (d.theory or {}).get("init", "?")
         opt = cfg.get("optimizer", "?")
         lr = cfg.get("lr") or (cfg.get("optimizer_hyper") or {}).get("lr")
         label = f"{act} / {init} / {opt}" + (f" lr={lr:g}" if lr else "")
@@ -1316,13 +1317,13 @@ def _advice_pages(pairs) -> list[_Page]:
                 for ax, run, when in ((a1, before, "before"), (a2, after, "after")):
                     plots.gradient_profile(data=run.layers, ax=ax,
                                            predicted=_predicted_profile(run), legend_loc="in")
-                    verdict = run.diagnosis.get("verdict", "")
+                    verdict = run.diagnosis.headline
                     name = _fit(before.flabel, 36)
                     what = name if when == "before" else ", ".join(
                         f"{k}={v}" for k, v in remedy.change.items())
                     ax.set_title(f"{when}: {what} ({len(run.steps)} steps) -> {verdict}",
-                                 fontsize=9.5, loc="left", color="#a50f15" if verdict not in
-                                 ("healthy",) else "#005a32")
+                                 fontsize=9.5, loc="left", color="#a50f15" if
+                                 run.diagnosis.failing else "#005a32")
                 a2.set_ylabel("")
         out.append(_Page(
             "Advice, checked",
@@ -1436,10 +1437,6 @@ def _setting(k: str, v) -> str:
 
 
 def _remedy_text(o: dict) -> str:
-    try:
-        from ..analysis.diagnose import remedy_parts
-    except ImportError:  # the report also renders without the diagnosis module
-        return "n/a"
     return " + ".join(remedy_parts(o)) or "none"
 
 
@@ -1461,35 +1458,21 @@ def _final_accuracy(run: RunData) -> tuple[float, str]:
 
 
 def run_table(runs) -> pd.DataFrame:
-    """One row per run: its options and the numbers the sweep pages draw.
+    """One row per run: the run table of :func:`gradscope.analysis.runs.run_row` (the
+    columns of :data:`~gradscope.analysis.runs.RUN_COLUMNS`, the same as the sweep summary's;
+    docs/log-format.md lists them) with ``run`` the label, plus ``file`` and the options.
 
     ``runs``: :class:`RunData` (from :func:`load_run`). The table is what
     :func:`gradscope.views.plots.phase_diagram`, :func:`~gradscope.views.plots.depth_dead_units` and
-    :func:`~gradscope.views.plots.grid_heatmap` take. Columns:
+    :func:`~gradscope.views.plots.grid_heatmap` take. Added columns:
 
-    - ``run`` (the label), ``file``, ``status``, ``verdict``;
-    - the options as the run used them: ``dataset``, ``depth``, ``width`` (None for
+    - ``file``; the options as the run used them: ``dataset``, ``depth``, ``width`` (None for
       unequal ``widths``), ``widths``, ``activation``, ``init``, ``init_gain``,
       ``optimizer``, ``lr`` (the optimizer's default filled in), ``batch_size``, ``seed``,
       ``dropout``, ``residual``, ``norm``, ``clip_norm``, ``clip_value``;
     - ``remedy``: the remedies that are on (``"residual + batchnorm"``) or ``"none"``;
       ``variant``: the options other than depth, activation, init, optimizer and seed that
-      differ between these runs, as text (``"residual=on"``; ``""`` when none does);
-    - ``ratio_first`` (``delta_norm`` of layer 0 over the output layer's at the first
-      logged step, ``first_step``) and ``ratio_early`` (its median over the first half of
-      training): the diagnosis's ``ratio_first`` and ``ratio_median_early`` evidence;
-      ``predicted_ratio``: the mean-field prediction at initialisation
-      (``predicted_delta_profile(...)[0]`` with the run's weight variances, as
-      :func:`gradscope.analysis.diagnose.theory_check` computes it; NaN with skips, normalisation or
-      dropout);
-    - ``dead_frac``: the mean over the hidden layers of the share of dead units at the last
-      usable probe step (the diagnosis's per-layer values), ``dead_frac_max`` the worst
-      layer's, ``dead_step`` that probe step (NaN / None outside the ReLU family);
-    - ``accuracy``: the final validation accuracy, else the last epoch's training accuracy,
-      else the last batch's; ``accuracy_split`` says which (``validation``, ``training``,
-      ``training batch``); ``n_classes``;
-    - the verdict booleans ``vanishing``, ``exploding``, ``dead_units``, ``saturated``,
-      ``diverged``.
+      differ between these runs, as text (``"residual=on"``; ``""`` when none does).
     """
     runs = list(runs)
     opts = [_options(r.config) for r in runs]
@@ -1498,35 +1481,15 @@ def run_table(runs) -> pd.DataFrame:
     var_keys = _varying(opts, skip)
     rows = []
     for r, o in zip(runs, opts):
-        d = r.diagnosis
-        ev = d.get("vanishing_evidence") or {}
-        dead_ev = d.get("dead_units_evidence") or {}
-        by_layer = {k: _float(v) for k, v in (dead_ev.get("by_layer") or {}).items()}
-        finite = [v for v in by_layer.values() if math.isfinite(v)]
-        relu = r.relu_family and dead_ev.get("applicable", True) and finite
-        theory = d.get("theory") or {}
-        acc, split = _final_accuracy(r)
-        row = {"run": r.label, "file": r.path.name, "status": d.get("status", ""),
-               "verdict": d.get("verdict", "")}
+        row = run_row(r.diagnosis, steps=r.steps, epochs=r.epochs)
+        row["run"] = r.label
+        row["file"] = r.path.name
         for k in ("dataset", "depth", "width", "widths", "activation", "init", "init_gain",
                   "optimizer", "lr", "batch_size", "seed", *REMEDY_KEYS):
             v = o.get(k)
             row[k] = ",".join(map(str, v)) if isinstance(v, list) else v
         row["remedy"] = _remedy_text(o)
         row["variant"] = ", ".join(_setting(k, o.get(k)) for k in var_keys)
-        row.update({
-            "ratio_first": _float(ev.get("ratio_first")), "first_step": ev.get("first_step"),
-            "ratio_early": _float(ev.get("ratio_median_early")),
-            "predicted_ratio": _float(theory.get("predicted_ratio")),
-            "dead_frac": float(np.mean(finite)) if relu else math.nan,
-            "dead_frac_max": float(np.max(finite)) if relu else math.nan,
-            "dead_step": dead_ev.get("step") if relu else None,
-            "accuracy": acc, "accuracy_split": split,
-            "n_classes": r.config.get("n_outputs") if r.config.get("task", "classification")
-            == "classification" else None,
-        })
-        for v in _VERDICTS:
-            row[v] = bool(d.get(v, False))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -1738,13 +1701,13 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
             described[i] = (f"{t}: {extra}" if extra else t, g, o, k)
     skipped = len(groups) - len(described)
     for n, (title, group, opts, keys) in enumerate(described):
-        base = group[0].diagnosis.get("config_summary") or _config_summary(group[0].config)
+        base = group[0].diagnosis.config_summary
         seed = opts[0].get("seed")
         titles, preds = {}, {}
         for r, o in zip(group, opts):
             setting = ", ".join(f"--{k.replace('_', '-')} {_remedy_value(k, o.get(k))}"
                                 for k in keys)
-            titles[r.flabel] = f"{setting}: {r.diagnosis.get('verdict', '')}"
+            titles[r.flabel] = f"{setting}: {r.diagnosis.headline}"
             p = _predicted_profile(r)
             if p is not None:
                 preds[r.flabel] = p
@@ -1758,10 +1721,10 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
                 plots.profile_comparison(data=data, runs=labels, titles=titles,
                                          predicted=preds, ax=axes[:len(chunk)])
                 for ax, r in zip(axes, chunk):
-                    alarm = r.diagnosis.get("verdict") not in ("healthy", "no data",
-                                                               "not diagnosed")
+                    color = {FAILING: "#a50f15", WARNING: "#8c510a"}.get(
+                        r.diagnosis.severity, "#005a32")
                     ax.set_title(titles[r.flabel], loc="left", fontsize=11,
-                                 fontweight="bold", color="#a50f15" if alarm else "#005a32")
+                                 fontweight="bold", color=color)
                 for ax in axes[len(chunk):]:
                     ax.set_axis_off()
             caption = (
@@ -1798,7 +1761,7 @@ def _sample_runs(runs: list[RunData], table: pd.DataFrame,
         depth = _float(table["depth"].iloc[i])
         return (-(depth if math.isfinite(depth) else 0), -far)
 
-    order = sorted(by_verdict, key=lambda v: (v in ("healthy", "no data", "not diagnosed"),
+    order = sorted(by_verdict, key=lambda v: (v in ("healthy", "no_data"),
                                               -len(by_verdict[v]), v))
     queues = [sorted(by_verdict[v], key=extremeness) for v in order]
     picked: list[int] = []
@@ -1833,7 +1796,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     beside ``out`` and renamed at the end, so a failed report leaves no partial file.
 
     Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
-    "diagnoses": [diagnose() dicts], "table": run_table(), "sweep": sweep_layout() or None,
+    "diagnoses": [Diagnosis], "table": run_table(), "sweep": sweep_layout() or None,
     "remedy_groups": [[labels]], "sampled": [labels of the runs with per-run pages],
     "seconds": float}``. Raises :class:`LogError` (one line) for a missing,
     non-HDF5, non-gradscope or truncated file, ``ValueError`` for a bad threshold.
@@ -1847,11 +1810,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not paths:
         raise LogError("no log given")
-    try:
-        from ..analysis.diagnose import resolve_thresholds
-        thr = resolve_thresholds(**thresholds)
-    except ImportError:
-        thr = dict(thresholds)
+    thr = resolve_thresholds(**thresholds)
     out = Path(out)
     labels = _labels(paths)
     runs = [load_run(p, max_steps=max_steps, label=lab, **thresholds)
@@ -1912,7 +1871,7 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
         source = source[:117] + "..."
     meta = {
         "Title": title or f"gradscope report: {source}",
-        "Subject": "; ".join(f"{lab}: {d.get('verdict', '')}" for lab, d in
+        "Subject": "; ".join(f"{lab}: {d.headline}" for lab, d in
                              zip(labels, diagnoses))[:2000],
         "Keywords": "gradscope, gradient diagnostics",
         "Creator": "gradscope",
@@ -1944,5 +1903,8 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
             "remedy_groups": [[r.label for r in g] for g in groups],
             "sampled": [r.label for r in sample], "seconds": time.perf_counter() - t0,
             "advice": [{"run": b.label, "change": dict(rem.change), "command": rem.command,
-                        "before": b.diagnosis.get("verdict"),
-                        "after": a.diagnosis.get("verdict")} for b, rem, a in advice_pairs]}
+                        "before": b.diagnosis.headline, "after": a.diagnosis.headline,
+                        "fixed": [n for n in _problems(b.diagnosis)
+                                  if not a.diagnosis[n].flagged],
+                        "still": [n for n in _problems(b.diagnosis) if a.diagnosis[n].flagged]}
+                       for b, rem, a in advice_pairs]}

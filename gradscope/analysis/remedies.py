@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import shlex
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .theory import advise
@@ -148,9 +149,14 @@ def _widths(config: dict) -> list[int]:
 
 
 def _predict(act: str, init: str, gain: float, config: dict) -> tuple[float, dict] | None:
-    widths = _widths(config)
+    return _predict_cached(act, init, float(gain), tuple(_widths(config)))
+
+
+@lru_cache(maxsize=4096)
+def _predict_cached(act: str, init: str, gain: float, widths: tuple) -> tuple[float, dict] | None:
+    # a sweep's runs share most candidates: each is computed once
     try:
-        r = advise(act, len(widths), init=init, gain=gain, width=widths)
+        r = advise(act, len(widths), init=init, gain=gain, width=list(widths))
     except (KeyError, ValueError, ZeroDivisionError, OverflowError):
         return None
     ratio = r.get("grad_ratio_from_inputs")

@@ -813,8 +813,10 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
     for line in _wrap(_final_line(run), "   "):
         out.append(("text", line))
     out += _verdict_lines(d)
-    out += _remedy_block(run)
-    out.append(("dim", "   evidence:"))
+    todo = _remedy_block(run)
+    out += todo
+    if todo:
+        out.append(("dim", "   evidence:"))
     na, passed = [], []
     for name in CHECKS:
         f = d[name]
@@ -827,11 +829,11 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
         mark = {FAILING: "!", WARNING: "?"}.get(f.severity, "-")
         for line in _wrap(f"{mark} {f.message}", "     ", width=_WRAP_BOLD):
             out.append((_STYLE_OF.get(f.severity, "text"), line))
-    if passed:
-        for line in _wrap("passed: " + "; ".join(passed), "     "):
-            out.append(("text", line))
-    if na:
-        for line in _wrap("n/a: " + "; ".join(m.split(": ")[-1] for m in na), "     "):
+    if passed or na:  # one line: the checks passed, then those that do not apply
+        text = ("passed: " + "; ".join(passed) if passed else "") + (
+            ("  |  n/a: " if passed else "n/a: ") + "; ".join(m.split(": ")[-1] for m in na)
+            if na else "")
+        for line in _wrap(text, "     "):
             out.append(("dim", line))
     th = _theory_line(d)
     if th:
@@ -955,14 +957,12 @@ def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis],
         n_runs = len(runs)
         title = "Summary"
         caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
-                   "At a glance: how much of the output layer's gradient reaches the first "
-                   "layer (1 = all of it; red zone: vanished, orange zone: exploded) and the "
-                   "worst layer's share of dead or saturated units; red: failing, orange: "
-                   "warning, green: healthy. Verdict: healthy (learning, nothing flagged), "
-                   "warning (learning, something flagged), not_learning or diverged (failing; "
-                   "the causes the log shows, strongest first). Under each run that is not "
-                   "healthy: what to do next, as commands to paste, most promising first; then "
-                   "the evidence (! = failing, ? = warning, n/a = not applicable or not judged)."
+                   "Left: how much of the output layer's gradient reaches the first layer "
+                   "(1 = all; shaded: vanished or exploded); right: the worst layer's share of "
+                   "dead or saturated units. Red: failing (not_learning, diverged), orange: "
+                   "warning (learns, something flagged), green: healthy. Under each run that is "
+                   "not healthy: what to do next, commands to paste, most promising first; then "
+                   "the evidence (! failing, ? warning). Terms: last page."
                    + (f" With more than {SAMPLE_ABOVE} runs, the table lists every run and "
                       "below it each run that is not healthy (or not completed) gets its "
                       "verdict, causes and warnings; a report of one run lists every check."
@@ -1256,9 +1256,16 @@ GLOSSARY = (
      "output to layer l. ||.|| is its size (Frobenius norm)."),
     ("gradient ratio", "||delta_0|| / ||delta_out||: how much of the output layer's gradient "
      "reaches the first layer. 1 = all of it; 1e-7 = a ten-millionth."),
+    ("verdict", "healthy: the run learns and no check is flagged; warning: it learns but a "
+     "check is flagged; not_learning: the loss and accuracy barely moved from chance; "
+     "diverged: the loss became infinite or NaN. A failing verdict names its causes."),
+    ("cause", "a flagged check that explains a failing run, strongest first (vanishing "
+     "gradients, dead units, ...); what to do next is ranked from them."),
     ("vanishing", "the ratio is below 1e-3 (median over the first half of training): the first "
      "layers barely learn."),
-    ("exploding", "the ratio is above 1e3, or the loss became infinite or NaN (diverged)."),
+    ("exploding", "the ratio is above 1e3: the gradient grows on its way back to the input."),
+    ("forward signal", "the size of each layer's activations; it collapses or explodes with "
+     "depth for the same reasons the gradient vanishes or explodes."),
     ("dead unit", "a ReLU unit whose pre-activation is <= 0 on every probe example: it outputs "
      "0, passes no gradient and no longer learns."),
     ("saturated unit", "a sigmoid or tanh unit whose slope phi' is below 5% of its maximum: it "

@@ -196,3 +196,16 @@ def test_train_creates_missing_folders(tmp_path):
     out = tmp_path / "a" / "b" / "x.h5"
     r = train(TrainConfig(dataset="moons", depth=1, width=4, steps=2), out)
     assert r.status == "completed" and out.is_file()
+
+
+def test_a_failing_run_without_a_cause_gets_slower_training_remedies():
+    cfg = dict(dataset="digits", depth=2, width=64, widths=[64, 64], activation="sigmoid",
+               init="he", optimizer="sgd", lr=0.05, epochs=3)
+    rs = remedies(cfg, ["not_learning"])
+    assert [r.change for r in rs] == [{"optimizer": "adam", "lr": None}, {"lr": 0.5},
+                                      {"epochs": 9}]
+    # Adam with its own default learning rate: no --lr on the command line
+    assert "--optimizer adam" in rs[0].command and "--lr" not in rs[0].command
+    # a healthy run or one with causes gets none of these
+    assert remedies(cfg, []) == []
+    assert all("optimizer" not in r.change for r in remedies(cfg, ["vanishing"]))

@@ -31,7 +31,7 @@ __all__ = ["Remedy", "command_line", "problems", "remedies", "remedies_for_run",
 #: The order in which problems (flagged checks of a diagnosis) are addressed when no
 #: ranking of causes is given (the first one's remedies come first).
 VERDICT_ORDER = ("diverged", "exploding", "exploding_signal", "vanishing", "collapsed_signal",
-                 "dead_units", "saturated", "unstable_loss", "stalled_updates")
+                 "dead_units", "saturated", "unstable_loss", "stalled_updates", "not_learning")
 #: Problems remedied alike: a forward signal that collapses or explodes has the same cure
 #: as the gradient that does (the initialisation), as does an unstable loss as divergence.
 _ALIKE = {"collapsed_signal": "vanishing", "exploding_signal": "exploding",
@@ -75,7 +75,7 @@ class Remedy:
     @property
     def summary(self) -> str:
         """``--init he (predicted ratio 1.0): why``"""
-        flags = " ".join(_option_words(k, v) for k, v in self.change.items())
+        flags = " ".join(_option_words(k, v) for k, v in self.change.items() if v is not None)
         pred = ""
         if self.predicted_ratio is not None and math.isfinite(self.predicted_ratio):
             pred = f" (predicted ratio {_num(self.predicted_ratio)})"
@@ -298,6 +298,23 @@ def remedies(config: dict, verdicts, *, exploding: float = 1e3) -> list[Remedy]:
                 new = float(f"{lr * 10:.3g}")
                 found.append(Remedy(v, {"lr": new}, f"updates change the weights too little: "
                                     f"a learning rate ten times larger ({lr:g} -> {new:g})"))
+        elif v == "not_learning" and len(failing) == 1:
+            # no cause in the log: the training may just be too short or too slow
+            lr = _lr(config)
+            if config.get("optimizer") in ("sgd", "momentum", "nesterov"):
+                found.append(Remedy(v, {"optimizer": "adam", "lr": None},
+                                    "no cause found in the log; Adam adapts each weight's step "
+                                    "size and often learns where plain SGD is slow"))
+            if lr:
+                new = float(f"{lr * 10:.3g}")
+                found.append(Remedy(v, {"lr": new}, f"no cause found in the log; a learning "
+                                    f"rate ten times larger ({lr:g} -> {new:g})"))
+            if config.get("epochs"):
+                found.append(Remedy(v, {"epochs": 3 * int(config["epochs"])},
+                                    "no cause found in the log; three times longer training"))
+            elif config.get("steps"):
+                found.append(Remedy(v, {"steps": 3 * int(config["steps"])},
+                                    "no cause found in the log; three times longer training"))
     out, seen = [], set()
     base = train_options(config)
     for r in found:
@@ -325,7 +342,7 @@ def problems(diagnosis) -> list[str]:
         out = list(diagnosis.cause_names)
         if diagnosis.verdict == "diverged" and "diverged" not in out:
             out.insert(0, "diverged")
-        return out
+        return out or ["not_learning"]
     if diagnosis.verdict == "warning":
         return [n for n in diagnosis.flags if n in VERDICT_ORDER]
     return []
@@ -344,7 +361,7 @@ def remedies_for_run(config: dict, diagnosis: dict, path: str | Path | None = No
         target = None
         if path is not None:
             p = Path(path)
-            slug = "-".join(_slug(k, v) for k, v in r.change.items())
+            slug = "-".join(_slug(k, v) for k, v in r.change.items() if v is not None)
             target = p.with_name(f"{p.stem}--{slug}.h5")
         r.command = command_line(r.options, target)
     return out

@@ -381,8 +381,9 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps, 
 
 
 def _change_words(change: dict) -> str:
-    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                    for k, v in change.items())
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v:g}"
+                                                  if isinstance(v, float) else f" {v}")
+                    for k, v in change.items() if v is not None)
 
 
 def _check_advice(runs, folder: Path, **thresholds):

@@ -612,8 +612,9 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
     every = max(1, math.ceil(len(layers) / 12))  # at most ~12 labels
     ax.set_yticks(centers[::every])
     ax.set_yticklabels([str(l) for l in layers[::every]])
-    ax.set_ylabel("units of each hidden layer (0 = input side)"
-                  + ("\nsorted by when they died" if sort else ""))
+    # short enough for a panel a third of a page high
+    ax.set_ylabel("hidden layer (0 = input side):\nits units" + (", by time of death" if sort
+                                                               else ""))
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(0, img.shape[0])
     _step_axis(ax)

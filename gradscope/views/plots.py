@@ -555,7 +555,7 @@ def _draw_dead(ax, data, legend_loc="out", threshold=None):
         ax.plot(g["step"], g["dead_frac"], color=pal[i], lw=1.6,
                 ls=_layer_style(i, len(layers)), marker="o" if len(g) < 30 else None, ms=3)
     _layer_legend(ax, layers, pal, mark_out=False, title="layer", legend_loc=legend_loc,
-                  most=20, styles=[_layer_style(i, len(layers)) for i in range(len(layers))])
+                  styles=[_layer_style(i, len(layers)) for i in range(len(layers))])
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: f"{100 * v:.0f}%"))
 
 
@@ -613,8 +613,7 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
     ax.set_yticks(centers[::every])
     ax.set_yticklabels([str(l) for l in layers[::every]])
     # short enough for a panel a third of a page high
-    ax.set_ylabel("hidden layer (0 = input side):\nits units" + (", by time of death" if sort
-                                                               else ""))
+    ax.set_ylabel("layer: its units" + ("\n(by time of death)" if sort else ""))
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(0, img.shape[0])
     _step_axis(ax)
@@ -866,7 +865,7 @@ def _draw_update(ax, data, *, guide, max_steps, legend_loc="out"):
             g = g.sort_values("step")
             ax.plot(g["step"], g["update_ratio"], color=pal[i], lw=1.4,
                     ls=_layer_style(i, len(layers)))
-        _layer_legend(ax, layers, pal, title="layer", legend_loc=legend_loc, most=20,
+        _layer_legend(ax, layers, pal, title="layer", legend_loc=legend_loc,
                       styles=[_layer_style(i, len(layers)) for i in range(len(layers))])
         if guide:
             leg = ax.get_legend()

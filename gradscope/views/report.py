@@ -1079,7 +1079,8 @@ def _dead_pages(runs, thresholds):
             for (a1, a2), run in zip(axes, group):
                 plots.dead_units(data=run.probes, ax=a1,
                                  threshold=thresholds.get("dead_units"))
-                a1.set_title(f"{run.flabel}: dead units per layer", fontsize=10, loc="left")
+                a1.set_title(f"{_fit(run.flabel, 44)}: dead units per layer", fontsize=10,
+                             loc="left")
                 if run.dead is not None and len(run.dead_steps):
                     plots.dead_unit_map(steps=run.dead_steps, dead=run.dead, ax=a2)
                     a2.set_title("which units were dead when", fontsize=10, loc="left")

@@ -81,7 +81,7 @@ def test_runs_table_and_profiles(logs):
     assert [r.label for r in runs] == ["relu", "sigmoid"]
     t = runs.table()
     assert list(t["run"]) == ["relu", "sigmoid"]
-    assert list(t["verdict"]) == [gradscope.diagnose(logs / f"{n}.h5")["verdict"]
+    assert list(t["verdict"]) == [gradscope.diagnose(logs / f"{n}.h5").verdict
                                   for n in ("relu", "sigmoid")]
     html = runs._repr_html_()
     assert "<table" in html and html.count("<tbody>") == 1

@@ -188,6 +188,8 @@ class Diagnosis:
     live: bool = False
 
     def __getitem__(self, name: str) -> Finding:
+        if name not in self.findings:   # d["verdict"] and the like, as earlier versions
+            return self._legacy(name)
         return self.findings[name]
 
     @property
@@ -219,6 +221,40 @@ class Diagnosis:
     def to_dict(self) -> dict:
         """Plain data (``json.dumps`` works, NaN as JSON's NaN)."""
         return asdict(self)
+
+    # -- the plain-dict reading of earlier versions, for callers written against it:
+    # d.get("verdict") (the headline), d.get("vanishing") (flagged?),
+    # d.get("vanishing_evidence") (a dict: message, applicable, layers, steps, numbers)
+    def get(self, key: str, default=None):
+        try:
+            return self._legacy(key)
+        except KeyError:
+            return default
+
+    def __contains__(self, key) -> bool:
+        try:
+            self._legacy(key)
+        except KeyError:
+            return False
+        return True
+
+    def _legacy(self, key: str):
+        if key == "verdict":
+            # the earlier verdict: the flagged conditions, or healthy
+            old = [n for n in ("vanishing", "exploding", "dead_units", "saturated", "diverged")
+                   if n in self.findings and self.findings[n].flagged]
+            return ", ".join(old) if old else (self.verdict if self.failing else "healthy")
+        if key in ("run", "status", "status_message", "config_summary", "theory",
+                   "thresholds", "depth", "causes"):
+            return getattr(self, key)
+        if key in self.findings:
+            return self.findings[key].flagged
+        if key.endswith("_evidence") and key[:-9] in self.findings:
+            f = self.findings[key[:-9]]
+            return {**f.numbers, "layers": f.layers, "steps": f.steps, "value": f.value,
+                    "threshold": f.threshold, "rule": f.rule, "message": f.message,
+                    "applicable": f.applicable}
+        raise KeyError(key)
 
 
 # -- public API ---------------------------------------------------------------------------------

@@ -445,11 +445,23 @@ def path_summary(path: Array, surface: str | Surface) -> dict:
 
 # =========================================================================== optimizer paths
 
-# one fixed colour per optimizer, so the same optimizer looks the same on every surface
+# one fixed colour, line style and marker per optimizer, so the same optimizer looks the
+# same on every surface; the adam family shares no colour, and paths that run together
+# along a valley floor still differ by dash pattern and markers
 _COLORS = {
     "sgd": "#000000", "momentum": "#1f77b4", "nesterov": "#17becf", "adagrad": "#bcbd22",
     "adadelta": "#8c564b", "rmsprop": "#9467bd", "rprop": "#e377c2", "adam": "#d62728",
-    "amsgrad": "#ff7f0e", "nadam": "#2ca02c", "adamax": "#7f7f00", "adamw": "#fa8072",
+    "amsgrad": "#ff7f0e", "nadam": "#2ca02c", "adamax": "#393b79", "adamw": "#7f7f7f",
+}
+_STYLES = {
+    "sgd": "-", "momentum": "-", "nesterov": "--", "adagrad": "-", "adadelta": "--",
+    "rmsprop": "-", "rprop": "--", "adam": "-", "amsgrad": "--", "nadam": "-.",
+    "adamax": ":", "adamw": (0, (6, 2, 1, 2)),
+}
+_PATH_MARKERS = {
+    "sgd": "o", "momentum": "s", "nesterov": "D", "adagrad": "^", "adadelta": "v",
+    "rmsprop": "<", "rprop": ">", "adam": "P", "amsgrad": "X", "nadam": "*", "adamax": "h",
+    "adamw": "d",
 }
 
 
@@ -507,6 +519,8 @@ def _draw_paths(ax: Axes, surf: Surface, runs: list) -> list:
         stop = int(np.flatnonzero(inside)[-1]) + 2 if inside.any() else 1
         shown = path[:min(stop, int(ok.sum()))]
         (line,) = ax.plot(shown[:, 0], shown[:, 1], color=color, lw=1.6, alpha=0.9,
+                          ls=_STYLES.get(name, "-"), marker=_PATH_MARKERS.get(name, "o"),
+                          markevery=max(1, len(shown) // 8), ms=5, mfc="white", mew=1.2,
                           label=_label(name, lr, summary, surf, len(path) - 1), zorder=3)
         end = shown[-1]
         if _in_frame(end[None], surf)[0]:

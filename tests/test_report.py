@@ -66,7 +66,7 @@ def test_one_run(logs, tmp_path):
     assert Path(r["out"]) == out and out.exists()
     assert r["titles"] == ["Summary", "Gradient flow", "Gradient profile across depth",
                            "Dead ReLU units", "Activation saturation", "Update / weight ratio",
-                           "Loss and accuracy"]
+                           "Loss and accuracy", "How to read this report"]
     assert r["pages"] == len(r["titles"]) == pdf_pages(out)
     d, = r["diagnoses"]
     assert d.status == "completed" and d.verdict in VERDICTS
@@ -87,7 +87,9 @@ def test_several_runs_from_a_directory(logs, tmp_path):
     out = tmp_path / "several.pdf"
     r = report.make_report(paths, out)
     assert r["runs"] == ["relu", "sigmoid", "tanh"]
-    assert r["titles"][-1] == "Gradient ratio across depth, run by run"
+    # three runs: the summary's at-a-glance figure shows their ratios, no page of its own
+    assert "Gradient ratio across depth, run by run" not in r["titles"]
+    assert r["titles"][-1] == "How to read this report"
     assert "Dead ReLU units" in r["titles"]           # relu is among them
     assert r["pages"] == pdf_pages(out) == len(r["titles"])
     by_run = {Path(d.run).stem: d for d in r["diagnoses"]}

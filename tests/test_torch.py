@@ -224,6 +224,16 @@ def test_cnn_layers_names_and_no_mean_field_overlay(tmp_path):
     assert [d.shape[1] for d in dead] == [16] * 6
     w = gradscope.read_weights(out["relu"], "final")
     assert w[0][0].shape == (16, 1, 3, 3)
+    # the remedies of a PyTorch model's log speak of the model, not of `gradscope train`,
+    # and carry no mean-field prediction (or gain) where the mean field does not apply
+    from gradscope.analysis.remedies import remedies_for_run
+
+    rs = remedies_for_run(cfg, ds, out["sigmoid"])
+    assert rs and all(r.torch for r in rs)
+    assert all("gradscope train" not in r.command and r.command.startswith("in the model:")
+               for r in rs)
+    assert all(r.predicted_ratio is None and "init_gain" not in r.change for r in rs)
+    assert "nn.ReLU as the hidden activation" in rs[0].summary
 
 
 @pytest.mark.parametrize("make,why", [

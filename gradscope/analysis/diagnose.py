@@ -213,6 +213,8 @@ class Diagnosis:
     live: bool = False
 
     def __getitem__(self, name: str) -> Finding:
+        if name not in self.findings:   # d["verdict"] and the like, as earlier versions
+            return self._legacy(name)
         return self.findings[name]
 
     @property
@@ -1218,12 +1220,13 @@ def _f(x) -> float:
 
 
 def _num(x) -> str:
-    """A ratio for a message: ``2.1e-06``, ``0.91``, ``0``, ``nan``, ``inf``."""
+    """A ratio for a message: ``2.1e-06``, ``0.91``, ``< 1e-308 (underflow)``, ``nan``,
+    ``inf`` (a ratio of norms is 0 only when the numerator fell below the float range)."""
     x = _f(x)
     if not math.isfinite(x):
         return str(x)
     if x == 0:
-        return "0"
+        return "< 1e-308 (underflow)"
     if 1e-2 <= abs(x) < 1e3:
         return f"{x:.2g}"
     return f"{x:.1e}".replace(".0e", "e")

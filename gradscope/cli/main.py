@@ -226,7 +226,9 @@ def _train_options(f):
 @_train_options
 @_opt("--out", type=click.Path(dir_okay=False), default=None,
       help="Log file [default: runs/<descriptive name>.h5].")
-@_opt("--force", is_flag=True, help="Overwrite an existing log.")
+@_opt("--force", is_flag=True,
+      help="Overwrite an existing log (logs are records and are never replaced without it; "
+           "reports and figures, made from logs, are).")
 @_opt("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_opt("--watch", "watch_live", is_flag=True,
       help="Show the live view of `gradscope watch` instead of the progress bar (needs rich).")
@@ -323,20 +325,32 @@ def _stop_viewer(proc, wait: float = 10.0) -> None:
 
 
 @main.command()
-@_opt("--activation", required=True, help=f"One of: {', '.join(activation_names())}.")
-@_opt("--depth", type=int, required=True, help="Hidden layers.")
-@_opt("--init", default="xavier", show_default=True, help=f"One of: {', '.join(INITIALIZERS)}.")
+@click.argument("run", required=False, metavar="[RUN.h5]")
+@_opt("--activation", default=None, help=f"One of: {', '.join(activation_names())}.")
+@_opt("--depth", type=int, default=None, help="Hidden layers.")
+@_opt("--init", default="xavier", show_default=True,
+      help=f"One of: {', '.join(INITIALIZERS)} (train's default).")
 @_opt("--init-gain", type=float, default=1.0, show_default=True, help="The current gain.")
 @_opt("--bias-var", type=float, default=0.0, show_default=True, help="Bias variance s_b^2.")
 @_opt("--width", type=int, default=None, help="Hidden width (matters for xavier and orthogonal with unequal fans).")
-def advise(activation, depth, init, init_gain, bias_var, width):
-    """Initialisation advice from mean-field theory: how far the gradients fall, and the gain
-    that puts ACTIVATION at (or nearest to) criticality."""
+def advise(run, activation, depth, init, init_gain, bias_var, width):
+    """Initialisation advice from mean-field theory before you train (--activation, --depth):
+    how far the gradients fall, and the --init-gain that puts the activation at (or nearest
+    to) criticality.
+
+    With a finished run's log (gradscope advise RUN.h5): its verdicts and, for each failing
+    one, remedies as complete command lines, most promising first (the report's advice)."""
     import math
 
     from ..analysis.theory import advise as run_advise
     from ..engine.activations import get_activation
 
+    if run is not None:
+        if activation is not None or depth is not None:
+            fail("give either RUN.h5 or --activation and --depth, not both")
+        return _advise_run(run)
+    if activation is None or depth is None:
+        fail("give a run's log (gradscope advise RUN.h5) or --activation and --depth")
     try:
         get_activation(activation)
     except KeyError as e:
@@ -354,7 +368,7 @@ def advise(activation, depth, init, init_gain, bias_var, width):
     r = run_advise(activation, depth, init=init, gain=init_gain, bias_var=bias_var, width=width)
     rows = [
         ("weight variance s_w^2", r["weight_var"], r.get("advised_weight_var")),
-        ("gain", r["gain"], r.get("advised_gain")),
+        ("gain (--init-gain)", r["gain"], r.get("advised_gain")),
         ("chi1", r["chi1"], r.get("advised_chi1")),
         ("first/last-layer gradient ratio", r["grad_ratio"], r.get("advised_grad_ratio")),
         ("  from inputs of mean square 1", r.get("grad_ratio_from_inputs"),
@@ -364,6 +378,52 @@ def advise(activation, depth, init, init_gain, bias_var, width):
     for name, cur, adv in rows:
         click.echo(f"{name:34s}{_num(cur):>12s}{_num(adv):>12s}")
     click.echo(r["recommendation"])
+    g = r.get("advised_gain")
+    if g is not None and abs(g - init_gain) > 1e-3 * init_gain:
+        click.echo(f"to train with it: gradscope train --activation {activation} --depth {depth} "
+                   f"--init {init} --init-gain {g:.3g} ...")
+
+
+def _advise_run(run: str) -> int:
+    from ..analysis.diagnose import diagnose
+    from ..reading.run import read_run
+    from ..record.schema import LogError
+    from ..views.report import verdict_table
+
+    path = Path(run)
+    if not path.is_file():
+        fail(f"run {run!r} is not a file; accepted: a gradscope log (.h5)")
+    try:
+        run_ = read_run(path, figures=False)
+        config, d = run_.config, diagnose(run_)
+    except LogError as e:
+        fail(str(e))
+    except (OSError, KeyError, ValueError) as e:
+        fail(f"{run!r} is not a readable gradscope log: {str(e).splitlines()[0] if str(e) else e}")
+    click.echo(verdict_table([d]))
+    click.echo(remedy_text([(d, config, path)], most=99) or f"{path.name}: no failing verdict, nothing to change")
+    return 0
+
+
+def remedy_text(items, most: int = 3) -> str:
+    """'What to do next' lines for the failing runs of ``items`` ((diagnosis, config, path)
+    triples): the top ``most`` remedies of each as complete command lines."""
+    from ..analysis.remedies import remedies_for_run
+
+    lines = []
+    for d, config, path in items:
+        rs = remedies_for_run(config, d, path)
+        if not rs:
+            continue
+        lines.append(f"\nwhat to do next for {Path(path).name} ({d.headline}), "
+                     "most promising first:")
+        for i, r in enumerate(rs[:most], 1):
+            lines.append(f"  {i}. {r.summary}")
+            if not r.torch:
+                lines.append(f"     {r.command}")
+        if len(rs) > most:
+            lines.append(f"  ({len(rs) - most} more: gradscope advise {path})")
+    return "\n".join(lines).lstrip("\n")
 
 
 def _num(x) -> str:
@@ -383,10 +443,16 @@ def _num(x) -> str:
 @_opt("--not-learning", type=float, default=None, help="Not learning: accuracy less than this share of the way from chance to 1 [0.25].")
 @_opt("--stalled-updates", type=float, default=None, help="Stalled updates: typical update/weight ratio below it [2e-4].")
 @_opt("--max-steps", type=int, default=400, show_default=True, help="Time bins per figure (long runs are downsampled).")
+@_opt("--check-advice", is_flag=True,
+      help="Retrain each run with an alarm briefly with its first remedy (logs in "
+           "<report name>-advice/ beside the PDF) and add before/after pages.")
 def report(inputs, out, vanishing, exploding, dead_units, saturated, not_learning,
-           stalled_updates, max_steps):
-    """Write a multi-page PDF report on one or more logs (or folders of logs) and print
-    the verdicts."""
+           stalled_updates, max_steps, check_advice):
+    """Write a multi-page PDF report on one or more logs (or folders of logs), print the
+    verdicts and, for each run with an alarm, what to do next.
+
+    The PDF (and, with --check-advice, its folder of retrained logs) is derived from the logs
+    and replaced when it exists; the logs themselves are never overwritten."""
     from ..record.schema import LogError
     from ..views.report import collect_logs, make_report, verdict_table
 
@@ -417,8 +483,13 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, not_learnin
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create folder {str(out.parent)!r}: {e.strerror}")
+    def advice(runs):
+        return _check_advice(runs, out.with_name(f"{out.stem}-advice"), **thresholds)
+
     try:
-        result = make_report(paths, out, max_steps=max_steps, **thresholds)
+        result = make_report(paths, out, max_steps=max_steps,
+                             check_advice=advice if check_advice else None,
+                             **thresholds)
     except (LogError, ValueError, OSError) as e:
         if created:
             try:
@@ -428,8 +499,103 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, not_learnin
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         fail(msg)
     click.echo(verdict_table(result["diagnoses"]))
+    todo = remedy_text([(d, c, p) for d, c, p in zip(result["diagnoses"], result["configs"],
+                                                      paths)
+                        if d.verdict != "healthy"],
+                       most=2 if len(paths) <= 12 else 1)
+    if todo:
+        click.echo(todo)
+    for a in result.get("advice") or ():
+        click.echo(f"checked: {a['run']} with {_change_words(a['change'])}: "
+                   f"{a['before']} -> {a['after']}"
+                   + (f" (gone: {', '.join(a['fixed'])})" if a["fixed"] else "")
+                   + (f" (still: {', '.join(a['still'])})" if a["still"] else ""))
     click.echo(f"report: {result['out']} ({result['pages']} pages)")
     return 0
+
+
+def _change_words(change: dict) -> str:
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v:g}"
+                                                  if isinstance(v, float) else f" {v}")
+                    for k, v in change.items() if v is not None)
+
+
+def _check_advice(runs, folder: Path, **thresholds):
+    """Retrain each run with an alarm with its first remedy, briefly; (run, remedy, log)."""
+    from ..analysis.remedies import remedies_for_run
+    from ..training.loop import TrainConfig, prepare
+    from ..training.loop import train as run_training
+    from ..views.report import ADVICE_STEPS
+
+    out = []
+    for run in runs:
+        rs = remedies_for_run(run.config, run.diagnosis, run.path, **thresholds)
+        if not rs:
+            continue
+        if rs[0].torch:
+            click.echo(f"advice for {run.label} not checked: a PyTorch model's log; "
+                       "gradscope can retrain only its own MLPs", err=True)
+            continue
+        remedy = rs[0]
+        opts = {k: v for k, v in remedy.options.items() if v is not None or k in ("norm",)}
+        total = int(run.config.get("total_steps") or ADVICE_STEPS)
+        opts["steps"], opts["epochs"] = min(total, ADVICE_STEPS), None
+        slug = Path(remedy.command.split(" --out ")[-1]).stem if " --out " in remedy.command \
+            else f"{run.path.stem}--remedy"
+        path = folder / f"{slug}.h5"
+        click.echo(f"checking advice: {_change_words(remedy.change)} on {run.label} "
+                   f"({opts['steps']} steps) -> {path}", err=True)
+        try:
+            prep = prepare(TrainConfig(**opts))
+            run_training(prep, path)
+        except Exception as e:  # a remedy that cannot be trained is reported, not fatal
+            click.echo(f"warning: advice for {run.label} not checked: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", err=True)
+            continue
+        out.append((run, remedy, path))
+    return out
+
+
+#: The quick start's contrasting pair: (log name, train options).
+DEMO_RUNS = (
+    ("sigmoid-standard", {"depth": 8, "activation": "sigmoid", "init": "standard",
+                          "optimizer": "sgd", "lr": 0.05, "epochs": 10}),
+    ("relu-he", {"depth": 8, "activation": "relu", "init": "he", "optimizer": "sgd",
+                 "lr": 0.05, "epochs": 10}),
+)
+
+
+@main.command()
+@_opt("--out-dir", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False),
+      help="Folder of the two logs (replaced: the demo's own runs).")
+@_opt("--report", "report_path", default="reports/quickstart.pdf", show_default=True,
+      type=click.Path(dir_okay=False), help="The report to write.")
+@_opt("--check-advice", is_flag=True, help="Also check the advice (see report --help).")
+@click.pass_context
+def demo(ctx, out_dir, report_path, check_advice):
+    """The quick start: train two contrasting 8-layer nets on the shipped digits data
+    (sigmoid with the "standard" init, whose gradient vanishes, and ReLU with He init,
+    which is healthy) and write their report, printing each command it runs."""
+    for name, opts in DEMO_RUNS:
+        out = Path(out_dir) / f"{name}.h5"
+        words = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in opts.items())
+        click.echo(f"$ gradscope train {words} --force --out {out}")
+        args = ["train", *words.split(), "--force", "--out", str(out)]
+        rc = _run_sub(ctx, args)
+        if rc:
+            return rc
+    args = ["report", out_dir, "--out", report_path] + (["--check-advice"] if check_advice else [])
+    click.echo(f"$ gradscope {' '.join(args)}")
+    return _run_sub(ctx, args)
+
+
+def _run_sub(ctx, args) -> int:
+    """Run one gradscope command line in this process (its errors end the demo as usual)."""
+    cmd = main.get_command(ctx, args[0])
+    sub = cmd.make_context(args[0], list(args[1:]), parent=ctx)
+    with sub:
+        rv = cmd.invoke(sub)
+    return rv if isinstance(rv, int) else 0
 
 
 def _register_subcommands() -> None:

@@ -125,7 +125,8 @@ def plot():
 
 @plot.command("activations")
 @click.option("--out", default="reports/activations.png", show_default=True, metavar="FILE",
-              help="Figure file (.png, .pdf or .svg).")
+              help="Figure file (.png, .pdf or .svg); replaced if it exists (figures are "
+                   "derived files).")
 @_DPI
 def activations(out: str, dpi: int):
     """Every activation and its derivative, one panel each, with max phi' marked.
@@ -154,7 +155,7 @@ def activations(out: str, dpi: int):
 @click.option("--lr", "lrs", default=None, metavar="NAME=LR,...",
               help="Learning rates overriding the surface's table, e.g. sgd=0.002,adam=0.1.")
 @click.option("--out", default=None, metavar="FILE",
-              help="Figure file (.png, .pdf or .svg) "
+              help="Figure file (.png, .pdf or .svg), replaced if it exists "
                    "[default: reports/optimizer-paths-<surface>.png].")
 @_DPI
 def optimizers(surface, optimizers, steps, noise, seed, lrs, out, dpi):

@@ -318,13 +318,15 @@ def train(
 ) -> RunResult:
     """Train the MLP described by ``config`` and log every diagnostic to ``out``.
 
-    ``out`` is created (or replaced: refusing to overwrite is the caller's decision).
+    ``out`` is created (or replaced: refusing to overwrite is the caller's decision), with
+    its missing folders, as ``gradscope train`` does.
     ``progress(step, total, loss)`` is called after every step when given.
     The run ends ``completed``, ``diverged`` (non-finite loss or gradients: the step is
     logged and no update applied) or ``interrupted`` (Ctrl-C or SIGTERM, which end the loop
     between two steps, or KeyboardInterrupt raised by ``progress``).
     """
     prep = config if isinstance(config, Prepared) else prepare(config)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()
     cfg, res = prep.config, prep.resolved
     act = get_activation(cfg.activation)

@@ -41,7 +41,7 @@ __all__ = [
     "activation_summary", "dead_unit_map", "dead_units", "depth_dead_units", "downsample",
     "gradient_heatmap", "gradient_profile", "grid_heatmap", "heatmap_matrix",
     "learning_curves", "moment_steps", "phase_diagram", "profile_comparison",
-    "run_comparison", "step_formatter", "update_ratio",
+    "run_comparison", "run_overview", "step_formatter", "update_ratio",
 ]
 
 #: Axis labels of the layer metrics, with their scale.
@@ -200,11 +200,24 @@ def _log_ticks_ok(ax: Axes, axis: str = "y") -> None:
 
 
 def _layer_palette(n: int):
-    return sns.color_palette("viridis", n_colors=max(n, 1))
+    """Colours of ``n`` layers, ordered from input (blue) to output (red) and far enough
+    apart to tell up to 20 layers apart (viridis' neighbours merge beyond about six)."""
+    n = max(n, 1)
+    if n == 1:
+        return [plt.get_cmap("turbo")(0.15)]
+    return [plt.get_cmap("turbo")(x) for x in np.linspace(0.06, 0.94, n)]
+
+
+#: Line styles of the layers beyond ten (colours alone then come too close).
+_LAYER_STYLES = ("-", "--", ":")
+
+
+def _layer_style(i: int, n: int) -> str:
+    return "-" if n <= 10 else _LAYER_STYLES[i % len(_LAYER_STYLES)]
 
 
 def _layer_legend(ax: Axes, layers: Sequence[int], palette, *, title="layer", most=10,
-                  mark_out=True, legend_loc="out") -> None:
+                  mark_out=True, legend_loc="out", styles=None) -> None:
     """A legend of layer colours: every layer when few, else an evenly spaced selection.
 
     ``legend_loc="out"``: beside the Axes on the right; ``"in"``: inside, where best.
@@ -213,7 +226,8 @@ def _layer_legend(ax: Axes, layers: Sequence[int], palette, *, title="layer", mo
     idx = (np.unique(np.linspace(0, len(layers) - 1, most).round().astype(int))
            if len(layers) > most else np.arange(len(layers)))
     out = max(layers) if layers else None
-    handles = [Line2D([], [], color=palette[i], lw=2) for i in idx]
+    handles = [Line2D([], [], color=palette[i], lw=2, ls=styles[i] if styles else "-")
+               for i in idx]
     labels = [f"{layers[i]} (out)" if mark_out and layers[i] == out else str(layers[i])
               for i in idx]
     if len(layers) > most:
@@ -368,25 +382,49 @@ def _draw_profile_run(ax, data, *, predicted=None, legend_loc="in", **kw):
     _draw_profile(ax, data, predicted=pred, **kw)
 
 
+def _one_line(series: list, tol_decades: float = 0.05, tol_share: float = 0.02) -> bool:
+    """Whether these per-layer profiles coincide on a log scale: within ``tol_decades``, or
+    ``tol_share`` of the decades the first one spans if more, at every shared layer (on an
+    axis of 15 decades, lines 0.1 decade apart look like one)."""
+    base = np.log10(series[0].astype(float))
+    span = float(np.nanmax(base) - np.nanmin(base)) if len(base) else 0.0
+    tol_decades = max(tol_decades, tol_share * span)
+    for s in series[1:]:
+        other = np.log10(s.astype(float))
+        common = base.index.intersection(other.index)
+        if not len(common):
+            return False
+        if np.nanmax(np.abs(base[common].to_numpy() - other[common].to_numpy())) > tol_decades:
+            return False
+    return True
+
+
 def _draw_profile(ax, data, *, value, moments, predicted, predicted_label, legend_loc="in"):
     ax.set_xlabel(LAYER_LABEL)
     ax.set_ylabel(f"{LABELS.get(value, value)} (log scale)")
     d = _finite_positive(data[["step", "layer", value]], value)
     drawn = 0
+    lines: list = []
+    p = pd.Series(dtype=float)
     if len(d):
         picks = moment_steps(d["step"], moments)
         colors = sns.cubehelix_palette(len(picks), start=0.5, rot=-0.6, dark=0.12, light=0.68)
         seen = {}
+        n = len(picks)
         for i, (label, step) in enumerate(picks.items()):
             row = d[d["step"] == step].sort_values("layer")
             if step in seen:  # e.g. quarter and half on a short log: one line, two labels
                 seen[step].set_label(f"{seen[step].get_label()}, {label}")
                 continue
+            # earlier moments get larger, open markers: lines that coincide still show as
+            # rings around each other
             (line,) = ax.plot(row["layer"], row[value], marker=_MARKERS[i % len(_MARKERS)],
-                              color=colors[i], lw=1.8, ms=5,
+                              color=colors[i], lw=1.8, ms=4 + 2.2 * (n - 1 - i),
+                              mfc="none" if i < n - 1 else colors[i], mew=1.4,
                               label=f"{label} (step {_human(step)})")
             seen[step] = line
             drawn += 1
+        lines = [pd.Series(ln.get_ydata(), index=ln.get_xdata()) for ln in seen.values()]
     if predicted is not None:
         p = (predicted if isinstance(predicted, pd.Series)
              else pd.Series(np.asarray(predicted, float)))
@@ -399,6 +437,13 @@ def _draw_profile(ax, data, *, value, moments, predicted, predicted_label, legen
         _note(ax, f"no finite positive {value}")
         return
     ax.set_yscale("log")
+    if len(d) and len(lines) > 1 and _one_line(lines):
+        with_pred = predicted is not None and _one_line(lines + [p]) if len(p) else False
+        ax.text(0.02, 0.98, f"all {len(lines)} moments" + (" and the prediction"
+                if with_pred else "") + " lie on one line:\nthe profile did not change in "
+                "training", transform=ax.transAxes, ha="left", va="top", fontsize="small",
+                color="0.2", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7",
+                                   "pad": 2})
     n_layers = int(data["layer"].max()) + 1 if len(data) else 2
     _layer_axis(ax, n_layers, axis="x")
     _log_ticks_ok(ax)
@@ -440,8 +485,9 @@ def _draw_dead(ax, data, legend_loc="out", threshold=None):
     for i, (l, g) in enumerate(d.groupby("layer", sort=True)):
         g = g.sort_values("step")
         ax.plot(g["step"], g["dead_frac"], color=pal[i], lw=1.6,
-                marker="o" if len(g) < 30 else None, ms=3)
-    _layer_legend(ax, layers, pal, mark_out=False, title="layer", legend_loc=legend_loc)
+                ls=_layer_style(i, len(layers)), marker="o" if len(g) < 30 else None, ms=3)
+    _layer_legend(ax, layers, pal, mark_out=False, title="layer", legend_loc=legend_loc,
+                  styles=[_layer_style(i, len(layers)) for i in range(len(layers))])
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, pos: f"{100 * v:.0f}%"))
 
 
@@ -498,8 +544,8 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
     every = max(1, math.ceil(len(layers) / 12))  # at most ~12 labels
     ax.set_yticks(centers[::every])
     ax.set_yticklabels([str(l) for l in layers[::every]])
-    ax.set_ylabel("units of each hidden layer (0 = input side)"
-                  + ("\nsorted by when they died" if sort else ""))
+    # short enough for a panel a third of a page high
+    ax.set_ylabel("layer: its units" + ("\n(by time of death)" if sort else ""))
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(0, img.shape[0])
     _step_axis(ax)
@@ -509,7 +555,8 @@ def dead_unit_map(*, steps, dead, layer=None, ax=None, sort: bool = True,
 
 
 # -- activations ----------------------------------------------------------------------------
-def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
+def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None,
+                             open_ends: tuple[bool, bool] = (False, False)):
     """Per-layer activation distributions at the start and the end of training.
 
     ``hist`` from :func:`~gradscope.reading.readers.read_histograms`: density against activation value,
@@ -519,6 +566,10 @@ def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
     ``ax=None``: a FacetGrid, one panel per step (columns) and run (rows). ``ax`` a sequence
     of Axes: one step per Axes (returns the sequence). ``ax`` one Axes: every step on it,
     the last solid and earlier ones dashed / dotted.
+
+    ``open_ends``: whether the logged first / last bin also holds the values below / above
+    the histogram's range (ReLU's values above 5, say); such a bin is left out of the lines
+    and a note gives the share of values past the range.
     """
     runs = _runs(hist)
     h = hist[hist["count"].notna()] if "count" in hist.columns else hist
@@ -540,7 +591,7 @@ def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
                 if j >= len(picks):
                     a.set_axis_off()
                     continue
-                _draw_hist(a, sub[sub["step"] == picks[j]], styles=["-"],
+                _draw_hist(a, sub[sub["step"] == picks[j]], styles=["-"], open_ends=open_ends,
                            legend_loc="in" if j == len(picks) - 1 else None)
                 title = _hist_moment(j, len(picks), picks[j])
                 a.set_title(f"{run}: {title}" if len(per_run) > 1 else title)
@@ -556,7 +607,7 @@ def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
                 a.set_axis_off()
                 _note(a, "no histogram")
                 continue
-            _draw_hist(a, h[h["step"] == picks[j]], styles=["-"],
+            _draw_hist(a, h[h["step"] == picks[j]], styles=["-"], open_ends=open_ends,
                        legend_loc="out" if j == len(axes) - 1 else None)
             a.set_title(_hist_moment(j, len(picks), picks[j]))
         # one density scale for the panels, so that start and end compare
@@ -566,7 +617,7 @@ def activation_distributions(*, hist: pd.DataFrame, steps=None, ax=None):
         return ax
     styles = [":", "--", "-."][: max(0, len(picks) - 1)] + ["-"]
     styles = styles[-len(picks):] if picks else []
-    _draw_hist(ax, h[h["step"].isin(picks)], styles=styles, steps=picks)
+    _draw_hist(ax, h[h["step"].isin(picks)], styles=styles, steps=picks, open_ends=open_ends)
     return ax
 
 
@@ -587,7 +638,36 @@ def _hist_moment(i: int, n: int, step) -> str:
     return f"{name} (step {_human(step)})" if name else f"step {_human(step)}"
 
 
-def _draw_hist(ax, data, styles, steps=None, legend_loc="out", most: int = HIST_LAYERS):
+#: Most bins drawn per histogram line (finer logged bins are merged in pairs, which keeps
+#: a line of a few thousand values smooth).
+HIST_DRAW_BINS = 25
+
+
+def _rebin(left, right, count, most: int = HIST_DRAW_BINS):
+    """Merge neighbouring bins until at most ``most`` remain; returns centres, density."""
+    left, right, count = (np.asarray(a, float) for a in (left, right, count))
+    k = max(1, math.ceil(len(count) / most))
+    if k > 1:
+        n = len(count) // k * k
+        tail_c, tail_r = count[n:], right[n:]
+        left = np.append(left[:n:k], left[n:n + 1] if len(tail_c) else [])
+        right_new = right[k - 1:n:k]
+        count = np.add.reduceat(count[:n], np.arange(0, n, k)) if n else np.array([])
+        if len(tail_c):
+            right_new = np.append(right_new, tail_r[-1])
+            count = np.append(count, tail_c.sum())
+        right = right_new
+    width = right - left
+    total = count.sum()
+    dens = count / (total * width) if total > 0 else np.zeros_like(count)
+    return (left + right) / 2, dens
+
+
+def _draw_hist(ax, data, styles, steps=None, legend_loc="out", most: int = HIST_LAYERS,
+               open_ends: tuple[bool, bool] = (False, False)):
+    """``open_ends``: whether values below / above the histogram's range fall into its
+    first / last bin (ReLU above its range, say). Such a bin is not drawn as density, where
+    it would look like a spike; a note says what share of the values lie past the range."""
     ax.set_xlabel("activation value")
     ax.set_ylabel("density")
     if data.empty:
@@ -600,19 +680,51 @@ def _draw_hist(ax, data, styles, steps=None, legend_loc="out", most: int = HIST_
                                                .astype(int))]
     pal = _layer_palette(len(layers))
     steps = sorted(data["step"].unique()) if steps is None else list(steps)
+    past = {0: [], 1: []}
+    edge = {}
     for si, st in enumerate(steps):
         ls = styles[si] if si < len(styles) else "-"
         for i, l in enumerate(layers):
             g = data[(data["layer"] == l) & (data["step"] == st)].sort_values("bin_left")
             if g.empty:
                 continue
-            x = (g["bin_left"].to_numpy(float) + g["bin_right"].to_numpy(float)) / 2
-            ax.plot(x, g["density"].to_numpy(float), color=pal[i], ls=ls, lw=1.4)
+            left, right = g["bin_left"].to_numpy(float), g["bin_right"].to_numpy(float)
+            count = g["count"].to_numpy(float)
+            total = count.sum()
+            lo_i, hi_i = 0, len(count)
+            if open_ends[0] and len(count) > 2:
+                past[0].append(count[0] / total if total else 0.0)
+                edge[0] = left[0]
+                lo_i = 1
+            if open_ends[1] and len(count) > 2:
+                past[1].append(count[-1] / total if total else 0.0)
+                edge[1] = right[-1]
+                hi_i -= 1
+            x, y = _rebin(left[lo_i:hi_i], right[lo_i:hi_i], count[lo_i:hi_i])
+            if total:  # density of all values, so the areas still compare across layers
+                y = y * count[lo_i:hi_i].sum() / total
+            ax.plot(x, y, color=pal[i], ls=ls if len(steps) > 1 else
+                    _layer_style(i, len(layers)), lw=1.4)
     ax.set_ylim(bottom=0)
+    notes = []
+    for side, word in ((0, "below"), (1, "at or above")):
+        shares = past[side]
+        if shares and max(shares) > 0:
+            lo, hi = min(shares), max(shares)
+            rng = f"{100 * hi:.0f}%" if round(100 * lo) == round(100 * hi) else \
+                f"{100 * lo:.0f}-{100 * hi:.0f}%"
+            notes.append(f"{rng} of values {word} {edge[side]:g} (not drawn)")
+    if notes:
+        ax.text(0.99, 0.97 if legend_loc != "in" else 0.03, "\n".join(notes),
+                transform=ax.transAxes, ha="right",
+                va="top" if legend_loc != "in" else "bottom", fontsize="x-small", color="0.2",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7", "pad": 2})
     if legend_loc is None:
         return
     _layer_legend(ax, layers, pal, mark_out=False, legend_loc=legend_loc,
-                  title="layer" if n_all == len(layers) else f"layer\n({len(layers)} of {n_all})")
+                  title="layer" if n_all == len(layers) else f"layer\n({len(layers)} of {n_all})",
+                  styles=[_layer_style(i, len(layers)) for i in range(len(layers))]
+                  if len(steps) <= 1 else None)
     if len(steps) > 1:
         extra = [Line2D([], [], color="0.3", ls=styles[i] if i < len(styles) else "-",
                         label=f"step {_human(s)}") for i, s in enumerate(steps)]
@@ -683,8 +795,10 @@ def _draw_update(ax, data, *, guide, max_steps, legend_loc="out"):
         pal = _layer_palette(len(layers))
         for i, (l, g) in enumerate(d.groupby("layer", sort=True)):
             g = g.sort_values("step")
-            ax.plot(g["step"], g["update_ratio"], color=pal[i], lw=1.4)
-        _layer_legend(ax, layers, pal, title="layer", legend_loc=legend_loc)
+            ax.plot(g["step"], g["update_ratio"], color=pal[i], lw=1.4,
+                    ls=_layer_style(i, len(layers)))
+        _layer_legend(ax, layers, pal, title="layer", legend_loc=legend_loc,
+                      styles=[_layer_style(i, len(layers)) for i in range(len(layers))])
         if guide:
             leg = ax.get_legend()
             handles = [*leg.legend_handles, Line2D([], [], color="black", ls="--", lw=1.3)]
@@ -833,7 +947,7 @@ def run_comparison(*, summary: pd.DataFrame, x: str = "run", y: str = "ratio", h
     ``summary``: one row per run (or per run and ``style``), a categorical column (runs) and
     a numeric column (the ratio, e.g. delta_norm[layer 0] / delta_norm[output] at the first
     logged step); whichever of ``x``, ``y`` is numeric is the log axis. ``hue`` (and
-    ``style``) group the runs, e.g. by activation / init / optimizer. A grey line marks 1
+    ``style``) group the runs, e.g. by activation / init / optimizer. A thick grey line marks 1
     (no change across depth); dashed ``guides`` mark the vanishing / exploding thresholds.
     Rows whose ratio is not finite or not positive are listed as "n/a" beside the axis.
     """
@@ -861,13 +975,18 @@ def run_comparison(*, summary: pd.DataFrame, x: str = "run", y: str = "ratio", h
                         palette="colorblind" if hue else None, legend="auto")
     guide_kw = {"color": "0.35", "lw": 1.0}
     line = ax.axvline if num_is_x else ax.axhline
-    line(1.0, ls="-", **guide_kw)
+    line(1.0, ls="-", color="0.6", lw=2.0)
     for gv, name in zip(guides or (), ("vanishing", "exploding")):
         line(gv, ls="--", **guide_kw)
-        if num_is_x:
-            ax.annotate(f"{name} {gv:g}", xy=(gv, 0.0), xycoords=("data", "axes fraction"),
-                        xytext=(3, 3), textcoords="offset points", va="bottom",
-                        fontsize="small")
+        if num_is_x:  # labels on the side of the line facing the plot's middle
+            # (exploding at the top: the two never run into each other)
+            right = name == "exploding"
+            ax.annotate(f"{name} {gv:g}", xy=(gv, 1.0 if right else 0.0),
+                        xycoords=("data", "axes fraction"),
+                        xytext=(-3 if right else 3, -3 if right else 3),
+                        textcoords="offset points", va="top" if right else "bottom",
+                        ha="right" if right else "left", fontsize="small",
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
         else:
             ax.annotate(f"{name} {gv:g}", xy=(0.0, gv), xycoords=("axes fraction", "data"),
                         xytext=(3, 3), textcoords="offset points", fontsize="small")
@@ -1377,4 +1496,76 @@ def profile_comparison(*, data: pd.DataFrame, runs: Sequence | None = None,
     if g is not None:
         g.tight_layout()
         return g
+    return ax
+
+
+# -- every run at a glance ------------------------------------------------------------------
+#: The smallest positive float64; a ratio of 0 means the gradient underflowed below it.
+UNDERFLOW = 1e-308
+
+
+def run_overview(*, summary: pd.DataFrame, ax, guides=(1e-3, 1e3), shares=(0.5, 0.5)):
+    """Every run on one line: its gradient ratio and its dead / saturated shares.
+
+    ``summary``: one row per run with ``run`` (label), ``ratio`` (first-to-output
+    back-propagated gradient ratio, median over the first half of training), ``dead`` and
+    ``saturated`` (the worst hidden layer's share, NaN where it does not apply) and
+    ``alarm`` ("failing", "warning" or "", or a bool: True = failing). ``ax``: two Axes. Left: the ratio on a log axis with the vanishing and
+    exploding ``guides`` and their zones shaded; a ratio of 0 (below the float range) is
+    drawn at the axis' left end as "< 1e-308". Right: the two shares as bars, with the
+    ``shares`` thresholds. Failing runs are red, warnings orange, healthy runs green.
+    """
+    a1, a2 = ax
+    d = summary.reset_index(drop=True)
+    n = len(d)
+    y = np.arange(n)
+    # "failing" red, "warning" orange, else (healthy) green; booleans: True = failing
+    alarm = d["alarm"].map(lambda a: "failing" if a is True else ("" if a is False else a))
+    col = alarm.map({"failing": "#c0392b", "warning": "#e67e22"}).fillna("#1e8449").to_numpy()
+    r = pd.to_numeric(d["ratio"], errors="coerce").to_numpy(float)
+    pos = r[np.isfinite(r) & (r > 0)]
+    lo = min([guides[0] / 30, *(pos / 3)]) if len(pos) else guides[0] / 30
+    hi = max([guides[1] * 30, *(pos * 3)]) if len(pos) else guides[1] * 30
+    a1.set_xscale("log")
+    a1.set_xlim(lo, hi)
+    a1.axvspan(lo, guides[0], color="#fadbd8", zorder=0)
+    a1.axvspan(guides[1], hi, color="#fdebd0", zorder=0)
+    a1.axvline(1.0, color="0.6", lw=2.0, zorder=1)
+    for gv, name, ha in ((guides[0], "vanishing", "right"), (guides[1], "exploding", "left")):
+        a1.axvline(gv, color="0.3", ls="--", lw=1.0, zorder=1)
+        a1.annotate(name, xy=(gv, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(-3 if ha == "right" else 3, 2), textcoords="offset points",
+                    ha=ha, va="bottom", fontsize="small", color="0.2")
+    for i, v in enumerate(r):
+        if np.isfinite(v) and v > 0:
+            a1.plot([v], [i], "o", color=col[i], ms=6, zorder=3)
+        elif v == 0:
+            a1.plot([lo], [i], "<", color=col[i], ms=7, zorder=3, clip_on=False)
+            a1.annotate(f"< {UNDERFLOW:g} (underflow)", xy=(lo, i), xytext=(8, 0),
+                        textcoords="offset points", va="center", fontsize="x-small")
+        else:
+            a1.annotate("n/a", xy=(0.01, i), xycoords=("axes fraction", "data"),
+                        va="center", fontsize="x-small", color="0.4")
+    a1.set_yticks(y)
+    a1.set_yticklabels(d["run"].astype(str), fontsize=7 if n > 12 else 8.5)
+    a1.set_ylim(n - 0.5, -0.5)
+    a1.set_xlabel("gradient at layer 0 / at the output layer (log scale)", fontsize=8.5)
+    a1.grid(axis="y", visible=False)
+    a1.tick_params(axis="x", labelsize=8)
+    h = 0.38
+    for key, off, colour, label in (("dead", -h / 2, "#34495e", "dead units"),
+                                    ("saturated", h / 2, "#d68910", "saturated units")):
+        v = pd.to_numeric(d.get(key, pd.Series([np.nan] * n)), errors="coerce").to_numpy(float)
+        ok = np.isfinite(v)
+        a2.barh(y[ok] + off, v[ok], height=h, color=colour, label=label)
+    a2.axvline(shares[0], color="0.3", ls="--", lw=1.0)
+    a2.set_xlim(0, 1)
+    a2.set_ylim(n - 0.5, -0.5)
+    a2.set_yticks(y)
+    a2.set_yticklabels([])
+    a2.grid(axis="y", visible=False)
+    a2.xaxis.set_major_formatter(FuncFormatter(lambda v, pos: f"{100 * v:.0f}%"))
+    a2.tick_params(axis="x", labelsize=8)
+    a2.set_xlabel("share of the worst hidden layer's units", fontsize=8.5)
+    a2.legend(fontsize="x-small", loc="lower right", framealpha=0.85)
     return ax

@@ -95,6 +95,7 @@ from ..analysis.diagnose import (
     remedy_parts,
     resolve_thresholds,
 )
+from ..analysis.remedies import problems, remedies_for_run
 from ..analysis.runs import run_row
 from ..files import atomic_file
 from ..reading.binned import MAX_STEPS, PER_BIN, read_layers_binned
@@ -286,13 +287,17 @@ def _short_names(names: list[str], width: int = _NAME_WIDTH) -> tuple[list[str],
     return short, f"(run names without their common {' and '.join(parts)})"
 
 
-def _fmt(x, pct=False) -> str:
+def _fmt(x, pct=False, ratio=False) -> str:
+    """A number for text; with ``ratio`` (a ratio of norms, which is 0 only when the
+    numerator fell below the float range), 0 is written as "< 1e-308 (underflow)"."""
     try:
         x = float(x)
     except (TypeError, ValueError):
         return "n/a"
     if not math.isfinite(x):
         return "n/a" if math.isnan(x) else str(x)
+    if ratio and x == 0:
+        return "< 1e-308 (underflow)"
     if pct:
         return f"{100 * x:.1f}%"
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
@@ -309,7 +314,10 @@ def _final_line(run: RunData) -> str:
                      f"{_fmt(last['train_accuracy'], pct=True)}")
         parts.append(f"validation loss {_fmt(last['val_loss'])}, accuracy "
                      f"{_fmt(last['val_accuracy'], pct=True)}")
-        where = f"after epoch {int(last['epoch'])} (step {int(last['step'])})"
+        # epochs are numbered from 0 in the log: the last of 10 is epoch 9, the 10th
+        total = run.config.get("epochs")
+        of = f" of {int(total)}" if total else ""
+        where = f"after epoch {int(last['epoch']) + 1}{of} (step {int(last['step'])})"
     else:
         where = "no epoch completed"
     st = run.steps
@@ -333,7 +341,7 @@ def _theory_line(d: Diagnosis) -> str | None:
     step = t.measured_step
     return (f"theory: chi1 = {_fmt(t.chi1)} ({t.phase}), depth scale "
             f"xi = {xi_txt}; layer-0 / output gradient ratio at init: predicted "
-            f"{_fmt(pred)}, measured {_fmt(meas)}"
+            f"{_fmt(pred, ratio=True)}, measured {_fmt(meas, ratio=True)}"
             + (f" at step {step}" if step is not None else "") + verdict)
 
 
@@ -368,6 +376,79 @@ def _verdict_lines(d: Diagnosis) -> list[tuple[str, str]]:
     return out
 
 
+def _overview_lines(n_runs: int) -> int:
+    """Summary lines the at-a-glance figure takes (it grows with the runs, up to 40%)."""
+    return int(min(26, 9 + 0.9 * n_runs))
+
+
+def overview_summary(runs: list[RunData]) -> pd.DataFrame:
+    """The at-a-glance figure's numbers: one row per run (``run``, ``ratio``, ``dead``,
+    ``saturated``, ``alarm``: "failing", "warning" or "")."""
+    rows = []
+    for r in runs:
+        d = r.diagnosis
+        shares = {}
+        for key, name in (("dead", "dead_units"), ("saturated", "saturated")):
+            f = d[name]
+            vals = [_float(v) for v in (f.numbers.get("by_layer") or {}).values()]
+            vals = [v for v in vals if math.isfinite(v)]
+            shares[key] = max(vals) if (vals and f.applicable) else math.nan
+        rows.append({"run": _fit(r.short or r.label, 34),
+                     "ratio": _float(d["vanishing"].numbers.get("ratio_early")),
+                     **shares,
+                     "alarm": {FAILING: "failing", WARNING: "warning"}.get(d.severity, "")})
+    return pd.DataFrame(rows)
+
+
+def _draw_overview(fig, runs, thresholds, top: float, height: float) -> None:
+    thr = thresholds or {}
+    s = overview_summary(runs)
+    bottom = top - height + 0.06     # room for the axis labels
+    h = top - 0.03 - bottom
+    a1 = fig.add_axes((0.20, bottom, 0.44, h))
+    a2 = fig.add_axes((0.67, bottom, 0.27, h))
+    plots.run_overview(summary=s, ax=[a1, a2],
+                       guides=(thr.get("vanishing", 1e-3), thr.get("exploding", 1e3)),
+                       shares=(thr.get("dead_units", 0.5), thr.get("saturated", 0.5)))
+
+
+#: Remedies shown per failing run on the summary (all of them: ``gradscope advise RUN.h5``).
+SUMMARY_REMEDIES = 2
+_CMD_WRAP = 150
+
+
+def _remedies(run: RunData):
+    return remedies_for_run(run.config, run.diagnosis, run.path)
+
+
+def _command_lines(cmd: str, indent: str) -> list[str]:
+    """A command wrapped with shell continuations, so that the lines paste as one command."""
+    words, lines, cur = cmd.split(" "), [], ""
+    for w in words:
+        if cur and len(indent) + len(cur) + 1 + len(w) > _CMD_WRAP - 2:
+            lines.append(cur + " \\")
+            cur = "    " + w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    lines.append(cur)
+    return [indent + line for line in lines]
+
+
+def _remedy_block(run: RunData, most: int = SUMMARY_REMEDIES) -> list[tuple[str, str]]:
+    rs = _remedies(run)
+    if not rs:
+        return []
+    out = [("todo", "   what to do next (most promising first):")]
+    for i, r in enumerate(rs[:most], 1):
+        out += [("todo" if j == 0 else "text", line) for j, line in
+                enumerate(_wrap(f"{i}. {r.summary}", "     "))]
+        if not r.torch:
+            out += [("cmd", line) for line in _command_lines(r.command, "        ")]
+    if len(rs) > most:
+        out.append(("dim", f"     {len(rs) - most} more: gradscope advise {run.path}"))
+    return out
+
+
 def _compact_block(run: RunData) -> list[tuple[str, str]]:
     """A run's lines on the summary pages of a sweep: what it is, how it ended, its
     verdict with its causes and the warnings (not the checks it passed)."""
@@ -378,14 +459,16 @@ def _compact_block(run: RunData) -> list[tuple[str, str]]:
     bits = [d.config_summary, f"status: {st.get('status', 'unknown')}"]
     if split:
         bits.append(f"final {split} accuracy {_fmt(acc, pct=True)}")
-    ratio = f"ratio layer 0 / output {_fmt(d['vanishing'].numbers.get('ratio_early'))}"
+    ratio = ("ratio layer 0 / output "
+             f"{_fmt(d['vanishing'].numbers.get('ratio_early'), ratio=True)}")
     pred = d.theory.predicted_ratio if d.theory else math.nan
     if math.isfinite(pred):
-        ratio += f" (theory {_fmt(pred)})"
+        ratio += f" (theory {_fmt(pred, ratio=True)})"
     bits.append(ratio)
     out = [("head", label)]
     out += [("text", line) for line in _wrap("  |  ".join(bits), "   ")]
     out += _verdict_lines(d)
+    out += _remedy_block(run, most=1)
     if not d.failing:
         for name in d.flags:
             out += [("warn", line) for line in _wrap(f"? {d[name].message}", "     ",
@@ -411,18 +494,27 @@ def _run_block(run: RunData) -> list[tuple[str, str]]:
     for line in _wrap(_final_line(run), "   "):
         out.append(("text", line))
     out += _verdict_lines(d)
-    na = []
+    todo = _remedy_block(run)
+    out += todo
+    if todo:
+        out.append(("dim", "   evidence:"))
+    na, passed = [], []
     for name in CHECKS:
         f = d[name]
         if not f.flagged and not f.applicable:
             na.append(f.message)
             continue
+        if not f.flagged:  # a passed check: its name is enough here (figures show the rest)
+            passed.append(f.message.split(":")[0])
+            continue
         mark = {FAILING: "!", WARNING: "?"}.get(f.severity, "-")
-        width = _WRAP_BOLD if f.flagged else _WRAP
-        for line in _wrap(f"{mark} {f.message}", "     ", width=width):
+        for line in _wrap(f"{mark} {f.message}", "     ", width=_WRAP_BOLD):
             out.append((_STYLE_OF.get(f.severity, "text"), line))
-    if na:
-        for line in _wrap("n/a: " + "; ".join(m.split(": ")[-1] for m in na), "     "):
+    if passed or na:  # one line: the checks passed, then those that do not apply
+        text = ("passed: " + "; ".join(passed) if passed else "") + (
+            ("  |  n/a: " if passed else "n/a: ") + "; ".join(m.split(": ")[-1] for m in na)
+            if na else "")
+        for line in _wrap(text, "     "):
             out.append(("dim", line))
     th = _theory_line(d)
     if not th and run.config.get("mean_field_note"):
@@ -509,7 +601,8 @@ def _grid(n: int) -> tuple[int, int]:
     return {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2)}.get(n, (2, 3))
 
 
-def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis]) -> list[_Page]:
+def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis],
+                   thresholds: dict | None = None) -> list[_Page]:
     table = verdict_table(diagnoses).splitlines()
     head, rows = table[:2], table[2:]
     if rows and rows[-1].startswith("(run names without"):
@@ -519,7 +612,10 @@ def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis]) -> list[_Pag
         [("mono", t) for t in head + rows[i:i + per]] + [("gap", "")]
         for i in range(0, max(len(rows), 1), per)]
     compact = len(runs) > SAMPLE_ABOVE
-    for r in runs:
+    fig_lines = _overview_lines(len(runs))
+    blocks.insert(0, [("figure", "")] * fig_lines + [("gap", "")])
+    # runs with an alarm first: their remedies are what the page is for
+    for r in sorted(runs, key=lambda r: not _needs_block(r)):
         if compact and not _needs_block(r):
             continue   # healthy and completed: the table's line says it all
         b = _compact_block(r) if compact else _run_block(r)
@@ -558,22 +654,31 @@ def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis]) -> list[_Pag
                 "ok": {"fontsize": 8.8, "color": "#005a32", "fontweight": "bold"},
                 "dim": {"fontsize": 8.5, "color": "0.4"},
                 "mono": {"fontsize": 8.5, "family": "monospace"},
+                "cmd": {"fontsize": 8.0, "family": "monospace", "color": "#08306b"},
+                "todo": {"fontsize": 8.8, "color": "#08306b", "fontweight": "bold"},
             }
+            drawn_figure = False
             for style, text in flat:
                 if y < 0.03:
                     break
-                if style != "gap":  # parse_math off: a "$" in a name is no formula
+                if style == "figure":
+                    if not drawn_figure:
+                        n_fig = sum(1 for st, _ in flat if st == "figure")
+                        _draw_overview(fig, runs, thresholds, y, n_fig * h)
+                        drawn_figure = True
+                elif style != "gap":  # parse_math off: a "$" in a name is no formula
                     ax.text(0.025, y, text, va="top", parse_math=False, **styles[style])
                 y -= h * (0.6 if style == "gap" else 1.0)
 
         n_runs = len(runs)
         title = "Summary"
         caption = (f"{n_runs} run{'s' if n_runs != 1 else ''}, report made {stamp}. "
-                   "Verdict: healthy (learning, nothing flagged), warning (learning, something "
-                   "flagged), not_learning or diverged (failing; the causes the log shows, "
-                   "upstream first). ! = failing, ? = warning, - = check passed, n/a = not "
-                   "applicable or not judged. Gradient ratios compare ||delta|| = ||dL/dz|| of "
-                   "layer 0 (input side) with the output layer's."
+                   "Left: how much of the output layer's gradient reaches the first layer "
+                   "(1 = all; shaded: vanished or exploded); right: the worst layer's share of "
+                   "dead or saturated units. Red: failing (not_learning, diverged), orange: "
+                   "warning (learns, something flagged), green: healthy. Under each run that is "
+                   "not healthy: what to do next, commands to paste, most promising first; then "
+                   "the evidence (! failing, ? warning). Terms: last page."
                    + (f" With more than {SAMPLE_ABOVE} runs, the table lists every run and "
                       "below it each run that is not healthy (or not completed) gets its "
                       "verdict, causes and warnings; a report of one run lists every check."
@@ -582,26 +687,47 @@ def _summary_pages(runs: list[RunData], diagnoses: list[Diagnosis]) -> list[_Pag
     return out
 
 
+def _log_range(runs, value) -> tuple[float | None, float | None]:
+    """One log10 colour range of ``value`` over every run, so that compared panels share
+    their colours."""
+    vals = [np.log10(v[np.isfinite(v) & (v > 0)]) for v in
+            (pd.to_numeric(r.layers[value], errors="coerce").to_numpy(float)
+             for r in runs if value in r.layers.columns)]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return None, None
+    return plots._robust_range(np.concatenate(vals))
+
+
+def _fit(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _flow_pages(runs):
     out = []
+    ranges = {v: _log_range(runs, v) for v in ("grad_norm", "delta_norm")}
     for group in _chunks(runs, RUNS_PER_PAGE):
         def draw(fig, group=group):
             axes = fig.subplots(len(group), 2, squeeze=False)
             for row, run in zip(axes, group):
                 for ax, value in zip(row, ("grad_norm", "delta_norm")):
+                    lo, hi = ranges[value]
                     plots.gradient_heatmap(data=run.layers, value=value, ax=ax,
-                                           max_steps=MAX_STEPS)
+                                           max_steps=MAX_STEPS, vmin=lo, vmax=hi)
                     _name_layer_ticks(ax, run.config)
-                    what = ("weight gradient ||dL/dW_l||" if value == "grad_norm"
-                            else "back-propagated gradient ||delta_l||")
-                    ax.set_title(f"{run.flabel}: {what}", fontsize=10, loc="left")
+                    what = ("weight gradient" if value == "grad_norm"
+                            else "back-propagated gradient")
+                    ax.set_title(f"{_fit(run.flabel, 44)}: {what}", fontsize=9.5, loc="left")
         out.append(_Page(
             "Gradient flow",
-            "log10 of the gradient norm of each layer (rows, input side at the bottom) over "
-            "training (columns: time bins, medians). Left: ||dL/dW_l||; right: ||delta_l|| = "
-            "||dL/dz_l||. Colours changing from the bottom to the top rows mean the gradient "
-            "shrinks (vanishing) or grows (exploding) on its way back to the input. Each panel "
-            "has its own colour scale; white cells hold no finite value.", draw))
+            "How large each layer's gradient is (colour, log10 of its norm) at each moment of "
+            "training (columns), layer by layer (rows, the input side at the bottom). Left: "
+            "the gradient of the layer's weights, ||dL/dW_l||. Right: the gradient passed "
+            "back to the layer, ||delta_l|| = ||dL/dz_l||. A colour that changes from the top "
+            "rows to the bottom ones means the gradient shrinks (vanishing) or grows "
+            "(exploding) on its way back to the input. Every panel of a column uses the same "
+            "colour scale, across all pages, so runs compare by colour; white cells hold no "
+            "finite value.", draw))
     return out
 
 
@@ -610,20 +736,27 @@ def _profile_pages(runs):
     for group in _chunks(runs, PANELS_PER_PAGE):
         def draw(fig, group=group):
             r, c = _grid(len(group))
-            axes = fig.subplots(r, c, squeeze=False).ravel()
+            axes = fig.subplots(r, c, squeeze=False, sharey=True).ravel()
             for ax, run in zip(axes, group):
                 pred = _predicted_profile(run)
                 plots.gradient_profile(data=run.layers, ax=ax, predicted=pred,
                                        legend_loc="in")
-                ax.set_title(run.flabel, fontsize=10, loc="left")
+                ax.set_title(_fit(run.flabel, 60 if c <= 2 else 40), fontsize=10, loc="left")
             for ax in axes[len(group):]:
                 ax.set_axis_off()
+            for i, ax in enumerate(axes[:len(group)]):
+                if i % c:
+                    ax.set_ylabel("")
+                    ax.tick_params(labelleft=True)
         out.append(_Page(
             "Gradient profile across depth",
-            "||delta_l|| = ||dL/dz_l|| of each layer (log scale) at the start, a quarter, half "
-            "way and the end of training. A straight sloped line is a geometric change per "
-            "layer. Dashed: the mean-field prediction at initialisation, scaled to the "
-            "measured output layer at the first logged step.", draw))
+            "How large the gradient passed back to each layer is, ||delta_l|| = ||dL/dz_l|| "
+            "(log scale, one y axis for all panels so slopes compare), at the start, a quarter, "
+            "half way and the end of training. A straight sloped line means the gradient "
+            "changes by the same factor at every layer; flat is healthy. Dashed: what "
+            "mean-field theory predicts at initialisation, scaled to the measured output "
+            "layer at the first logged step. Lines that coincide show as rings of markers "
+            "around each other.", draw))
     return out
 
 
@@ -669,7 +802,8 @@ def _dead_pages(runs, thresholds):
             for (a1, a2), run in zip(axes, group):
                 plots.dead_units(data=run.probes, ax=a1,
                                  threshold=thresholds.get("dead_units"))
-                a1.set_title(f"{run.flabel}: dead units per layer", fontsize=10, loc="left")
+                a1.set_title(f"{_fit(run.flabel, 44)}: dead units per layer", fontsize=10,
+                             loc="left")
                 if run.dead is not None and len(run.dead_steps):
                     plots.dead_unit_map(steps=run.dead_steps, dead=run.dead, ax=a2)
                     a2.set_title("which units were dead when", fontsize=10, loc="left")
@@ -684,6 +818,17 @@ def _dead_pages(runs, thresholds):
     return out
 
 
+#: Whether an activation's values can lie below / above its logged histogram range (they
+#: are counted in the end bin then): bounded activations cannot.
+_OPEN_ENDS = {"sigmoid": (False, False), "logistic": (False, False), "tanh": (False, False),
+              "relu": (False, True), "linear": (False, True), "softplus": (False, True),
+              "elu": (False, True), "leaky_relu": (True, True)}
+
+
+def _open_ends(activation: str) -> tuple[bool, bool]:
+    return _OPEN_ENDS.get(activation, (True, True))
+
+
 def _activation_pages(runs):
     out = []
     for group in _chunks(runs, RUNS_PER_PAGE):
@@ -692,7 +837,8 @@ def _activation_pages(runs):
             for i, run in enumerate(group):
                 a1, a2 = axes[i]
                 if len(run.hist) and run.hist["count"].sum() > 0:
-                    plots.activation_distributions(hist=run.hist, ax=[a1, a2])
+                    plots.activation_distributions(hist=run.hist, ax=[a1, a2],
+                                                   open_ends=_open_ends(run.activation))
                     for a in (a1, a2):
                         t = a.get_title()
                         a.set_title("")
@@ -707,11 +853,13 @@ def _activation_pages(runs):
                                  "batch (no histogram recorded)", fontsize=10, loc="left")
         out.append(_Page(
             "Activation saturation",
-            "Distribution of each hidden layer's activations on the probe set at the first "
-            "and the last probe step (density against activation value, one line per layer). "
-            "Mass piling up at the ends of a bounded activation (0 and 1 for sigmoid, -1 and 1 "
-            "for tanh) means saturated units whose derivative is near zero; for ReLU, mass at "
-            "0 means units that are off.", draw))
+            "What values each hidden layer's units output on a fixed set of examples (the "
+            "probe set), at the first and the last check (density against activation value, "
+            "one line per layer, input side blue to output side red). Mass piling up at the "
+            "ends of a bounded activation (0 and 1 for sigmoid, -1 and 1 for tanh) means "
+            "saturated units, whose slope is near zero so they pass almost no gradient; for "
+            "ReLU, mass at 0 means units that are off. Values past the range shown are not "
+            "drawn; a note in the panel gives their share.", draw))
     return out
 
 
@@ -729,8 +877,8 @@ def _update_pages(runs):
                 ax.set_axis_off()
         out.append(_Page(
             "Update / weight ratio",
-            "||dW_l|| / ||W_l||: how much each update changes a layer's weights, per layer "
-            "over training (log scale, bin medians). Around 1e-3 (dashed) is the usual rule "
+            "How much each update changes a layer's weights, as a share of their size, "
+            "||dW_l|| / ||W_l||, per layer over training (log scale, bin medians). Around 1e-3 (dashed) is the usual rule "
             "of thumb; far below, the layer barely learns; far above, the learning rate is "
             "likely too large.", draw))
     return out
@@ -758,7 +906,7 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
     """One row per run and measurement for :func:`gradscope.views.plots.run_comparison`.
 
     Columns: ``run`` (label), ``label`` (activation / init / optimizer ...), ``activation``,
-    ``init``, ``optimizer``, ``when`` (``"first logged step"`` or ``"median, first half"``)
+    ``init``, ``optimizer``, ``depth``, ``when`` (``"first logged step"`` or ``"median, first half"``)
     and ``ratio`` (delta_norm[layer 0] / delta_norm[output layer]).
     """
     rows = []
@@ -777,7 +925,8 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
         for when, key in (("first logged step", "ratio_first"),
                           ("median, first half", "ratio_early")):
             rows.append({"run": name, "label": label, "activation": act, "init": init,
-                         "optimizer": opt, "when": when, "ratio": _float(ev.get(key))})
+                         "optimizer": opt, "depth": _float(cfg.get("depth")), "when": when,
+                         "ratio": _float(ev.get(key))})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -785,7 +934,8 @@ def comparison_summary(runs_or_diagnoses) -> pd.DataFrame:
     dups = set(df.drop_duplicates("run")["label"][dup])
     df["label"] = [f"{lab} ({run})" if lab in dups else lab
                    for lab, run in zip(df["label"], df["run"])]
-    order = (df.drop_duplicates("run").sort_values(["activation", "init", "optimizer", "label"])
+    order = (df.drop_duplicates("run")
+             .sort_values(["activation", "init", "optimizer", "depth", "label"])
              ["label"].tolist())
     df["label"] = pd.Categorical(df["label"], categories=order, ordered=True)
     return df.sort_values(["label", "when"]).reset_index(drop=True)
@@ -795,20 +945,130 @@ def _comparison_page(runs, thresholds):
     summary = comparison_summary(runs)
     thr = (thresholds.get("vanishing", 1e-3), thresholds.get("exploding", 1e3))
 
-    def draw(fig):
-        ax = fig.subplots(1, 1)
+    n = summary["label"].nunique() if len(summary) else 1
+
+    def draw(fig, top):
+        # as tall as the runs need (a page of two runs is not stretched over the page)
+        height = min(top - 0.12, 0.09 + 0.055 * n)
+        ax = fig.add_axes((0.30, top - 0.03 - height, 0.50, height))
         plots.run_comparison(summary=summary, x="ratio", y="label", hue="activation",
                              style="when", ax=ax, guides=thr)
-        ax.set_xlabel("||delta_0|| / ||delta_output|| (log scale): back-propagated gradient at "
-                      "the input side over the output layer's")
+        ax.set_xlabel("gradient at layer 0 / at the output layer, ||delta_0|| / "
+                      "||delta_out|| (log scale)")
 
     return [_Page(
         "Gradient ratio across depth, run by run",
-        "One row per run, grouped by activation / init / optimizer. 1 (grey line) means the "
-        "gradient reaches the input side undiminished; left of the dashed vanishing threshold "
-        "it has all but vanished, right of the exploding threshold it has exploded. Circle: "
-        "at the first logged step; other marker: median over the first half of training.",
-        draw)]
+        "One row per run, grouped by activation / init / optimizer: how much of the gradient "
+        "at the output layer reaches the input side. 1 (thick grey line) means it arrives "
+        "undiminished; left of the dashed vanishing threshold it has all but vanished, right "
+        "of the exploding threshold it has exploded. Circle: at the first logged step; other "
+        "marker: median over the first half of training (what the verdict judges).",
+        draw, layout=False)]
+
+
+# -- how to read, checked advice ------------------------------------------------------------
+#: Every word and symbol the pages use, defined once: (term, plain words).
+GLOSSARY = (
+    ("layer l", "a weight matrix, counted from the input: layer 0 takes the input, the last "
+     "layer (\"out\") gives the output. Hidden layers are all but the last."),
+    ("step", "one update of the weights, from one mini-batch of examples."),
+    ("pre-activation z_l", "what a layer computes before its activation function: z_l = a W_l "
+     "+ b_l; the activation phi turns it into the layer's output phi(z_l)."),
+    ("weight gradient ||dL/dW_l||", "how strongly the loss L would change if layer l's "
+     "weights changed: the size of the step gradient descent gives them."),
+    ("back-propagated gradient delta_l", "delta_l = dL/dz_l, the gradient passed back from the "
+     "output to layer l. ||.|| is its size (Frobenius norm)."),
+    ("gradient ratio", "||delta_0|| / ||delta_out||: how much of the output layer's gradient "
+     "reaches the first layer. 1 = all of it; 1e-7 = a ten-millionth."),
+    ("verdict", "healthy: the run learns and no check is flagged; warning: it learns but a "
+     "check is flagged; not_learning: the loss and accuracy barely moved from chance; "
+     "diverged: the loss became infinite or NaN. A failing verdict names its causes."),
+    ("cause", "a flagged check that explains a failing run, strongest first (vanishing "
+     "gradients, dead units, ...); what to do next is ranked from them."),
+    ("vanishing", "the ratio is below 1e-3 (median over the first half of training): the first "
+     "layers barely learn."),
+    ("exploding", "the ratio is above 1e3: the gradient grows on its way back to the input."),
+    ("forward signal", "the size of each layer's activations; it collapses or explodes with "
+     "depth for the same reasons the gradient vanishes or explodes."),
+    ("dead unit", "a ReLU unit whose pre-activation is <= 0 on every probe example: it outputs "
+     "0, passes no gradient and no longer learns."),
+    ("saturated unit", "a sigmoid or tanh unit whose slope phi' is below 5% of its maximum: it "
+     "passes almost no gradient."),
+    ("probe set", "a fixed set of training examples (up to 1024) on which dead and saturated "
+     "units and the activation histograms are measured every ~100 steps."),
+    ("update / weight ratio", "||dW_l|| / ||W_l||: the share by which one update changes the "
+     "weights; about 1e-3 is the usual rule of thumb."),
+    ("mean-field theory", "what happens, on average, in a very wide network with random "
+     "weights at initialisation; its prediction is drawn dashed."),
+    ("weight variance s_w^2", "fan_in x the variance of one weight: how large the initial "
+     "weights are. Set by --init and multiplied by --init-gain squared."),
+    ("bias variance s_b^2", "the variance of the initial biases (0 in gradscope)."),
+    ("q*", "the typical squared pre-activation a signal settles to after many layers at "
+     "initialisation (the fixed point of q_l, the mean square of z_l at layer l)."),
+    ("chi1", "the factor by which the squared gradient grows (> 1) or shrinks (< 1) from one "
+     "layer to the one before; over L layers the ratio is about chi1^(L/2)."),
+    ("ordered / critical / chaotic", "chi1 < 1 (gradients shrink), chi1 = 1 (they keep their "
+     "size: the aim of a good initialisation), chi1 > 1 (they grow)."),
+    ("depth scale xi", "the number of layers over which the gradient changes by a factor "
+     "e = 2.7; infinite at criticality."),
+    ("gain", "--init-gain: a factor on the initial weights. gradscope advise gives the gain "
+     "at which chi1 = 1."),
+    ("predicted ratio", "the gradient ratio mean-field theory predicts at initialisation for "
+     "a run's activation, init, gain and depth."),
+)
+
+
+def _how_to_read_page() -> list[_Page]:
+    def draw(fig, top):
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set_axis_off()
+        y = top
+        for term, text in GLOSSARY:
+            lines = textwrap.wrap(text, 118) or [""]
+            ax.text(0.025, y, term, va="top", fontsize=9.2, fontweight="bold",
+                    parse_math=False)
+            for j, line in enumerate(lines):
+                ax.text(0.27, y - j * _LINE * 1.05, line, va="top", fontsize=9.2,
+                        parse_math=False)
+            y -= _LINE * 1.05 * len(lines) + _LINE * 0.45
+
+    return [_Page(
+        "How to read this report",
+        "The words and symbols the pages use, in plain words. Every figure draws a layer's "
+        "number on its layer axis with the input side at 0; log scales are marked.",
+        draw, layout=False)]
+
+
+def _advice_pages(pairs) -> list[_Page]:
+    out = []
+    for group in _chunks(pairs, RUNS_PER_PAGE):
+        def draw(fig, group=group):
+            axes = fig.subplots(len(group), 2, squeeze=False, sharey="row")
+            for (a1, a2), (before, remedy, after) in zip(axes, group):
+                for ax, run, when in ((a1, before, "before"), (a2, after, "after")):
+                    plots.gradient_profile(data=run.layers, ax=ax,
+                                           predicted=_predicted_profile(run), legend_loc="in")
+                    verdict = run.diagnosis.headline
+                    name = _fit(before.flabel, 36)
+                    what = name if when == "before" else ", ".join(
+                        f"{k}={v}" for k, v in remedy.change.items())
+                    ax.set_title(f"{when}: {what} ({len(run.steps)} steps) -> {verdict}",
+                                 fontsize=9.5, loc="left", color="#a50f15" if
+                                 run.diagnosis.failing else "#005a32")
+                a2.set_ylabel("")
+        out.append(_Page(
+            "Advice, checked",
+            "Each run with an alarm (left) retrained with the first remedy of its list (right), "
+            "the same options otherwise and the same seed, for at most "
+            f"{ADVICE_STEPS} steps; each title ends with the verdict. Gradient passed back to "
+            "each layer, ||delta_l|| (log scale, one y axis per row), at the start, a quarter, "
+            "half way and the end of training; dashed: mean-field prediction at "
+            "initialisation.", draw))
+    return out
+
+
+#: The longest retraining of a --check-advice run (steps).
+ADVICE_STEPS = 600
 
 
 # -- sweeps: one row per run, grids, remedies -----------------------------------------------
@@ -823,8 +1083,10 @@ GRID_KEYS = ("depth", "activation", "init", "optimizer")
 #: Beyond this many runs, the per-run pages show a sample of SAMPLE_RUNS runs.
 SAMPLE_ABOVE = 12
 SAMPLE_RUNS = 6
-#: The run-by-run ratio page is left out beyond this many runs (the phase diagram covers them).
+#: The run-by-run ratio page is left out beyond this many runs (the phase diagram covers them)
+#: and below COMPARISON_MIN_RUNS (the summary's at-a-glance figure shows the same ratios).
 COMPARISON_MAX_RUNS = 40
+COMPARISON_MIN_RUNS = 4
 #: Remedy comparison pages at most (one per group of runs).
 MAX_REMEDY_PAGES = 12
 
@@ -1000,10 +1262,11 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
                             guides=(thr.get("vanishing", 1e-3), thr.get("exploding", 1e3)))
 
     with_theory = table["predicted_ratio"].notna()
-    theory_note = ("Dashed, hollow markers: the mean-field prediction at initialisation in the "
-                   "line's colour, predicted_delta_profile(...)[0] with each run's weight "
-                   "variance, the output layer's included (about chi1^(depth/2)); crosses: "
-                   "each run's ratio at its first logged step, what the prediction describes "
+    theory_note = ("Dashed, hollow markers: what mean-field theory predicts at "
+                   "initialisation, in the line's colour, from each run's initial weight "
+                   "size (about chi1^(depth/2): chi1 is the factor by which the squared "
+                   "gradient changes per layer, see the last page); crosses: each run's "
+                   "ratio at its first logged step, what the prediction describes "
                    "(training moves the solid line away from it). "
                    if with_theory.any() else
                    "Crosses: each run's ratio at its first logged step. ")
@@ -1011,8 +1274,8 @@ def _sweep_pages(table: pd.DataFrame, layout: dict, thr: dict) -> list[_Page]:
         theory_note += "(The theory covers plain MLPs only: no dashed line with remedies.) "
     pages.append(_Page(
         "Vanishing-gradient phase diagram",
-        "Gradient ratio ||delta_0|| / ||delta_out|| (back-propagated gradient at the first "
-        "layer over the output layer's) against depth, log scale: the median over the "
+        "How much of the output layer's gradient reaches the first layer, "
+        "||delta_0|| / ||delta_out||, against depth (log scale): the median over the "
         "logged steps of the first half of training, the number the vanishing and exploding "
         "verdicts judge. One line per activation (colour) and init (marker), one panel per "
         f"optimizer{' and variant' if row else ''}; {seeds}. " + theory_note
@@ -1185,8 +1448,8 @@ def _remedy_pages(groups: list[list]) -> list[_Page]:
                 f"The same network and training ({base}, seed {seed}) with "
                 + (f"{', '.join('--' + k.replace('_', '-') for k in keys)} changed" if keys
                    else "different remedies")
-                + ": ||delta_l|| = ||dL/dz_l|| of each layer (log scale, one scale for every "
-                "panel) at the first and the last logged step. Each panel's title: the "
+                + ": the gradient passed back to each layer, ||delta_l|| = ||dL/dz_l|| (log "
+                "scale, one scale for every panel), at the first and the last logged step. Each panel's title: the "
                 "setting and the run's verdict (red: an alarm). A line falling towards layer "
                 "0 is a gradient that vanishes on its way back; dashed: the mean-field "
                 "prediction at initialisation (plain MLP only).")
@@ -1241,7 +1504,7 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = None,
-                **thresholds) -> dict:
+                check_advice=None, **thresholds) -> dict:
     """Write a multi-page PDF report of the logs ``paths`` to ``out``.
 
     ``paths``: log files (see :func:`collect_logs` for directories); ``thresholds``: the
@@ -1251,10 +1514,15 @@ def make_report(paths, out, *, max_steps: int = MAX_STEPS, title: str | None = N
 report leaves no partial file.
 
     Returns ``{"out": Path, "pages": int, "titles": [page titles], "runs": [labels],
-    "diagnoses": [Diagnosis], "table": run_table(), "sweep": sweep_layout() or None,
+    "diagnoses": [Diagnosis], "configs": [config dicts], "table": run_table(), "sweep": sweep_layout() or None,
     "remedy_groups": [[labels]], "sampled": [labels of the runs with per-run pages],
     "seconds": float}``. Raises :class:`LogError` (one line) for a missing,
     non-HDF5, non-gradscope or truncated file, ``ValueError`` for a bad threshold.
+
+    ``check_advice``: a callable given the loaded runs that returns ``(run, remedy,
+    log path)`` triples, a run with a failing verdict, the remedy tried and the log of the
+    run retrained with it; the report then ends with before/after pages and the result
+    has ``"advice"``: ``[{"run", "change", "command", "before", "after"}]`` (verdicts).
     """
     t0 = time.perf_counter()
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
@@ -1277,7 +1545,7 @@ report leaves no partial file.
         short_note = " " + short_note[1:-1].replace("run names", "Run names", 1) + "."
 
     pages: list[_Page] = []
-    pages += _summary_pages(runs, diagnoses)
+    pages += _summary_pages(runs, diagnoses, thr)
     if layout is not None:
         pages += _sweep_pages(table, layout, thr)
     pages += _remedy_pages(groups)
@@ -1295,8 +1563,15 @@ report leaves no partial file.
     for p in per_run if short_note else ():
         p.caption += short_note
     pages += per_run
-    if 1 < len(runs) <= COMPARISON_MAX_RUNS:
+    if COMPARISON_MIN_RUNS <= len(runs) <= COMPARISON_MAX_RUNS:
         pages += _comparison_page(runs, thr)
+    advice_pairs = []
+    if check_advice is not None:
+        for before, remedy, after_path in check_advice(runs):
+            after = load_run(after_path, max_steps=max_steps, **thresholds)
+            advice_pairs.append((before, remedy, after))
+        pages += _advice_pages(advice_pairs)
+    pages += _how_to_read_page()
 
     # number the pages of a figure that spans several: "Gradient flow (2 of 3)"
     counts: dict[str, int] = {}
@@ -1337,6 +1612,12 @@ report leaves no partial file.
                 fig.clear()
             titles.append(page.title)
     return {"out": out, "pages": len(pages), "titles": titles, "runs": labels,
-            "diagnoses": diagnoses, "table": table, "sweep": layout,
-            "remedy_groups": [[r.label for r in g] for g in groups],
-            "sampled": [r.label for r in sample], "seconds": time.perf_counter() - t0}
+            "diagnoses": diagnoses, "configs": [r.config for r in runs], "table": table,
+            "sweep": layout, "remedy_groups": [[r.label for r in g] for g in groups],
+            "sampled": [r.label for r in sample], "seconds": time.perf_counter() - t0,
+            "advice": [{"run": b.label, "change": dict(rem.change), "command": rem.command,
+                        "before": b.diagnosis.headline, "after": a.diagnosis.headline,
+                        "fixed": [n for n in problems(b.diagnosis)
+                                  if not a.diagnosis[n].flagged],
+                        "still": [n for n in problems(b.diagnosis) if a.diagnosis[n].flagged]}
+                       for b, rem, a in advice_pairs]}

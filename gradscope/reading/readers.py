@@ -9,22 +9,28 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager
+import zlib
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from ..record import blocks
 from ..record.schema import (
+    COUNTER_FIELDS,
     FORMAT,
-    FORMAT_VERSION,
     NORM_PARAM_NAMES,
     NORM_STATE_NAMES,
     OPTIONAL_COLUMNS,
+    READABLE_VERSIONS,
+    STATUSES,
     TABLES,
+    CorruptLogError,
     LogError,
 )
+from ..record.writer import attrs_crc, is_being_written, status_crc
 
 
 @contextmanager
@@ -32,7 +38,13 @@ def open_log(path):
     """Open a gradscope log for reading (also while it is written, or after a crash).
 
     Raises :class:`LogError` with a one-line message for a missing file, a file that is
-    not HDF5, or an HDF5 file that is not a gradscope log.
+    not HDF5, an HDF5 file that is not a gradscope log, or a damaged one;
+    :class:`CorruptLogError` when what is read fails its checksum.
+
+    No open or read can hang: a log that is not being written is opened without SWMR
+    where it can be (a log closed by its writer), else with SWMR and a single attempt at
+    every metadata read (HDF5 would otherwise retry a bad read for hours); a live log
+    gets a bounded number of attempts (about a second in all).
     """
     p = Path(path)
     if not p.exists():
@@ -46,28 +58,95 @@ def open_log(path):
     if not is_h5:
         raise LogError(f"{str(path)!r} is not an HDF5 file (a gradscope log is one)")
     _check_not_truncated(p)
-    try:
-        # SWMR read works for a live run, a finished one, and one killed while writing
-        f = h5py.File(p, "r", swmr=True, locking=False)
-    except OSError:
-        try:
-            f = h5py.File(p, "r", locking=False)
-        except OSError as e:
-            raise LogError(f"cannot open {str(path)!r}: {str(e).splitlines()[0]}") from None
+    f = _open_h5(p)
     try:
         fmt = f.attrs.get("format")
         if fmt != FORMAT:
             raise LogError(f"{str(path)!r} is an HDF5 file but not a gradscope log")
-        if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
+        version = f.attrs.get("format_version", 0)
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            raise LogError(f"{str(path)!r} has log format version {version!r}; this gradscope "
+                           f"reads versions {', '.join(map(str, READABLE_VERSIONS))}") from None
+        if version not in READABLE_VERSIONS:
             raise LogError(
-                f"{str(path)!r} has log format version {int(f.attrs['format_version'])}; "
-                f"this gradscope reads up to {FORMAT_VERSION}"
+                f"{str(path)!r} has log format version {version}; this gradscope reads "
+                f"up to {max(READABLE_VERSIONS)}"
             )
+        _info(f, str(path))  # checks the header and the counter
         yield f
-    except (KeyError, OSError) as e:
-        raise LogError(f"{str(path)!r} is damaged or incomplete: {str(e).splitlines()[0]}") from None
+    except LogError:
+        raise
+    except (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError,
+            zlib.error) as e:
+        raise LogError(f"{str(path)!r} is damaged or incomplete: {_first_line(e)}") from None
     finally:
-        f.close()
+        with suppress(Exception):
+            f.close()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+#: metadata read attempts for a log being written (HDF5's default, 100, sleeps up to an
+#: hour between attempts); 30 attempts sleep at most about a second in all
+LIVE_READ_ATTEMPTS = 30
+
+
+def _open_h5(p: Path):
+    try:
+        # a log closed by its writer: no SWMR, so nothing is ever retried
+        return h5py.File(p, "r", locking=False)
+    except OSError as first:
+        live = is_being_written(p)
+        try:
+            return _open_swmr(p, LIVE_READ_ATTEMPTS if live else 1)
+        except OSError:
+            raise LogError(f"cannot open {str(p)!r}: {_first_line(first)}") from None
+
+
+def _open_swmr(p: Path, attempts: int):
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    with suppress(AttributeError):
+        fapl.set_file_locking(False, True)
+    _set_read_attempts(fapl, attempts)
+    fid = h5py.h5f.open(os.fsencode(p), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
+                        fapl=fapl)
+    return h5py.File(fid)
+
+
+_H5_SET_ATTEMPTS = []
+
+
+def _set_read_attempts(fapl, attempts: int) -> None:
+    """``H5Pset_metadata_read_attempts`` (not wrapped by h5py) on the HDF5 library that
+    h5py loaded; without it, HDF5's default applies."""
+    if not _H5_SET_ATTEMPTS:
+        fn = None
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as maps:
+                libs = sorted({line.split()[-1] for line in maps
+                               if "libhdf5" in line and "hdf5_hl" not in line
+                               and line.split()[-1].startswith("/")})
+            for lib in libs:
+                cand = ctypes.CDLL(lib).H5Pset_metadata_read_attempts
+                cand.argtypes = [ctypes.c_int64, ctypes.c_uint]
+                cand.restype = ctypes.c_int
+                fn = cand
+                break
+        except (OSError, AttributeError, ImportError):
+            fn = None
+        _H5_SET_ATTEMPTS.append(fn)
+    fn = _H5_SET_ATTEMPTS[0]
+    if fn is not None:
+        fn(fapl.id, max(1, int(attempts)))
 
 
 def _check_not_truncated(p: Path) -> None:
@@ -90,19 +169,234 @@ def _check_not_truncated(p: Path) -> None:
         )
 
 
+# -- the lowest level: committed rows, checked ----------------------------------------------
+class _Info:
+    """What a reader needs to know of an open log, read and checked once per open."""
+
+    def __init__(self, f, path: str):
+        self.path = path
+        self.version = int(f.attrs.get("format_version", 1))
+        if f.swmr_mode:
+            f["committed"].refresh()
+        raw = np.asarray(f["committed"][()])
+        self.names = json.loads(f["committed"].attrs["names"])
+        self.parts: dict[str, dict] = {}
+        if self.version == 1:
+            if raw.ndim != 1 or raw.shape[0] != len(self.names) or (raw < 0).any():
+                raise CorruptLogError(f"{path!r} is corrupted: its row counter "
+                                      f"{raw.tolist()} is not a list of row counts")
+            for name, v in zip(self.names, raw.tolist()):
+                self.parts[name] = {"rows": int(v)}
+            return
+        k = len(COUNTER_FIELDS)
+        if (raw.ndim != 1 or raw.shape[0] != k * len(self.names) + 2
+                or blocks.crc(raw[:-1]) != int(raw[-1])):
+            raise CorruptLogError(f"{path!r} is corrupted: its row counter fails its checksum")
+        cfg = f.attrs["config"]
+        edges = f["probe_units"].attrs["hist_edges"]
+        if attrs_crc(cfg if isinstance(cfg, str) else cfg.decode(), edges) != int(
+                f.attrs["attrs_crc"]):
+            raise CorruptLogError(f"{path!r} is corrupted: its configuration or histogram "
+                                  f"edges fail their checksum")
+        if status_crc(f["status"][()], f["status_message"][()]) != int(raw[-2]):
+            raise CorruptLogError(f"{path!r} is corrupted: its status fails its checksum")
+        for i, name in enumerate(self.names):
+            self.parts[name] = dict(zip(COUNTER_FIELDS, (int(v) for v in raw[k * i:k * (i + 1)])))
+
+    def rows(self, part: str) -> int:
+        return self.parts[part]["rows"]
+
+
+def _info(f, path: str | None = None) -> _Info:
+    info = getattr(f, "_gradscope_info", None)
+    if info is None:
+        info = _Info(f, path or f.filename)
+        f._gradscope_info = info
+    return info
+
+
 def _committed(f) -> dict[str, int]:
-    names = json.loads(f["committed"].attrs["names"])
-    return dict(zip(names, (int(v) for v in f["committed"][()])))
+    """Committed rows of every part (the counter; a version-1 log may hold fewer)."""
+    info = _info(f)
+    return {name: info.rows(name) for name in info.names}
+
+
+def columns_of(f, part: str) -> dict[str, tuple[np.dtype, tuple]]:
+    """The columns a part of the log holds: ``{name: (dtype, row shape)}``."""
+    g = f[part]
+    if _info(f).version == 1:
+        return {k: (g[k].dtype, tuple(g[k].shape[1:])) for k in g}
+    return {n: (np.dtype(dt), tuple(shape)) for n, dt, shape in json.loads(g.attrs["columns"])}
+
+
+def n_rows(f, part: str) -> int:
+    """The rows of a part that every reader sees (committed, and present in a v1 file)."""
+    info = _info(f)
+    if part not in f:
+        return 0
+    if info.version == 1:
+        g = f[part]
+        return min([info.rows(part), *(g[c].shape[0] for c in g)])
+    return info.rows(part)
+
+
+def read_rows(f, part: str, columns=None, rows=None) -> dict[str, np.ndarray]:
+    """Committed rows of some columns of a part of an open log, every byte checked.
+
+    ``rows``: None (every committed row), a ``slice`` (step 1), or sorted row numbers.
+    Raises :class:`CorruptLogError` naming the part, the rows and the column when a
+    checksum fails. Memory: the result and one block.
+    """
+    info = _info(f)
+    cols = columns_of(f, part)
+    names = list(cols) if columns is None else list(columns)
+    n = n_rows(f, part)
+    if rows is None:
+        rows = slice(0, n)
+    if isinstance(rows, slice):
+        lo, hi = max(0, rows.start or 0), n if rows.stop is None else min(n, rows.stop)
+        hi = max(lo, hi)
+        sel = None
+    else:
+        sel = np.asarray(rows, dtype=np.int64)
+        if sel.size and (sel.min() < 0 or sel.max() >= n):
+            raise IndexError(f"rows {sel.min()}..{sel.max()} of {part!r}, which has {n}")
+        lo, hi = 0, n
+    g = f[part]
+    if info.version == 1:
+        out = {}
+        for c in names:
+            ds = g[c]
+            out[c] = ds[lo:hi] if sel is None else (ds[np.unique(sel)][np.searchsorted(
+                np.unique(sel), sel)] if sel.size else ds[0:0])
+        return out
+    return _read_v2(f, g, info, part, cols, names, n, lo, hi, sel)
+
+
+def _corrupt(info, part, a, b, col, why="fail their checksum"):
+    return CorruptLogError(f"{info.path!r} is corrupted: {part} rows {a}-{b - 1} "
+                           f"(column {col}) {why}; nothing of them was read")
+
+
+def _read_v2(f, g, info, part, cols, names, n, lo, hi, sel):
+    c = info.parts[part]
+    B = int(g.attrs["block_rows"])
+    period = int(g.attrs["period"])
+    ns, nb, nd, slot = c["sealed"], c["blocks"], c["data_bytes"], c["slot"]
+    all_names = list(cols)
+    if not (0 <= ns <= n and ns == nb * B and n - ns < max(B, 1) + (B == 1)
+            and slot in (0, 1) and 0 <= nd):
+        raise CorruptLogError(f"{info.path!r} is corrupted: the row counter of {part} "
+                              f"is inconsistent")
+    need = names + [d for d in blocks.predicted_needs(names) if d in cols]
+    count = (hi - lo) if sel is None else sel.size
+    out = {k: np.empty((count, *cols[k][1]), dtype=cols[k][0]) for k in names}
+    if count == 0:
+        return out
+    if f.swmr_mode:
+        for ds in (g["data"], g["index"]):
+            ds.refresh()
+    # which rows: a range [lo, hi) or the positions sel; filled block by block
+    if sel is None:
+        b_first, b_last = lo // B, (min(hi, ns) - 1) // B if min(hi, ns) > lo else -1
+        block_ids = range(b_first, b_last + 1) if ns > lo else range(0)
+    else:
+        block_ids = np.unique(sel[sel < ns] // B) if ns else []
+    if len(block_ids):
+        if g["data"].shape[0] < nd or g["index"].shape[0] < nb:
+            raise CorruptLogError(f"{info.path!r} is corrupted: {part} holds less than its "
+                                  f"counter says")
+        index = g["index"][int(block_ids[0]):int(block_ids[-1]) + 1]
+    for bi in block_ids:
+        bi = int(bi)
+        entry = index[bi - int(block_ids[0])]
+        a, b = bi * B, (bi + 1) * B
+        if (blocks.crc(np.ascontiguousarray(entry[:-1])) != int(entry[-1])
+                or int(entry[0]) != a or int(entry[1]) != B):
+            raise _corrupt(info, part, a, b, "index")
+        spans = {}
+        for k in need:
+            j = all_names.index(k)
+            off, nbytes, cr = (int(v) for v in entry[2 + 3 * j:5 + 3 * j])
+            if off < 0 or nbytes < 0 or off + nbytes > nd:
+                raise _corrupt(info, part, a, b, k)
+            spans[k] = (off, nbytes, cr)
+        s0 = min(o for o, _, _ in spans.values())
+        s1 = max(o + m for o, m, _ in spans.values())
+        raw = g["data"][s0:s1].tobytes()
+        dec = {}
+        for k in sorted(need, key=lambda x: x in blocks.PREDICTED):
+            off, nbytes, cr = spans[k]
+            data = raw[off - s0:off - s0 + nbytes]
+            if blocks.crc(data) != cr:
+                raise _corrupt(info, part, a, b, k)
+            try:
+                dec[k] = blocks.decode(k, data, cols[k][0], (B, *cols[k][1]), period, dec)
+            except (zlib.error, ValueError) as e:
+                raise _corrupt(info, part, a, b, k, f"cannot be decoded ({_first_line(e)})")
+        _place(out, dec, names, a, b, lo, hi, sel)
+    if hi > ns or (sel is not None and sel.size and sel.max() >= ns):
+        m = n - ns
+        dec = {}
+        tail = g["tail"]
+        tcrc = g["tail_crc"][slot]
+        for k in names:
+            ds = tail[k]
+            if f.swmr_mode:
+                ds.refresh()
+            vals = ds[slot * B:slot * B + m]
+            if vals.shape[0] != m or blocks.crc(np.ascontiguousarray(vals)) != int(
+                    tcrc[all_names.index(k)]):
+                raise _corrupt(info, part, ns, n, k)
+            dec[k] = vals
+        _place(out, dec, names, ns, n, lo, hi, sel)
+    return out
+
+
+def _place(out, dec, names, a, b, lo, hi, sel):
+    """Copy the decoded rows [a, b) that the selection wants into ``out``."""
+    if sel is None:
+        s, e = max(a, lo), min(b, hi)
+        if s >= e:
+            return
+        for k in names:
+            out[k][s - lo:e - lo] = dec[k][s - a:e - a]
+    else:
+        i0, i1 = np.searchsorted(sel, a), np.searchsorted(sel, b)
+        if i1 > i0:
+            for k in names:
+                out[k][i0:i1] = dec[k][sel[i0:i1] - a]
 
 
 def _read_table(f, name: str) -> pd.DataFrame:
-    g = f[name]
-    n = _committed(f)[name]
     optional = OPTIONAL_COLUMNS.get(name, {})
-    cols = {c: g[c] for c in TABLES[name] if c in g or c not in optional}
-    n = min([n, *(ds.shape[0] for ds in cols.values())])
-    return pd.DataFrame({c: cols[c][:n] if c in cols else np.full(n, optional[c], dtype=dt)
+    have = columns_of(f, name)
+    cols = [c for c in TABLES[name] if c in have or c not in optional]
+    data = read_rows(f, name, cols)
+    n = len(next(iter(data.values()))) if data else 0
+    return pd.DataFrame({c: data[c] if c in data else np.full(n, optional[c], dtype=dt)
                          for c, dt in TABLES[name].items()})
+
+
+def _check_params(f, which: str, arrays: dict) -> None:
+    """Check parameters read from /params/<which> against their checksums (format 2)."""
+    info = _info(f)
+    if info.version < 2:
+        return
+    pc = f["params_crc"]
+    names = json.loads(pc.attrs["names"])
+    row = pc[0 if which == "initial" else 1]
+    for k, a in arrays.items():
+        if k not in names:
+            continue
+        want = int(row[names.index(k)])
+        if want == -1:  # final parameters not written (the run did not end): all NaN
+            ok = np.isnan(a).all()
+        else:
+            ok = blocks.crc(np.ascontiguousarray(a)) == want
+        if not ok:
+            raise CorruptLogError(f"{info.path!r} is corrupted: params/{which}/{k} fails its "
+                                  f"checksum")
 
 
 def read_config(path) -> dict:
@@ -119,12 +413,16 @@ def read_status(path) -> dict:
     """
     with open_log(path) as f:
         c = _committed(f)
-        status = f["status"][()].decode().strip()
-        steps = _read_table(f, "steps")
+        status = f["status"][()].decode("ascii", "replace").strip()
+        if status not in STATUSES:
+            raise CorruptLogError(f"{str(path)!r} is corrupted: its status {status!r} is not "
+                                  f"one of {', '.join(STATUSES)}")
+        n = n_rows(f, "steps")
+        last = read_rows(f, "steps", ["step"], slice(n - 1, n))["step"] if n else []
         return {
             "status": status,
             "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
-            "last_step": int(steps["step"].iloc[-1]) if len(steps) else None,
+            "last_step": int(last[-1]) if len(last) else None,
             "rows": c,
         }
 
@@ -159,6 +457,15 @@ def read_layers(path) -> pd.DataFrame:
     return df
 
 
+def _unit_columns(f, prefix: str) -> list[str]:
+    have = columns_of(f, "probe_units")
+    out, l = [], 0
+    while f"{prefix}_{l}" in have:
+        out.append(f"{prefix}_{l}")
+        l += 1
+    return out
+
+
 def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-unit dead flags at each probe step.
 
@@ -167,15 +474,9 @@ def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
     probe example (meaningful for the ReLU family).
     """
     with open_log(path) as f:
-        g = f["probe_units"]
-        n = min(_committed(f)["probe_units"], g["step"].shape[0])
-        steps = g["step"][:n]
-        dead = []
-        l = 0
-        while f"dead_{l}" in g:
-            dead.append(g[f"dead_{l}"][:n].astype(bool))
-            l += 1
-    return steps, dead
+        names = _unit_columns(f, "dead")
+        data = read_rows(f, "probe_units", ["step", *names])
+    return data["step"], [data[k].astype(bool) for k in names]
 
 
 def read_histograms(path) -> pd.DataFrame:
@@ -185,24 +486,44 @@ def read_histograms(path) -> pd.DataFrame:
     Activations outside the range are counted in the first or last bin.
     """
     with open_log(path) as f:
-        g = f["probe_units"]
-        edges = g.attrs["hist_edges"]
-        n = min(_committed(f)["probe_units"], g["step"].shape[0])
-        steps = g["step"][:n]
-        frames = []
-        l = 0
-        while f"hist_{l}" in g:
-            counts = g[f"hist_{l}"][:n]
-            total = counts.sum(axis=1, keepdims=True).clip(min=1)
-            nb = counts.shape[1]
-            frames.append(pd.DataFrame({
-                "step": np.repeat(steps, nb), "layer": l,
-                "bin_left": np.tile(edges[:-1], n), "bin_right": np.tile(edges[1:], n),
-                "count": counts.ravel(), "density": (counts / total / np.diff(edges)).ravel(),
-            }))
-            l += 1
+        edges = f["probe_units"].attrs["hist_edges"]
+        names = _unit_columns(f, "hist")
+        data = read_rows(f, "probe_units", ["step", *names])
+    steps = data["step"]
+    n = len(steps)
+    frames = []
+    for l, k in enumerate(names):
+        counts = data[k]
+        total = counts.sum(axis=1, keepdims=True).clip(min=1)
+        nb = counts.shape[1]
+        frames.append(pd.DataFrame({
+            "step": np.repeat(steps, nb), "layer": l,
+            "bin_left": np.tile(edges[:-1], n), "bin_right": np.tile(edges[1:], n),
+            "count": counts.ravel(), "density": (counts / total / np.diff(edges)).ravel(),
+        }))
     cols = ["step", "layer", "bin_left", "bin_right", "count", "density"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def _params_group(f, which: str, prefixes) -> dict[str, np.ndarray]:
+    g = f[f"params/{which}"]
+    out = {k: g[k][()] for k in g if k.split("_")[0] in prefixes or
+           k.rsplit("_", 1)[0] in prefixes}
+    _check_params(f, which, out)
+    return out
+
+
+def _snapshot_row(f, path, step) -> int:
+    if "snapshots" not in f:
+        raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
+    steps = read_rows(f, "snapshots", ["step"])["step"]
+    hits = np.flatnonzero(steps == int(step))
+    if not len(hits):
+        raise LogError(
+            f"no snapshot at step {step} in {str(path)!r}; snapshots at: "
+            f"{', '.join(map(str, steps[:20]))}{' ...' if len(steps) > 20 else ''}"
+        )
+    return int(hits[0])
 
 
 def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -214,23 +535,13 @@ def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray
     """
     with open_log(path) as f:
         if step in (0, "initial", "final"):
-            g = f["params/initial" if step != "final" else "params/final"]
-            n = len([k for k in g if k.startswith("W_")])
-            return [(g[f"W_{l}"][()], g[f"b_{l}"][()]) for l in range(n)]
-        if "snapshots" not in f:
-            raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
-        g = f["snapshots"]
-        n = min(_committed(f)["snapshots"], g["step"].shape[0])
-        steps = g["step"][:n]
-        hits = np.flatnonzero(steps == int(step))
-        if not len(hits):
-            raise LogError(
-                f"no snapshot at step {step} in {str(path)!r}; snapshots at: "
-                f"{', '.join(map(str, steps[:20]))}{' ...' if n > 20 else ''}"
-            )
-        i = int(hits[0])
-        nl = len([k for k in g if k.startswith("W_")])
-        return [(g[f"W_{l}"][i], g[f"b_{l}"][i]) for l in range(nl)]
+            arrays = _params_group(f, "final" if step == "final" else "initial", ("W", "b"))
+        else:
+            i = _snapshot_row(f, path, step)
+            names = [k for k in columns_of(f, "snapshots") if k.split("_")[0] in ("W", "b")]
+            arrays = {k: v[0] for k, v in read_rows(f, "snapshots", names, [i]).items()}
+    n = len([k for k in arrays if k.startswith("W_")])
+    return [(arrays[f"W_{l}"], arrays[f"b_{l}"]) for l in range(n)]
 
 
 def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
@@ -240,28 +551,22 @@ def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
     and ``"running_var"``; ``{}`` for a run without normalisation. ``step`` as in
     :func:`read_weights`: ``0``/``"initial"``, ``"final"`` or a snapshot step.
     """
+    kinds = (*NORM_PARAM_NAMES, *NORM_STATE_NAMES)
     with open_log(path) as f:
         if step in (0, "initial", "final"):
-            g = f["params/initial" if step != "final" else "params/final"]
-            i = None
+            arrays = _params_group(f, "final" if step == "final" else "initial", kinds)
         else:
-            if "snapshots" not in f:
-                raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
-            g = f["snapshots"]
-            n = min(_committed(f)["snapshots"], g["step"].shape[0])
-            hits = np.flatnonzero(g["step"][:n] == int(step))
-            if not len(hits):
-                raise LogError(f"no snapshot at step {step} in {str(path)!r}")
-            i = int(hits[0])
-        out = {}
-        for name in (*NORM_PARAM_NAMES, *NORM_STATE_NAMES):
-            arrays, l = [], 0
-            while f"{name}_{l}" in g:
-                ds = g[f"{name}_{l}"]
-                arrays.append(ds[()] if i is None else ds[i])
-                l += 1
-            if arrays:
-                out[name] = arrays
+            i = _snapshot_row(f, path, step)
+            names = [k for k in columns_of(f, "snapshots") if k.rsplit("_", 1)[0] in kinds]
+            arrays = {k: v[0] for k, v in read_rows(f, "snapshots", names, [i]).items()}
+    out = {}
+    for name in kinds:
+        found, l = [], 0
+        while f"{name}_{l}" in arrays:
+            found.append(arrays[f"{name}_{l}"])
+            l += 1
+        if found:
+            out[name] = found
     return out
 
 

@@ -98,7 +98,7 @@ def evaluate(steps: pd.DataFrame | None, layers: pd.DataFrame, config: dict,
     Returns a dict with
 
     - ``run`` (the path, or None), ``status`` (``completed``, ``diverged``, ``running``,
-      ``interrupted``, or ``unknown`` without a status), ``status_message``,
+      ``interrupted``, ``failed``, or ``unknown`` without a status), ``status_message``,
       ``config_summary`` (e.g. ``"digits d8w64 sigmoid standard sgd lr=0.01 bs=32"``),
       ``thresholds`` (the values used), ``depth`` (hidden layers), ``logged_steps``;
     - for each name in :data:`VERDICTS` a boolean, and ``<name>_evidence``: a dict with
@@ -107,7 +107,8 @@ def evaluate(steps: pd.DataFrame | None, layers: pd.DataFrame, config: dict,
       sentence), ``message`` (one line), ``applicable`` (False when the check does not apply
       to the run, e.g. dead units of tanh, or there was nothing to judge) and further keys
       per verdict (docs/diagnosis.md lists them);
-    - ``verdict``: ``"healthy"``, ``"no data"`` (no usable logged step), or the alarms joined
+    - ``verdict``: ``"healthy"``, ``"no data"`` (no usable logged step), ``"failed"`` (a run
+      whose status is ``failed``, without alarms: never called healthy), or the alarms joined
       with ``", "`` (e.g. ``"vanishing, saturated"``);
     - ``theory``: :func:`theory_check`'s dict, or None when gradscope.analysis.theory is missing or
       cannot describe the run.
@@ -135,6 +136,9 @@ def evaluate(steps: pd.DataFrame | None, layers: pd.DataFrame, config: dict,
     alarms = [v for v in VERDICTS if out[v]]
     if alarms:
         out["verdict"] = ", ".join(alarms)
+    elif ctx.status == "failed":
+        # the run stopped on an error: what it logged cannot vouch for the rest
+        out["verdict"] = "failed"
     elif ctx.ratio.empty and ctx.probe_steps.size == 0:
         out["verdict"] = "no data"
     else:

@@ -133,6 +133,7 @@ def _opt(*names, **kw):
 def train(out, force, quiet, **options):
     """Train an MLP and record per-layer gradient diagnostics to an HDF5 log."""
     from ..engine.data import DataError
+    from ..record.schema import LogError
     from ..training.loop import ConfigError, TrainConfig, prepare
     from ..training.loop import train as run
 
@@ -143,6 +144,10 @@ def train(out, force, quiet, **options):
         prep = prepare(cfg)
     except (ConfigError, DataError) as e:
         fail(str(e))
+    except MemoryError as e:
+        fail(_failed_run(e, None))
+    if out is not None and not out.strip():
+        fail(f"--out {out!r}; accepted: a file name ending in .h5 (or leave --out out)")
     path = Path(out) if out else Path("runs") / f"{cfg.name()}.h5"
     if path.exists() and not force:
         fail(f"log {str(path)!r} exists; pass --force to overwrite it or --out to choose another file")
@@ -172,8 +177,10 @@ def train(out, force, quiet, **options):
 
     try:
         result = run(prep, path, progress=progress)
-    except OSError as e:
-        fail(f"cannot write log {str(path)!r}: {str(e).splitlines()[0]}")
+    except LogError as e:  # another process writes this log, or it cannot be created
+        fail(str(e))
+    except Exception as e:  # noqa: BLE001 -- recorded in the log as "failed": one line here
+        fail(_failed_run(e, path))
     finally:
         if bar is not None:
             bar.close()
@@ -186,6 +193,25 @@ def train(out, force, quiet, **options):
     click.echo(f"{result.status}: {result.steps} steps, final batch loss {result.final_loss:.4g}; "
                f"log: {path}")
     return 0
+
+
+def _failed_run(e: BaseException, path) -> str:
+    """One line for a run that raised: what happened and what its log holds."""
+    from ..reading.readers import read_status
+    from ..record.schema import LogError
+    from ..record.writer import one_line
+
+    what = "out of memory" if isinstance(e, MemoryError) else "the run failed"
+    line = f"{what}: {one_line(e)}"
+    if path is not None and Path(path).exists():
+        try:
+            st = read_status(path)
+        except LogError:
+            st = None
+        if st is not None and st["status"] == "failed":
+            n = st["rows"].get("steps", 0)
+            line += f"; the log {str(path)!r} keeps its {n} logged steps, marked failed"
+    return line
 
 
 @main.command()

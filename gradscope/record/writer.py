@@ -366,6 +366,32 @@ class LogWriter:
             self.file = self.path
             self.placed = True
 
+    def _close_file(self) -> None:
+        """Close the HDF5 file; when that fails (a full disk), close it into /dev/null.
+
+        HDF5 keeps a file it could not flush open, and tries again at interpreter exit,
+        where the failure crashed the process (a segfault). What is on disk is what the
+        last counter committed; the writes HDF5 still wants to make are sent to
+        /dev/null so that the file closes and stays as it is.
+        """
+        if self.broken is None:
+            try:
+                self.f.close()
+                return
+            except Exception:  # noqa: BLE001
+                pass
+        # after a failed write, closing normally fails too and leaves HDF5's objects in a
+        # state that crashed the garbage collector later: redirect first, then close
+        try:
+            fd = self.f.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except Exception:  # noqa: BLE001 -- no file descriptor: nothing more to try
+            pass
+        with contextlib.suppress(Exception):
+            self.f.close()
+
     def _fsync(self) -> None:
         try:
             os.fsync(self.f.id.get_vfd_handle())
@@ -382,9 +408,10 @@ class LogWriter:
         self._status_crc = status_crc(self.f["status"][()], self.f["status_message"][()])
         if self.broken is None:
             self.flush()
-        else:  # the rows stay as last committed; the status says why
+        else:  # the rows stay as last committed; the status says why (in place: no new space)
             self._write_counter()
-            self.f.flush()
+            with contextlib.suppress(Exception):
+                self.f.flush()
 
     def close(self, status: str, message: str = "", params: list[np.ndarray] | None = None,
               norm_params: list[np.ndarray] | None = None,
@@ -418,8 +445,7 @@ class LogWriter:
             if self.broken is None:
                 self.broken = e
         finally:
-            with contextlib.suppress(Exception):
-                self.f.close()
+            self._close_file()
             self.closed = True
             try:
                 if not self.placed:

@@ -89,7 +89,7 @@ def decode(name: str, data: bytes, dtype, shape: tuple, period: int = 1,
     dtype = np.dtype(dtype)
     n = shape[0]
     per = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    udt = np.dtype(f"u{dtype.itemsize}") if dtype.itemsize > 1 or dtype.kind == "f" else np.uint8
+    udt = np.dtype(f"u{dtype.itemsize}") if dtype.itemsize > 1 or dtype.kind == "f" else np.dtype(np.uint8)
     u = _unshuffle(zlib.decompress(data), udt, n * per).reshape(n, per)
     if dtype.kind == "f":
         pred = _prediction(cols or {}, name, n) if len(shape) == 1 else None

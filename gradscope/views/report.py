@@ -88,7 +88,10 @@ from matplotlib.figure import Figure
 from ..reading.readers import (
     _committed,
     _read_table,
+    columns_of,
+    n_rows,
     open_log,
+    read_rows,
     read_config,
     read_epochs,
     read_layers,
@@ -219,26 +222,6 @@ def check_log_file(path, wait: float = 0.3) -> None:
 
 
 # -- reading, binned ------------------------------------------------------------------------
-def _read_selection(ds, blocks: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """Read hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in file order,
-    with one HDF5 read. (A union of many hyperslabs is slow to build in HDF5: use one
-    regular hyperslab where possible.)"""
-    import h5py
-
-    total = sum(c * b for _, c, _, b in blocks)
-    out = np.empty(total, dtype=ds.dtype)
-    if not total:
-        return out
-    space = ds.id.get_space()
-    space.select_none()
-    for start, count, stride, block in blocks:
-        space.select_hyperslab((start,), (count,), (max(stride, block),), (block,),
-                               op=h5py.h5s.SELECT_OR)
-    mspace = h5py.h5s.create_simple((total,))
-    ds.id.read(mspace, space, out)
-    return out
-
-
 def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
     """The layer table of a log, binned in time (at most ``max_steps`` bins).
 
@@ -261,20 +244,25 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
     with open_log(path) as f:
         counts = _committed(f)
         steps_tab = _read_table(f, "steps")
-        g = f["layers"]
-        present = [c for c in TABLES["layers"] if c in g]
-        n_rows = min([counts["layers"], *(g[c].shape[0] for c in present)])
+        have = columns_of(f, "layers")
+        present = [c for c in TABLES["layers"] if c in have]
+        n_layer_rows = n_rows(f, "layers")
         S = steps_tab["step"].to_numpy()
-        head = g["layer"][: min(n_rows, 4096)]
+
+        def rows(c, lo, hi):  # checked rows [lo, hi) of one layer column
+            return read_rows(f, "layers", [c], slice(lo, hi))[c]
+
+        head = rows("layer", 0, min(n_layer_rows, 4096))
         n_layers = int(np.flatnonzero(head == 0)[1]) if (head == 0).sum() > 1 else (
             int(head.max()) + 1 if len(head) else 0)
-        k = min(len(S), n_rows // n_layers) if n_layers else 0
+        k = min(len(S), n_layer_rows // n_layers) if n_layers else 0
         regular = k > 0 and np.array_equal(head[:n_layers], np.arange(n_layers))
         if regular:
             for pos in {0, k - 1}:
-                blk = g["step"][pos * n_layers:(pos + 1) * n_layers]
+                blk = rows("step", pos * n_layers, (pos + 1) * n_layers)
                 regular &= bool(np.all(blk == S[pos]))
-                regular &= bool(np.array_equal(g["layer"][pos * n_layers:(pos + 1) * n_layers],
+                regular &= bool(np.array_equal(rows("layer", pos * n_layers,
+                                                    (pos + 1) * n_layers),
                                                np.arange(n_layers)))
         if not regular or k <= max_steps:
             small = True
@@ -302,18 +290,20 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
             bounds = np.append(bounds, bounds[-1] + 1)
             value_cols = [c for c in present if c not in ("step", "layer")]
             med = {}
+            # the rows of the windows, in file order: the first logged step, w logged
+            # steps at the centre of each full bin, the last bin's window, the last step
+            sel = [np.arange(0, n_layers)]
+            if n_full:
+                starts_w = (1 + off + q * np.arange(n_full)) * n_layers
+                sel.append((starts_w[:, None] + np.arange(w * n_layers)).ravel())
+            if last_w > 0:
+                sel.append(np.arange(last_off * n_layers, (last_off + last_w) * n_layers))
+            sel.append(np.arange((k - 1) * n_layers, k * n_layers))
+            sel = np.concatenate(sel)
             for c in value_cols:  # one column in memory at a time
-                ds = g[c]
-                parts = [ds[0:n_layers]]
-                if n_full:
-                    parts.append(_read_selection(ds, [((1 + off) * n_layers, n_full,
-                                                       q * n_layers, w * n_layers)]))
-                if last_w > 0:
-                    parts.append(ds[last_off * n_layers:(last_off + last_w) * n_layers])
-                parts.append(ds[(k - 1) * n_layers:k * n_layers])
-                arr = np.concatenate(parts).reshape(-1, n_layers)
+                arr = read_rows(f, "layers", [c], sel)[c].reshape(-1, n_layers)
                 med[c] = _binned_median(arr, bounds).ravel()
-            missing = [c for c in TABLES["layers"] if c not in g]
+            missing = [c for c in TABLES["layers"] if c not in have]
             probes = _read_table(f, "probes")
     if small:
         layers = read_layers(path)
@@ -377,20 +367,22 @@ def _read_probe_arrays(path, relu: bool, max_cols: int):
     for the ReLU family, the dead flags at no more than ``max_cols`` probe steps."""
     with open_log(path) as f:
         g = f["probe_units"]
-        n = min(_committed(f)["probe_units"], g["step"].shape[0])
-        steps = g["step"][:n]
+        n = n_rows(f, "probe_units")
+        steps = read_rows(f, "probe_units", ["step"])["step"]
         edges = g.attrs["hist_edges"]
-        n_hidden = len([k for k in g if k.startswith("hist_")])
+        n_hidden = len([k for k in columns_of(f, "probe_units") if k.startswith("hist_")])
         hist_frames = []
         if n:
             # the first row and the last row with counts (a diverged step may have none)
             rows = [0]
-            for i in range(n - 1, 0, -1):
-                if g["hist_0"][i].sum() > 0 if n_hidden else False:
-                    rows.append(i)
-                    break
+            if n_hidden:
+                hist0 = read_rows(f, "probe_units", ["hist_0"])["hist_0"]
+                nonempty = np.flatnonzero(hist0[1:].sum(axis=1) > 0)
+                if len(nonempty):
+                    rows.append(int(nonempty[-1]) + 1)
             for l in range(n_hidden):
-                counts = g[f"hist_{l}"][sorted(set(rows))]
+                counts = read_rows(f, "probe_units", [f"hist_{l}"],
+                                   sorted(set(rows)))[f"hist_{l}"]
                 total = counts.sum(axis=1, keepdims=True).clip(min=1)
                 nb = counts.shape[1]
                 hist_frames.append(pd.DataFrame({
@@ -403,7 +395,8 @@ def _read_probe_arrays(path, relu: bool, max_cols: int):
         if relu and n:
             cols = np.unique(np.linspace(0, n - 1, min(max_cols, n)).round().astype(int))
             dead_steps = steps[cols]
-            dead = [g[f"dead_{l}"][cols].astype(bool) for l in range(n_hidden)]
+            dead = [read_rows(f, "probe_units", [f"dead_{l}"], cols)[f"dead_{l}"].astype(bool)
+                    for l in range(n_hidden)]
     hist = (pd.concat(hist_frames, ignore_index=True) if hist_frames else
             pd.DataFrame(columns=["step", "layer", "bin_left", "bin_right", "count", "density"]))
     return hist, dead_steps, dead

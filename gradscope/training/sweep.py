@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import tempfile
+import threading
 import time
 import types
 import typing
@@ -36,7 +37,7 @@ import pandas as pd
 from ..engine.data import DataError
 from ..engine.optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
 from ..reading.readers import read_config, read_epochs, read_layers, read_status, read_steps
-from ..record.schema import LogError
+from ..record.schema import LogBusyError, LogError
 from ._signals import StopRequest
 from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
 
@@ -524,6 +525,31 @@ def _worker_init() -> None:
     # ends running trainings with SIGTERM (which train() turns into a clean "interrupted")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads()
+    _exit_with_parent()
+
+
+#: seconds between two looks at whether a worker's parent is alive; and the time a worker
+#: whose parent died gets to close its log before it exits anyway
+_PARENT_POLL, _PARENT_GRACE = 0.5, 30.0
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the sweep that started it dies (even by SIGKILL).
+
+    A thread watches the parent process id: when the worker is re-parented, it sends
+    itself SIGTERM (a training stops between two steps and closes its log "interrupted";
+    an idle worker ends) and exits for good after a grace period.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(_PARENT_GRACE)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gradscope-parent-watch", daemon=True).start()
 
 
 def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
@@ -535,12 +561,18 @@ def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
     out = Path(out_dir)
     partial = out / PARTIAL_DIR / f"{name}.h5"
     try:
+        # the log's lock is the run's claim: a run that a live worker (of a sweep whose
+        # parent was killed) still trains is refused here, not trained twice
         res = train(config, partial)
     except (ConfigError, DataError) as e:
         return {"status": "failed", "message": str(e)}
+    except LogBusyError as e:
+        return {"status": "failed", "message": f"{e}; run the sweep again once it has ended"}
     except OSError as e:
         return {"status": "failed", "message": f"cannot write {str(partial)!r}: "
                                                f"{str(e).splitlines()[0]}"}
+    except Exception as e:  # noqa: BLE001 -- recorded in the log as "failed"; one line here
+        return {"status": "failed", "message": _one_line(e)}
     if res.status in FINAL_STATUSES:
         os.replace(partial, out / f"{name}.h5")
     elif res.status == "interrupted":

@@ -246,9 +246,17 @@ def prepare(config: TrainConfig) -> Prepared:
         sd[sd == 0] = 1.0
         X, X_val = (X - mu) / sd, (X_val - mu) / sd
     dtype = np.dtype(config.dtype)
-    X, X_val = X.astype(dtype), X_val.astype(dtype)
-    if not classification:
-        y, y_val = y.astype(dtype), y_val.astype(dtype)
+    with np.errstate(over="ignore"):  # checked just below, in one line
+        X, X_val = X.astype(dtype), X_val.astype(dtype)
+        if not classification:
+            y, y_val = y.astype(dtype), y_val.astype(dtype)
+    for what, a in (("features", X), ("features", X_val)) + (
+            () if classification else (("targets", y), ("targets", y_val))):
+        if not np.all(np.isfinite(a)):
+            raise data_mod.DataError(
+                f"{what} of {config.dataset!r} do not fit in {config.dtype} (values beyond "
+                f"{np.finfo(dtype).max:.3g}, or overflowing when standardised); use --dtype "
+                f"float64 or rescale the data")
     n = X.shape[0]
     bs = n if config.batch_size == "full" else min(int(config.batch_size), n)
     if config.norm == "batch":

@@ -528,6 +528,7 @@ def _worker_init() -> None:
     _exit_with_parent()
 
 
+_TRAINING: list[str] = []  # the run this process is training now (a worker's watch reads it)
 #: seconds between two looks at whether a worker's parent is alive; and the time a worker
 #: whose parent died gets to close its log before it exits anyway
 _PARENT_POLL, _PARENT_GRACE = 0.5, 30.0
@@ -546,7 +547,9 @@ def _exit_with_parent() -> None:
         while os.getppid() == parent:
             time.sleep(_PARENT_POLL)
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(_PARENT_GRACE)
+        end = time.monotonic() + _PARENT_GRACE
+        while _TRAINING and time.monotonic() < end:  # let the log close "interrupted"
+            time.sleep(0.05)
         os._exit(1)
 
     threading.Thread(target=watch, name="gradscope-parent-watch", daemon=True).start()
@@ -563,7 +566,11 @@ def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
     try:
         # the log's lock is the run's claim: a run that a live worker (of a sweep whose
         # parent was killed) still trains is refused here, not trained twice
-        res = train(config, partial)
+        _TRAINING.append(name)
+        try:
+            res = train(config, partial)
+        finally:
+            _TRAINING.remove(name)
     except (ConfigError, DataError) as e:
         return {"status": "failed", "message": str(e)}
     except LogBusyError as e:

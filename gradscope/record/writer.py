@@ -11,6 +11,7 @@ row and nothing else. Nothing already committed is ever written over.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import time
@@ -193,13 +194,16 @@ class LogWriter:
         self.f = None
         self._lock = LogLock(self.path)
         self._lock.acquire()
-        # a file already there is replaced only once a step is committed (see place())
+        # the file is created under a temporary name and moved into place once complete (a
+        # kill in mid-creation leaves no half-made log); a file already there is replaced
+        # only once a step is committed (see place())
         self.replacing = self.path.exists() or self.path.is_symlink()
-        self.file = (self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
-                     if self.replacing else self.path)
-        self.placed = not self.replacing
+        self.file = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        self.placed = False
         try:
             self._create(config, params, hist_edges, snapshots, norm_params, norm_state)
+            if not self.replacing:
+                self.place()
         except BaseException:
             if self.f is not None:
                 with contextlib.suppress(Exception):
@@ -517,6 +521,10 @@ class LogLock:
             except FileNotFoundError:
                 same = False
             if same:
+                # files left by a writer killed while creating this log: ours to remove
+                for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.new"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
                 self.fd = fd

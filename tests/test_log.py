@@ -208,15 +208,16 @@ def test_layout_readable_with_h5py_alone(tmp_path):
         g = f["steps"]
         cols = [x[0] for x in json.loads(g.attrs["columns"])]
         entry = g["index"][0]
-        assert entry[0] == 0 and entry[1] == 4096
+        B = int(g.attrs["block_rows"])
+        assert entry[0] == 0 and entry[1] == B and g["index"].shape[0] == n // B
         assert zlib.crc32(entry[:-1].tobytes()) == entry[-1]
         data = g["data"][()].tobytes()
         for col, dt in (("step", np.int64), ("loss", np.float64), ("time", np.float64)):
             j = cols.index(col)
             off, nb, crc = entry[2 + 3 * j:5 + 3 * j]
             assert zlib.crc32(data[off:off + nb]) == crc
-            got = _decode_doc(data[off:off + nb], dt, 4096)
-            want = np.array([_step_row(t)[col] for t in range(4096)], dtype=dt)
+            got = _decode_doc(data[off:off + nb], dt, B)
+            want = np.array([_step_row(t)[col] for t in range(B)], dtype=dt)
             np.testing.assert_array_equal(got, want)
     steps = read_steps(path)
     assert len(steps) == n

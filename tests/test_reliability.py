@@ -156,7 +156,7 @@ def test_random_overwrites_are_refused_or_harmless_never_silent(tmp_path):
 
 def test_corrupted_table_error_names_table_rows_and_column(tmp_path):
     out = tmp_path / "run.h5"
-    train(TrainConfig(**SMALL, steps=1100, log_every=1), out)  # 3300 layer rows: in the tail
+    train(TrainConfig(**SMALL, steps=1100, log_every=1), out)  # 3300 layer rows: 228 in the tail
     with h5py.File(out, "r+") as f:
         ds = f["layers/tail/grad_norm"]
         names = json.loads(f["committed"].attrs["names"])
@@ -164,7 +164,7 @@ def test_corrupted_table_error_names_table_rows_and_column(tmp_path):
         i = slot * int(f["layers"].attrs["block_rows"]) + 100
         ds[i] = ds[i] * 1.5  # one value changed, the checksum not
     with pytest.raises(CorruptLogError,
-                       match=r"is corrupted: layers rows 0-3299 \(column grad_norm\)"):
+                       match=r"is corrupted: layers rows 3072-3299 \(column grad_norm\)"):
         read_layers(out)
     assert len(read_steps(out)) == 1100  # the other tables are intact
     r = _cli("report", out, "--out", tmp_path / "r.pdf")
@@ -185,7 +185,7 @@ def test_a_sealed_block_changed_is_refused(tmp_path):
     with h5py.File(out, "r+") as f:
         d = f["steps/data"]
         d[100] = d[100] ^ 0x01
-    with pytest.raises(CorruptLogError, match=r"steps rows 0-4095 \(column "):
+    with pytest.raises(CorruptLogError, match=r"steps rows 0-1023 \(column "):
         read_steps(out)
 
 
@@ -384,3 +384,10 @@ def test_format_version_not_a_number_is_a_log_error(tmp_path):
         f.attrs["format_version"] = "two"
     with pytest.raises(LogError, match="log format version 'two'"):
         read_steps(out)
+
+
+def test_sweep_scheduler_that_is_no_address_is_one_line(tmp_path):
+    r = _cli("sweep", "--scheduler", "notanaddress", "--steps", "2", "--out-dir", tmp_path / "s",
+             timeout=60)
+    err = _one_line_error(r)
+    assert "--scheduler 'notanaddress'; accepted: an address such as" in err

@@ -672,7 +672,11 @@ def _connect(scheduler):
     if isinstance(scheduler, distributed.Client):
         return scheduler, False
     address = getattr(scheduler, "scheduler_address", scheduler)
-    if not isinstance(address, str) or not address:
+    # an address distributed cannot parse left a half-made Client that printed a traceback
+    # from its __del__ 40 s later: refuse it before
+    if (not isinstance(address, str) or not address
+            or not re.fullmatch(r"inproc://\S+|([a-z]+://)?[\w.\-\[\]:]*[\w\]]:\d{1,5}/?",
+                                address.strip())):
         raise SweepError(f"--scheduler {scheduler!r}; accepted: an address such as "
                          f"tcp://127.0.0.1:8786")
     try:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import gradscope
-from gradscope.reading.readers import open_log, read_rows
+from gradscope.reading.readers import open_log, read_columns
 from gradscope.record.schema import LogError
 from gradscope.training.loop import ConfigError, TrainConfig, prepare, train
 
@@ -158,7 +158,7 @@ def test_every_logged_row_describes_params_before_its_update(tmp_path):
     snaps.append(flat(gradscope.read_weights(out, step="final")))
     # the stored snapshot at step 0 is the initial parameters
     with open_log(out) as f:
-        snap = read_rows(f, "snapshots")
+        snap = read_columns(f, "snapshots")
         assert list(snap["step"]) == [0, 1, 2, 3]
         for l, (W, b) in enumerate(gradscope.read_weights(out, step="initial")):
             np.testing.assert_array_equal(snap[f"W_{l}"][0], W)

@@ -240,7 +240,7 @@ def n_rows(f, part: str) -> int:
     return info.rows(part)
 
 
-def read_rows(f, part: str, columns=None, rows=None) -> dict[str, np.ndarray]:
+def read_columns(f, part: str, columns=None, rows=None) -> dict[str, np.ndarray]:
     """Committed rows of some columns of a part of an open log, every byte checked.
 
     ``rows``: None (every committed row), a ``slice`` (step 1), or sorted row numbers.
@@ -372,7 +372,7 @@ def _read_table(f, name: str) -> pd.DataFrame:
     optional = OPTIONAL_COLUMNS.get(name, {})
     have = columns_of(f, name)
     cols = [c for c in TABLES[name] if c in have or c not in optional]
-    data = read_rows(f, name, cols)
+    data = read_columns(f, name, cols)
     n = len(next(iter(data.values()))) if data else 0
     return pd.DataFrame({c: data[c] if c in data else np.full(n, optional[c], dtype=dt)
                          for c, dt in TABLES[name].items()})
@@ -418,7 +418,7 @@ def read_status(path) -> dict:
             raise CorruptLogError(f"{str(path)!r} is corrupted: its status {status!r} is not "
                                   f"one of {', '.join(STATUSES)}")
         n = n_rows(f, "steps")
-        last = read_rows(f, "steps", ["step"], slice(n - 1, n))["step"] if n else []
+        last = read_columns(f, "steps", ["step"], slice(n - 1, n))["step"] if n else []
         return {
             "status": status,
             "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
@@ -475,7 +475,7 @@ def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
     """
     with open_log(path) as f:
         names = _unit_columns(f, "dead")
-        data = read_rows(f, "probe_units", ["step", *names])
+        data = read_columns(f, "probe_units", ["step", *names])
     return data["step"], [data[k].astype(bool) for k in names]
 
 
@@ -488,7 +488,7 @@ def read_histograms(path) -> pd.DataFrame:
     with open_log(path) as f:
         edges = f["probe_units"].attrs["hist_edges"]
         names = _unit_columns(f, "hist")
-        data = read_rows(f, "probe_units", ["step", *names])
+        data = read_columns(f, "probe_units", ["step", *names])
     steps = data["step"]
     n = len(steps)
     frames = []
@@ -516,7 +516,7 @@ def _params_group(f, which: str, prefixes) -> dict[str, np.ndarray]:
 def _snapshot_row(f, path, step) -> int:
     if "snapshots" not in f:
         raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
-    steps = read_rows(f, "snapshots", ["step"])["step"]
+    steps = read_columns(f, "snapshots", ["step"])["step"]
     hits = np.flatnonzero(steps == int(step))
     if not len(hits):
         raise LogError(
@@ -539,7 +539,7 @@ def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray
         else:
             i = _snapshot_row(f, path, step)
             names = [k for k in columns_of(f, "snapshots") if k.split("_")[0] in ("W", "b")]
-            arrays = {k: v[0] for k, v in read_rows(f, "snapshots", names, [i]).items()}
+            arrays = {k: v[0] for k, v in read_columns(f, "snapshots", names, [i]).items()}
     n = len([k for k in arrays if k.startswith("W_")])
     return [(arrays[f"W_{l}"], arrays[f"b_{l}"]) for l in range(n)]
 
@@ -558,7 +558,7 @@ def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
         else:
             i = _snapshot_row(f, path, step)
             names = [k for k in columns_of(f, "snapshots") if k.rsplit("_", 1)[0] in kinds]
-            arrays = {k: v[0] for k, v in read_rows(f, "snapshots", names, [i]).items()}
+            arrays = {k: v[0] for k, v in read_columns(f, "snapshots", names, [i]).items()}
     out = {}
     for name in kinds:
         found, l = [], 0

@@ -91,7 +91,7 @@ from ..reading.readers import (
     columns_of,
     n_rows,
     open_log,
-    read_rows,
+    read_columns,
     read_config,
     read_epochs,
     read_layers,
@@ -250,7 +250,7 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
         S = steps_tab["step"].to_numpy()
 
         def rows(c, lo, hi):  # checked rows [lo, hi) of one layer column
-            return read_rows(f, "layers", [c], slice(lo, hi))[c]
+            return read_columns(f, "layers", [c], slice(lo, hi))[c]
 
         head = rows("layer", 0, min(n_layer_rows, 4096))
         n_layers = int(np.flatnonzero(head == 0)[1]) if (head == 0).sum() > 1 else (
@@ -301,7 +301,7 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
             sel.append(np.arange((k - 1) * n_layers, k * n_layers))
             sel = np.concatenate(sel)
             for c in value_cols:  # one column in memory at a time
-                arr = read_rows(f, "layers", [c], sel)[c].reshape(-1, n_layers)
+                arr = read_columns(f, "layers", [c], sel)[c].reshape(-1, n_layers)
                 med[c] = _binned_median(arr, bounds).ravel()
             missing = [c for c in TABLES["layers"] if c not in have]
             probes = _read_table(f, "probes")
@@ -368,7 +368,7 @@ def _read_probe_arrays(path, relu: bool, max_cols: int):
     with open_log(path) as f:
         g = f["probe_units"]
         n = n_rows(f, "probe_units")
-        steps = read_rows(f, "probe_units", ["step"])["step"]
+        steps = read_columns(f, "probe_units", ["step"])["step"]
         edges = g.attrs["hist_edges"]
         n_hidden = len([k for k in columns_of(f, "probe_units") if k.startswith("hist_")])
         hist_frames = []
@@ -376,12 +376,12 @@ def _read_probe_arrays(path, relu: bool, max_cols: int):
             # the first row and the last row with counts (a diverged step may have none)
             rows = [0]
             if n_hidden:
-                hist0 = read_rows(f, "probe_units", ["hist_0"])["hist_0"]
+                hist0 = read_columns(f, "probe_units", ["hist_0"])["hist_0"]
                 nonempty = np.flatnonzero(hist0[1:].sum(axis=1) > 0)
                 if len(nonempty):
                     rows.append(int(nonempty[-1]) + 1)
             for l in range(n_hidden):
-                counts = read_rows(f, "probe_units", [f"hist_{l}"],
+                counts = read_columns(f, "probe_units", [f"hist_{l}"],
                                    sorted(set(rows)))[f"hist_{l}"]
                 total = counts.sum(axis=1, keepdims=True).clip(min=1)
                 nb = counts.shape[1]
@@ -395,7 +395,7 @@ def _read_probe_arrays(path, relu: bool, max_cols: int):
         if relu and n:
             cols = np.unique(np.linspace(0, n - 1, min(max_cols, n)).round().astype(int))
             dead_steps = steps[cols]
-            dead = [read_rows(f, "probe_units", [f"dead_{l}"], cols)[f"dead_{l}"].astype(bool)
+            dead = [read_columns(f, "probe_units", [f"dead_{l}"], cols)[f"dead_{l}"].astype(bool)
                     for l in range(n_hidden)]
     hist = (pd.concat(hist_frames, ignore_index=True) if hist_frames else
             pd.DataFrame(columns=["step", "layer", "bin_left", "bin_right", "count", "density"]))

@@ -369,12 +369,28 @@ def _place(out, dec, names, a, b, lo, hi, sel):
 
 
 def _read_table(f, name: str) -> pd.DataFrame:
+    return read_rows(f, name)
+
+
+def committed_rows(f) -> dict[str, int]:
+    """Rows of every table that are complete, in a log opened with :func:`open_log`
+    (``{"steps": n, "layers": n, ...}``); a reader that follows a live run reads up to these."""
+    return {name: n_rows(f, name) for name in _info(f).names}
+
+
+def read_rows(f, name: str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Committed rows ``start:stop`` of table ``name`` (steps, layers, epochs, probes) of a
+    log opened with :func:`open_log`, every byte checked (:func:`read_columns`): a live
+    view reads only the rows added since its last read, never the whole table again."""
     optional = OPTIONAL_COLUMNS.get(name, {})
     have = columns_of(f, name)
     cols = [c for c in TABLES[name] if c in have or c not in optional]
-    data = read_columns(f, name, cols)
-    n = len(next(iter(data.values()))) if data else 0
-    return pd.DataFrame({c: data[c] if c in data else np.full(n, optional[c], dtype=dt)
+    n = n_rows(f, name)
+    stop = n if stop is None else min(stop, n)
+    start = min(max(start, 0), stop)
+    data = read_columns(f, name, cols, slice(start, stop))
+    m = stop - start
+    return pd.DataFrame({c: data[c] if c in data else np.full(m, optional[c], dtype=dt)
                          for c, dt in TABLES[name].items()})
 
 
@@ -412,19 +428,25 @@ def read_status(path) -> dict:
     step (None before any), ``rows`` the committed row count of every table.
     """
     with open_log(path) as f:
-        c = _committed(f)
-        status = f["status"][()].decode("ascii", "replace").strip()
-        if status not in STATUSES:
-            raise CorruptLogError(f"{str(path)!r} is corrupted: its status {status!r} is not "
-                                  f"one of {', '.join(STATUSES)}")
-        n = n_rows(f, "steps")
-        last = read_columns(f, "steps", ["step"], slice(n - 1, n))["step"] if n else []
-        return {
-            "status": status,
-            "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
-            "last_step": int(last[-1]) if len(last) else None,
-            "rows": c,
-        }
+        return log_status(f)
+
+
+def log_status(f) -> dict:
+    """:func:`read_status` of a log opened with :func:`open_log` (reads one step row, so a
+    live view can ask every second without reading the step table)."""
+    c = _committed(f)
+    status = f["status"][()].decode("ascii", "replace").strip()
+    if status not in STATUSES:
+        raise CorruptLogError(f"{_info(f).path!r} is corrupted: its status {status!r} is not "
+                              f"one of {', '.join(STATUSES)}")
+    n = n_rows(f, "steps")
+    last = read_columns(f, "steps", ["step"], slice(n - 1, n))["step"] if n else []
+    return {
+        "status": status,
+        "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
+        "last_step": int(last[-1]) if len(last) else None,
+        "rows": c,
+    }
 
 
 def read_steps(path) -> pd.DataFrame:

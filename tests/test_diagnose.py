@@ -161,7 +161,7 @@ def test_result_is_typed_and_complete(diag, runs):
 
 
 def test_verdict_names_live_in_one_place():
-    assert VERDICTS == ("healthy", "warning", "not_learning", "diverged", "no_data")
+    assert VERDICTS == ("healthy", "warning", "not_learning", "diverged", "failed", "no_data")
     assert set(CAUSES) < set(CHECKS) and "not_learning" not in CAUSES
     assert set(DEFAULT_THRESHOLDS) - {"not_learning_loss"} == set(CHECKS) - {"diverged"}
 

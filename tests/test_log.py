@@ -29,7 +29,7 @@ from gradscope.reading.readers import (
     read_steps,
     read_weights,
 )
-from gradscope.record.schema import LAYER_COLUMNS, LogError
+from gradscope.record.schema import LAYER_COLUMNS, CorruptLogError, LogError
 from gradscope.record.writer import LogWriter
 from gradscope.training.loop import TrainConfig, train
 
@@ -40,6 +40,8 @@ READERS = [read_config, read_status, read_steps, read_layers, read_epochs, read_
            read_histograms, read_weights]
 CONFIG = {"dataset": "toy", "depth": 2, "widths": [4, 5], "lr": 0.1}
 EDGES = np.linspace(0.0, 1.0, 6)  # 5 bins of width 0.2
+#: a log written by the version-1 writer (gradscope at commit b4b4348)
+V1_LOG = Path(__file__).parent / "data" / "log_v1.h5"
 
 
 def _params(scale=1.0):
@@ -151,26 +153,75 @@ def test_round_trip(tmp_path):
         read_weights(path, step=1)
 
 
+def _decode_doc(data, dtype, n, period=1):
+    """docs/log-format.md's decoding of one encoded column of a 1-D table, written out
+    independently of gradscope.record.blocks: inflate, un-shuffle, undo the delta/XOR."""
+    import zlib
+    k = np.dtype(dtype).itemsize
+    u = np.frombuffer(zlib.decompress(data), np.uint8).reshape(k, n).T.copy().view(f"u{k}")[:, 0]
+    if np.dtype(dtype).kind == "i":
+        return np.cumsum(u.view(dtype))
+    out = u.copy()
+    for i in range(period, n):
+        out[i] ^= out[i - period]
+    return out.view(dtype)
+
+
 def test_layout_readable_with_h5py_alone(tmp_path):
-    """docs/log-format.md: take the first `committed` rows of every column."""
+    """docs/log-format.md (version 2): the counter, the sealed blocks and the tail slots."""
+    import zlib
     path = tmp_path / "log.h5"
     _write_log(path)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "gradscope-log" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "gradscope-log" and f.attrs["format_version"] == 2
         assert f.attrs["gradscope_version"] == gradscope.__version__
         assert json.loads(f.attrs["config"]) == CONFIG
         assert f["status"][()].decode().rstrip() == "completed"
         assert f["status"].dtype == np.dtype("S16")
         names = json.loads(f["committed"].attrs["names"])
         assert names == ["steps", "layers", "epochs", "probes", "probe_units", "snapshots"]
-        n = int(f["committed"][names.index("layers")])
-        assert n == 15
-        np.testing.assert_array_equal(f["layers/step"][:n], np.repeat(np.arange(5), 3))
-        assert f["probe_units/dead_1"].shape == (2, 5) and f["probe_units/dead_1"].dtype == np.uint8
-        assert f["probe_units/hist_0"].dtype == np.int64
-        np.testing.assert_allclose(f["probe_units"].attrs["hist_edges"], EDGES)
+        c = f["committed"][()]
+        assert zlib.crc32(c[:-1].tobytes()) == c[-1]
+        rows, sealed, nblocks, nbytes, slot, _ = c[6 * 1:6 * 2]  # the layers table
+        assert (rows, sealed, nblocks) == (15, 0, 0)  # 15 rows, all in the tail
+        g = f["layers"]
+        cols = [x[0] for x in json.loads(g.attrs["columns"])]
+        B = int(g.attrs["block_rows"])
+        step = g["tail/step"][slot * B:slot * B + rows]
+        np.testing.assert_array_equal(step, np.repeat(np.arange(5), 3))
+        assert zlib.crc32(step.tobytes()) == g["tail_crc"][slot][cols.index("step")]
+        assert g["tail/grad_norm"].dtype == np.float64
+        u = f["probe_units"]
+        assert u["tail/dead_1"].shape[1:] == (5,) and u["tail/dead_1"].dtype == np.uint8
+        np.testing.assert_allclose(u.attrs["hist_edges"], EDGES)
         assert "snapshots" not in f
         np.testing.assert_array_equal(f["params/initial/W_0"][()], _params()[0])
+    # a sealed block, decoded by the documented steps
+    path = tmp_path / "long.h5"
+    w = LogWriter(path, CONFIG, _params(), EDGES, flush_interval=1e9)
+    n = 4096 + 7
+    for t in range(n):
+        w.append("steps", **_step_row(t))
+        w.end_step()
+    w.close("completed")
+    with h5py.File(path, "r") as f:
+        g = f["steps"]
+        cols = [x[0] for x in json.loads(g.attrs["columns"])]
+        entry = g["index"][0]
+        B = int(g.attrs["block_rows"])
+        assert entry[0] == 0 and entry[1] == B and g["index"].shape[0] == n // B
+        assert zlib.crc32(entry[:-1].tobytes()) == entry[-1]
+        data = g["data"][()].tobytes()
+        for col, dt in (("step", np.int64), ("loss", np.float64), ("time", np.float64)):
+            j = cols.index(col)
+            off, nb, crc = entry[2 + 3 * j:5 + 3 * j]
+            assert zlib.crc32(data[off:off + nb]) == crc
+            got = _decode_doc(data[off:off + nb], dt, B)
+            want = np.array([_step_row(t)[col] for t in range(B)], dtype=dt)
+            np.testing.assert_array_equal(got, want)
+    steps = read_steps(path)
+    assert len(steps) == n
+    np.testing.assert_array_equal(steps["loss"], [1.0 / (t + 1) for t in range(n)])
 
 
 def test_status_values_and_message(tmp_path):
@@ -217,23 +268,70 @@ def test_only_flushed_rows_are_visible(tmp_path):
     assert len(read_steps(path)) == 6
 
 
-def test_rows_beyond_the_counter_are_ignored(tmp_path):
-    path = tmp_path / "c.h5"
-    _write_log(path)
+def _set_counter(path, part, rows, fix_crc=True, **fields):
+    """Rewrite a version-2 log's counter for one part (rows, and its tail slot's rows)."""
+    import zlib
     with h5py.File(path, "r+") as f:
         names = json.loads(f["committed"].attrs["names"])
         c = f["committed"][()]
-        c[names.index("steps")] = 2
-        c[names.index("layers")] = 6
-        c[names.index("probe_units")] = 1
-        c[names.index("epochs")] = 99  # a counter past the data: the data's length wins
+        i = 6 * names.index(part)
+        c[i] = rows
+        for k, v in fields.items():
+            c[i + ["rows", "sealed", "blocks", "data_bytes", "slot"].index(k)] = v
+        if fix_crc:
+            c[-1] = zlib.crc32(c[:-1].tobytes())
         f["committed"][...] = c
-    assert list(read_steps(path)["step"]) == [0, 1]
-    assert list(read_layers(path)["step"]) == [0, 0, 0, 1, 1, 1]
-    assert list(read_dead_units(path)[0]) == [0]
-    assert sorted(read_histograms(path)["step"].unique()) == [0]
-    assert len(read_epochs(path)) == 1
-    assert read_status(path)["last_step"] == 1
+
+
+@pytest.mark.parametrize("n_first", [2, 4094, 4096])
+def test_rows_written_after_the_counter_are_ignored(tmp_path, n_first):
+    """A writer killed after writing rows (sealed blocks, a tail slot) but before its
+    counter: readers see the rows of the last counter, all intact."""
+    path = tmp_path / "c.h5"
+    w = LogWriter(path, CONFIG, _params(), EDGES, flush_interval=1e9)
+    for t in range(n_first):
+        w.append("steps", **_step_row(t))
+        w.append("layers", 3, **_layer_rows(t))
+        w.end_step()
+    w.flush()
+    w._write_counter = lambda: None  # from here the counter is never written again
+    for t in range(n_first, n_first + 5):
+        w.append("steps", **_step_row(t))
+        w.append("layers", 3, **_layer_rows(t))
+        w.end_step()
+    w.flush()
+    k = _killed_copy(path, tmp_path / "k.h5")
+    w.close("completed")
+    assert list(read_steps(k)["step"]) == list(range(n_first))
+    layers = read_layers(k)
+    assert list(layers["step"]) == list(np.repeat(np.arange(n_first), 3))
+    np.testing.assert_array_equal(layers["grad_norm"].to_numpy()[-3:],
+                                  _layer_rows(n_first - 1)["grad_norm"])
+
+
+@pytest.mark.parametrize("reader", READERS, ids=lambda r: r.__name__)
+def test_a_counter_changed_without_its_checksum_is_corrupted(tmp_path, reader):
+    path = tmp_path / "c.h5"
+    _write_log(path)
+    _set_counter(path, "steps", 2, fix_crc=False)
+    with pytest.raises(CorruptLogError, match="is corrupted: its row counter fails its checksum"):
+        reader(path)
+    # a counter past the data, even with a valid checksum: refused, never zeros
+    _set_counter(path, "epochs", 99)
+    with pytest.raises(CorruptLogError, match="counter of epochs is inconsistent|epochs rows"):
+        read_epochs(path)
+
+
+def test_v1_log_with_a_negative_counter_is_refused(tmp_path):
+    v1 = tmp_path / "v1.h5"
+    shutil.copyfile(V1_LOG, v1)
+    with h5py.File(v1, "r+") as f:
+        c = f["committed"][()]
+        c[0] = -5
+        f["committed"][...] = c
+    for reader in READERS:
+        with pytest.raises(CorruptLogError, match=r"row counter \[-5, "):
+            reader(v1)
 
 
 def test_full_block_and_flush_interval_commit_rows(tmp_path):
@@ -331,7 +429,7 @@ def _bad_files(tmp_path):
         "adir.h5": "is a directory",
         "text.h5": "is not an HDF5 file",
         "plain.h5": "is an HDF5 file but not a gradscope log",
-        "future.h5": "log format version 99; this gradscope reads up to 1",
+        "future.h5": "log format version 99; this gradscope reads up to 2",
         "hollow.h5": "is damaged or incomplete",
     }
 
@@ -523,3 +621,27 @@ def test_live_reading_and_sigterm(tmp_path):
     stopped_at = int(re.search(r"step (\d+)", st["message"]).group(1))
     assert steps["step"].iloc[-1] in (stopped_at - 1, stopped_at)
     assert all(np.isfinite(W).all() for W, _ in read_weights(out, "final"))
+
+
+def test_v1_log_still_opens_and_reads_what_it_holds(tmp_path):
+    """tests/data/log_v1.h5 was written by the version-1 writer; every reader opens it and
+    returns the committed rows exactly as h5py reads them."""
+    v1 = tmp_path / "v1.h5"
+    shutil.copyfile(V1_LOG, v1)
+    with h5py.File(v1, "r") as f:
+        assert f.attrs["format_version"] == 1
+        names = json.loads(f["committed"].attrs["names"])
+        n = dict(zip(names, f["committed"][()].tolist()))
+        raw_loss = f["steps/loss"][: n["steps"]]
+        raw_gn = f["layers/grad_norm"][: n["layers"]]
+        raw_dead = f["probe_units/dead_0"][: n["probe_units"]]
+        raw_w = f["snapshots/W_1"][1]
+        raw_final = f["params/final/W_0"][()]
+    assert read_status(v1)["status"] == "completed"
+    np.testing.assert_array_equal(read_steps(v1)["loss"], raw_loss)
+    np.testing.assert_array_equal(read_layers(v1)["grad_norm"], raw_gn)
+    np.testing.assert_array_equal(read_dead_units(v1)[1][0], raw_dead.astype(bool))
+    np.testing.assert_array_equal(read_weights(v1, 20)[1][0], raw_w)
+    np.testing.assert_array_equal(read_weights(v1, "final")[0][0], raw_final)
+    assert len(read_histograms(v1)) and read_config(v1)["dataset"] == "moons"
+    assert len(read_epochs(v1)) == 1

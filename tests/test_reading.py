@@ -22,16 +22,13 @@ def log(tmp_path_factory):
 @pytest.fixture(scope="module")
 def diverged(log, tmp_path_factory):
     """The log with a few non-finite losses and gradient norms written into its rows."""
-    import shutil
+    from logtools import rewrite
 
-    import h5py
+    def edit(t):
+        t["steps"].loc[17, "loss"] = np.nan
+        t["steps"].loc[233, "grad_norm_total"] = np.inf
 
-    path = tmp_path_factory.mktemp("reading") / "bad.h5"
-    shutil.copy(log, path)
-    with h5py.File(path, "r+") as f:
-        f["steps/loss"][17] = np.nan
-        f["steps/grad_norm_total"][233] = np.inf
-    return path
+    return rewrite(log, tmp_path_factory.mktemp("reading") / "bad.h5", edit)
 
 
 def _where(full, steps):

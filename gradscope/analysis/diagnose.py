@@ -56,13 +56,15 @@ CHECKS = tuple(CHECK_TITLES)
 CAUSES = CHECKS[2:]
 
 #: The overall verdicts and their severity: ``healthy`` is a run that learns with no check
-#: flagged; ``warning`` one that learns with some flagged; ``not_learning`` and ``diverged``
-#: are failures; ``no_data`` has nothing to judge yet.
+#: flagged; ``warning`` one that learns with some flagged; ``not_learning``, ``diverged`` and
+#: ``failed`` (the run stopped on an error, status ``failed``) are failures; ``no_data`` has
+#: nothing to judge yet.
 VERDICT_SEVERITY = {
     "healthy": None,
     "warning": WARNING,
     "not_learning": FAILING,
     "diverged": FAILING,
+    "failed": FAILING,
     "no_data": None,
 }
 VERDICTS = tuple(VERDICT_SEVERITY)
@@ -235,6 +237,8 @@ class Diagnosis:
     def headline(self) -> str:
         """One line: the verdict and, for a failure, its causes (``not_learning: cause
         vanishing, stalled_updates``), or the warnings (``warning: dead_units``)."""
+        if self.verdict == "failed" and not self.causes:
+            return f"failed: {self.status_message or 'stopped on an error'}"
         if self.failing:
             if self.causes:
                 return f"{self.verdict}: cause {', '.join(self.cause_names)}"
@@ -311,6 +315,9 @@ def evaluate(steps: pd.DataFrame | None, layers: pd.DataFrame, config: dict,
 
     if findings["diverged"].flagged:
         verdict = "diverged"
+    elif ctx.status == "failed":
+        # the run stopped on an error: what it logged cannot vouch for the rest
+        verdict = "failed"
     elif findings["not_learning"].flagged:
         verdict = "not_learning"
     elif not findings["not_learning"].applicable and ctx.ratio.empty and \

@@ -387,6 +387,8 @@ def problems(diagnosis) -> list[str]:
     """What to remedy in a diagnosis: a failing run's causes, strongest first (and
     ``diverged`` for a diverged run); a warning's flagged checks; nothing for a healthy
     run (a :class:`~gradscope.analysis.diagnose.Diagnosis`)."""
+    if diagnosis.verdict == "failed" and not diagnosis.causes:
+        return []  # stopped on an error (its message says which), not a training problem
     if diagnosis.failing:
         out = list(diagnosis.cause_names)
         if diagnosis.verdict == "diverged" and "diverged" not in out:

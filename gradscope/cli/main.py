@@ -235,6 +235,7 @@ def _train_options(f):
 def train(out, force, quiet, watch_live, **options):
     """Train an MLP and record per-layer gradient diagnostics to an HDF5 log."""
     from ..engine.data import DataError
+    from ..record.schema import LogError
     from ..training.loop import ConfigError, TrainConfig, prepare
     from ..training.loop import train as run
 
@@ -245,6 +246,10 @@ def train(out, force, quiet, watch_live, **options):
         prep = prepare(cfg)
     except (ConfigError, DataError) as e:
         fail(str(e))
+    except MemoryError as e:
+        fail(_failed_run(e, None))
+    if out is not None and not out.strip():
+        fail(f"--out {out!r}; accepted: a file name ending in .h5 (or leave --out out)")
     path = Path(out) if out else Path("runs") / f"{cfg.name()}.h5"
     if path.exists() and not force:
         fail(f"log {str(path)!r} exists; pass --force to overwrite it or --out to choose another file")
@@ -284,8 +289,10 @@ def train(out, force, quiet, watch_live, **options):
 
     try:
         result = run(prep, path, progress=progress)
-    except OSError as e:
-        fail(f"cannot write log {str(path)!r}: {str(e).splitlines()[0]}")
+    except LogError as e:  # another process writes this log, or it cannot be created
+        fail(str(e))
+    except Exception as e:  # noqa: BLE001 -- recorded in the log as "failed": one line here
+        fail(_failed_run(e, path))
     finally:
         if bar is not None:
             bar.close()
@@ -300,6 +307,25 @@ def train(out, force, quiet, watch_live, **options):
     click.echo(f"{result.status}: {result.steps} steps, final batch loss {result.final_loss:.4g}; "
                f"log: {path}")
     return 0
+
+
+def _failed_run(e: BaseException, path) -> str:
+    """One line for a run that raised: what happened and what its log holds."""
+    from ..reading.readers import read_status
+    from ..record.schema import LogError
+    from ..record.writer import one_line
+
+    what = "out of memory" if isinstance(e, MemoryError) else "the run failed"
+    line = f"{what}: {one_line(e)}"
+    if path is not None and Path(path).exists():
+        try:
+            st = read_status(path)
+        except LogError:
+            st = None
+        if st is not None and st["status"] == "failed":
+            n = st["rows"].get("steps", 0)
+            line += f"; the log {str(path)!r} keeps its {n} logged steps, marked failed"
+    return line
 
 
 def _start_viewer(path: Path):
@@ -401,7 +427,12 @@ def _advise_run(run: str) -> int:
     except (OSError, KeyError, ValueError) as e:
         fail(f"{run!r} is not a readable gradscope log: {str(e).splitlines()[0] if str(e) else e}")
     click.echo(verdict_table([d]))
-    click.echo(remedy_text([(d, config, path)], most=99) or f"{path.name}: no failing verdict, nothing to change")
+    if d.verdict == "failed" and not d.causes:
+        click.echo(f"{path.name} stopped on an error ({d.status_message}); remove its cause "
+                   "and train again")
+        return 0
+    click.echo(remedy_text([(d, config, path)], most=99)
+               or f"{path.name}: no failing verdict, nothing to change")
     return 0
 
 

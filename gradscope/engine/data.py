@@ -155,6 +155,10 @@ def _xy(container, path):
     missing = [k for k in ("X", "y") if k not in container]
     if missing:
         raise DataError(f"data file {str(path)!r} has no array {missing[0]!r}; it needs arrays X and y")
+    for k in ("X", "y"):
+        if not hasattr(container[k], "shape"):  # an HDF5 group, not an array
+            raise DataError(f"{k} in {str(path)!r} is a group, not an array; it needs arrays "
+                            f"X and y")
     return np.asarray(container["X"][()]), np.asarray(container["y"][()])
 
 
@@ -164,6 +168,8 @@ def _read_csv(path: Path, target: str | None):
     df = pd.read_csv(path)
     if df.shape[1] < 2:
         raise DataError(f"CSV file {str(path)!r} needs a header and at least two columns")
+    if df.shape[0] == 0:
+        raise DataError(f"CSV file {str(path)!r} has a header but no rows of data")
     target = df.columns[-1] if target is None else target
     if target not in df.columns:
         raise DataError(
@@ -183,6 +189,11 @@ def _clean(X, y, name):
         X = X[:, None]
     if X.ndim != 2 or X.shape[0] == 0:
         raise DataError(f"X in {name!r} must be a non-empty 2-D array, got shape {X.shape}")
+    if X.shape[1] == 0:
+        raise DataError(f"X in {name!r} has no feature columns (shape {X.shape})")
+    if np.iscomplexobj(X) or np.iscomplexobj(y):
+        raise DataError(f"{'X' if np.iscomplexobj(X) else 'y'} in {name!r} is complex; "
+                        f"accepted: real numbers")
     if y.shape[0] != X.shape[0]:
         raise DataError(f"X and y in {name!r} have {X.shape[0]} and {y.shape[0]} rows")
     if not np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_:

@@ -1,8 +1,9 @@
 """Reading long logs in time bins, so that time and memory do not grow with the run.
 
 :func:`read_layers_binned` reads the layer table as at most ``max_steps`` time bins, each
-the medians over a window of logged steps at its centre, with one regular HDF5 hyperslab
-per column; :func:`downsample` bins a table already in memory the same way (the figures
+the medians over a window of logged steps at its centre, reading only the windows (in
+format 2 the blocks that hold them; in format 1 one regular HDF5 hyperslab per column);
+:func:`downsample` bins a table already in memory the same way (the figures
 use it). :func:`binned_median` is the vectorised median of row groups both use.
 """
 
@@ -16,10 +17,11 @@ import pandas as pd
 
 from ..record.schema import OPTIONAL_COLUMNS, TABLES
 from .readers import (
+    columns_of,
     layer_count,
     layers_frame,
     open_log,
-    read_hyperslabs,
+    read_columns,
     read_table,
     sorted_unique,
     table_length,
@@ -45,9 +47,9 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
     ``q = ceil((k - 2) / (max_steps - 2))`` consecutive logged steps (the last bin
     shorter). A bin's values are the medians (NaN ignored) over a window of
     ``min(per_bin, q)`` consecutive logged steps at its centre: the whole bin (exact
-    medians) while ``q <= per_bin``, a sample beyond. The windows are read with one regular
-    HDF5 hyperslab per column, so the I/O, time and memory stay near ``max_steps *
-    per_bin * layers`` values a column, whatever the length of the log. The probe-set
+    medians) while ``q <= per_bin``, a sample beyond. Only the windows are read (the blocks
+    that hold them), so the I/O, time and memory stay near ``max_steps * per_bin *
+    layers`` values a column, whatever the length of the log. The probe-set
     columns are the medians of all the probe steps in the bin (NaN where there is none).
 
     A log with at most ``max_steps`` logged steps is returned whole, as ``read_layers``
@@ -63,19 +65,20 @@ def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.D
     """:func:`read_layers_binned` on the open log ``f``."""
     if max_steps < 3:
         raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
-    g = f["layers"]
-    present = [c for c in TABLES["layers"] if c in g]
-    n_rows = table_length(f, "layers", present)
-    step_col = f["steps"]["step"]
+    have = columns_of(f, "layers")
+    present = [c for c in TABLES["layers"] if c in have]
+    n_rows = table_length(f, "layers")
     n_layers = layer_count(f)
     k = min(table_length(f, "steps"), n_rows // n_layers) if n_layers else 0
     # regular: every logged step holds rows for layers 0 .. n_layers - 1 in order, as the
     # writer leaves them (checked at the ends), so a logged step's rows are found by position
     regular = k > 0
     for pos in {0, k - 1} if regular else ():
-        blk = slice(pos * n_layers, (pos + 1) * n_layers)
-        regular &= bool(np.all(g["step"][blk] == step_col[pos]))
-        regular &= bool(np.array_equal(g["layer"][blk], np.arange(n_layers)))
+        blk = read_columns(f, "layers", ["step", "layer"],
+                           slice(pos * n_layers, (pos + 1) * n_layers))
+        step = read_columns(f, "steps", ["step"], slice(pos, pos + 1))["step"]
+        regular &= bool(np.all(blk["step"] == step[0]))
+        regular &= bool(np.array_equal(blk["layer"], np.arange(n_layers)))
     if not regular or k <= max_steps:
         layers = layers_frame(f)
         layers["step_lo"] = layers["step"]
@@ -89,9 +92,8 @@ def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.D
     q = math.ceil(mid / (max_steps - 2))
     starts = np.concatenate([[0], np.arange(1, k - 1, q), [k - 1]])
     ends = np.append(starts[1:], k)
-    # read from each middle bin a window of w consecutive logged steps at its centre: one
-    # regular hyperslab (start, count, stride, block) per column for the full bins, one
-    # slice for the last (shorter) one; max_steps * w * layers values a column
+    # read from each middle bin a window of w consecutive logged steps at its centre:
+    # max_steps * w * layers values a column
     w = min(per_bin, q)
     n_full = mid // q
     off = (q - w) // 2
@@ -102,17 +104,19 @@ def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.D
     if last_w > 0:
         bounds = np.append(bounds, bounds[-1] + last_w)
     bounds = np.append(bounds, bounds[-1] + 1)
+    # the rows of the windows, in file order: the first logged step, w logged steps at the
+    # centre of each full bin, the last bin's window, the last logged step
+    sel = [np.arange(0, n_layers)]
+    if n_full:
+        first = (1 + off + q * np.arange(n_full)) * n_layers
+        sel.append((first[:, None] + np.arange(w * n_layers)).ravel())
+    if last_w > 0:
+        sel.append(np.arange(last_off * n_layers, (last_off + last_w) * n_layers))
+    sel.append(np.arange((k - 1) * n_layers, k * n_layers))
+    sel = np.concatenate(sel)
     med = {}
     for c in (c for c in present if c not in ("step", "layer")):  # one column at a time
-        ds = g[c]
-        parts = [ds[0:n_layers]]
-        if n_full:
-            parts.append(read_hyperslabs(ds, [((1 + off) * n_layers, n_full,
-                                               q * n_layers, w * n_layers)]))
-        if last_w > 0:
-            parts.append(ds[last_off * n_layers:(last_off + last_w) * n_layers])
-        parts.append(ds[(k - 1) * n_layers:k * n_layers])
-        arr = np.concatenate(parts).reshape(-1, n_layers)
+        arr = read_columns(f, "layers", [c], sel)[c].reshape(-1, n_layers)
         med[c] = binned_median(arr, bounds).ravel()
     n_bins = len(starts)
     mids = starts + (ends - starts) // 2
@@ -120,7 +124,7 @@ def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.D
     at = read_table(f, "steps", ["step", "epoch"], wanted).set_index(wanted)
     first_step = at.loc[starts, "step"].to_numpy()
     default = OPTIONAL_COLUMNS.get("layers", {})
-    for c in (c for c in TABLES["layers"] if c not in g):  # a column the log lacks
+    for c in (c for c in TABLES["layers"] if c not in have):  # a column the log lacks
         med[c] = np.full(n_bins * n_layers, default.get(c, np.nan), dtype=float)
     df = pd.DataFrame({"step": np.repeat(at.loc[mids, "step"].to_numpy(), n_layers),
                        "layer": np.tile(np.arange(n_layers), n_bins), **med})
@@ -147,7 +151,7 @@ def _binned_probes(f, first_step: np.ndarray, cap: int) -> pd.DataFrame:
         bins = np.searchsorted(first_step, probes["step"].to_numpy(), side="right") - 1
     else:
         # the step column alone (a probe table has 1 / probe_every of the layer rows)
-        steps = f["probes"]["step"][:n]
+        steps = read_columns(f, "probes", ["step"])["step"]
         lo = np.searchsorted(steps, first_step, "left")
         hi = np.append(lo[1:], n)
         rows = [np.arange(a, b) for a, b in zip(*whole_step_windows(steps, lo, hi, cap))]

@@ -8,26 +8,33 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import time
-from contextlib import contextmanager
+import zlib
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from ..record import blocks
 from ..record.schema import (
+    COUNTER_FIELDS,
     FORMAT,
-    FORMAT_VERSION,
     LAYER_COLUMNS,
     NORM_PARAM_NAMES,
     NORM_STATE_NAMES,
     OPTIONAL_COLUMNS,
     PROBE_COLUMNS,
+    READABLE_VERSIONS,
+    STATUSES,
     TABLES,
+    CorruptLogError,
     LogError,
 )
+from ..record.writer import attrs_crc, is_being_written, status_crc
 
 
 @contextmanager
@@ -35,7 +42,13 @@ def open_log(path):
     """Open a gradscope log for reading (also while it is written, or after a crash).
 
     Raises :class:`LogError` with a one-line message for a missing file, a file that is
-    not HDF5, or an HDF5 file that is not a gradscope log.
+    not HDF5, an HDF5 file that is not a gradscope log, or a damaged one;
+    :class:`CorruptLogError` when what is read fails its checksum.
+
+    No open or read can hang: a log that is not being written is opened without SWMR
+    where it can be (a log closed by its writer), else with SWMR and a single attempt at
+    every metadata read (HDF5 would otherwise retry a bad read for hours); a live log
+    gets a bounded number of attempts (about a second in all).
     """
     p = Path(path)
     if not p.exists():
@@ -49,28 +62,95 @@ def open_log(path):
     if not is_h5:
         raise LogError(f"{str(path)!r} is not an HDF5 file (a gradscope log is one)")
     check_log_file(p)
-    try:
-        # SWMR read works for a live run, a finished one, and one killed while writing
-        f = h5py.File(p, "r", swmr=True, locking=False)
-    except OSError:
-        try:
-            f = h5py.File(p, "r", locking=False)
-        except OSError as e:
-            raise LogError(f"cannot open {str(path)!r}: {str(e).splitlines()[0]}") from None
+    f = _open_h5(p)
     try:
         fmt = f.attrs.get("format")
         if fmt != FORMAT:
             raise LogError(f"{str(path)!r} is an HDF5 file but not a gradscope log")
-        if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
+        version = f.attrs.get("format_version", 0)
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            raise LogError(f"{str(path)!r} has log format version {version!r}; this gradscope "
+                           f"reads versions {', '.join(map(str, READABLE_VERSIONS))}") from None
+        if version not in READABLE_VERSIONS:
             raise LogError(
-                f"{str(path)!r} has log format version {int(f.attrs['format_version'])}; "
-                f"this gradscope reads up to {FORMAT_VERSION}"
+                f"{str(path)!r} has log format version {version}; this gradscope reads "
+                f"up to {max(READABLE_VERSIONS)}"
             )
+        _info(f, str(path))  # checks the header and the counter
         yield f
-    except (KeyError, OSError) as e:
-        raise LogError(f"{str(path)!r} is damaged or incomplete: {str(e).splitlines()[0]}") from None
+    except LogError:
+        raise
+    except (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError,
+            zlib.error) as e:
+        raise LogError(f"{str(path)!r} is damaged or incomplete: {_first_line(e)}") from None
     finally:
-        f.close()
+        with suppress(Exception):
+            f.close()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+#: metadata read attempts for a log being written (HDF5's default, 100, sleeps up to an
+#: hour between attempts); 30 attempts sleep at most about a second in all
+LIVE_READ_ATTEMPTS = 30
+
+
+def _open_h5(p: Path):
+    try:
+        # a log closed by its writer: no SWMR, so nothing is ever retried
+        return h5py.File(p, "r", locking=False)
+    except OSError as first:
+        live = is_being_written(p)
+        try:
+            return _open_swmr(p, LIVE_READ_ATTEMPTS if live else 1)
+        except OSError:
+            raise LogError(f"cannot open {str(p)!r}: {_first_line(first)}") from None
+
+
+def _open_swmr(p: Path, attempts: int):
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    with suppress(AttributeError):
+        fapl.set_file_locking(False, True)
+    _set_read_attempts(fapl, attempts)
+    fid = h5py.h5f.open(os.fsencode(p), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
+                        fapl=fapl)
+    return h5py.File(fid)
+
+
+_H5_SET_ATTEMPTS = []
+
+
+def _set_read_attempts(fapl, attempts: int) -> None:
+    """``H5Pset_metadata_read_attempts`` (not wrapped by h5py) on the HDF5 library that
+    h5py loaded; without it, HDF5's default applies."""
+    if not _H5_SET_ATTEMPTS:
+        fn = None
+        try:
+            import ctypes
+
+            with open("/proc/self/maps") as maps:
+                libs = sorted({line.split()[-1] for line in maps
+                               if "libhdf5" in line and "hdf5_hl" not in line
+                               and line.split()[-1].startswith("/")})
+            for lib in libs:
+                cand = ctypes.CDLL(lib).H5Pset_metadata_read_attempts
+                cand.argtypes = [ctypes.c_int64, ctypes.c_uint]
+                cand.restype = ctypes.c_int
+                fn = cand
+                break
+        except (OSError, AttributeError, ImportError):
+            fn = None
+        _H5_SET_ATTEMPTS.append(fn)
+    fn = _H5_SET_ATTEMPTS[0]
+    if fn is not None:
+        fn(fapl.id, max(1, int(attempts)))
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -117,43 +197,213 @@ def check_log_file(path, wait: float = 0.3) -> None:
         time.sleep(0.05)
 
 
+# -- the lowest level: committed rows, checked ----------------------------------------------
+class _Info:
+    """What a reader needs to know of an open log, read and checked once per open."""
+
+    def __init__(self, f, path: str):
+        self.path = path
+        self.version = int(f.attrs.get("format_version", 1))
+        if f.swmr_mode:
+            f["committed"].refresh()
+        raw = np.asarray(f["committed"][()])
+        self.names = json.loads(f["committed"].attrs["names"])
+        self.parts: dict[str, dict] = {}
+        if self.version == 1:
+            if raw.ndim != 1 or raw.shape[0] != len(self.names) or (raw < 0).any():
+                raise CorruptLogError(f"{path!r} is corrupted: its row counter "
+                                      f"{raw.tolist()} is not a list of row counts")
+            for name, v in zip(self.names, raw.tolist()):
+                self.parts[name] = {"rows": int(v)}
+            return
+        k = len(COUNTER_FIELDS)
+        if (raw.ndim != 1 or raw.shape[0] != k * len(self.names) + 2
+                or blocks.crc(raw[:-1]) != int(raw[-1])):
+            raise CorruptLogError(f"{path!r} is corrupted: its row counter fails its checksum")
+        cfg = f.attrs["config"]
+        edges = f["probe_units"].attrs["hist_edges"]
+        if attrs_crc(cfg if isinstance(cfg, str) else cfg.decode(), edges) != int(
+                f.attrs["attrs_crc"]):
+            raise CorruptLogError(f"{path!r} is corrupted: its configuration or histogram "
+                                  f"edges fail their checksum")
+        if status_crc(f["status"][()], f["status_message"][()]) != int(raw[-2]):
+            raise CorruptLogError(f"{path!r} is corrupted: its status fails its checksum")
+        for i, name in enumerate(self.names):
+            self.parts[name] = dict(zip(COUNTER_FIELDS, (int(v) for v in raw[k * i:k * (i + 1)])))
+
+    def rows(self, part: str) -> int:
+        return self.parts[part]["rows"]
+
+
+def _info(f, path: str | None = None) -> _Info:
+    info = getattr(f, "_gradscope_info", None)
+    if info is None:
+        info = _Info(f, path or f.filename)
+        f._gradscope_info = info
+    return info
+
+
+def columns_of(f, part: str) -> dict[str, tuple[np.dtype, tuple]]:
+    """The columns a part of the log holds: ``{name: (dtype, row shape)}``."""
+    g = f[part]
+    if _info(f).version == 1:
+        return {k: (g[k].dtype, tuple(g[k].shape[1:])) for k in g}
+    return {n: (np.dtype(dt), tuple(shape)) for n, dt, shape in json.loads(g.attrs["columns"])}
+
+
+def table_length(f, part: str) -> int:
+    """The rows of a part that every reader sees (committed, and present in a v1 file)."""
+    info = _info(f)
+    if part not in f:
+        return 0
+    if info.version == 1:
+        g = f[part]
+        return min([info.rows(part), *(g[c].shape[0] for c in g)])
+    return info.rows(part)
+
+
+def read_columns(f, part: str, columns=None, rows=None) -> dict[str, np.ndarray]:
+    """Committed rows of some columns of a part of an open log, every byte checked.
+
+    ``rows``: None (every committed row), a ``slice`` (step 1), or sorted row numbers.
+    Raises :class:`CorruptLogError` naming the part, the rows and the column when a
+    checksum fails. Memory: the result and one block.
+    """
+    info = _info(f)
+    cols = columns_of(f, part)
+    names = list(cols) if columns is None else list(columns)
+    n = table_length(f, part)
+    if rows is None:
+        rows = slice(0, n)
+    if isinstance(rows, slice):
+        lo, hi = max(0, rows.start or 0), n if rows.stop is None else min(n, rows.stop)
+        hi = max(lo, hi)
+        sel = None
+    else:
+        sel = np.asarray(rows, dtype=np.int64)
+        if sel.size and (sel.min() < 0 or sel.max() >= n):
+            raise IndexError(f"rows {sel.min()}..{sel.max()} of {part!r}, which has {n}")
+        lo, hi = 0, n
+    g = f[part]
+    if info.version == 1:
+        return {c: g[c][lo:hi] if sel is None else _take(g[c], sel) for c in names}
+    return _read_v2(f, g, info, part, cols, names, n, lo, hi, sel)
+
+
+def _corrupt(info, part, a, b, col, why="fail their checksum"):
+    return CorruptLogError(f"{info.path!r} is corrupted: {part} rows {a}-{b - 1} "
+                           f"(column {col}) {why}; nothing of them was read")
+
+
+def _read_v2(f, g, info, part, cols, names, n, lo, hi, sel):
+    c = info.parts[part]
+    B = int(g.attrs["block_rows"])
+    period = int(g.attrs["period"])
+    ns, nb, nd, slot = c["sealed"], c["blocks"], c["data_bytes"], c["slot"]
+    all_names = list(cols)
+    if not (0 <= ns <= n and ns == nb * B and n - ns < max(B, 1) + (B == 1)
+            and slot in (0, 1) and 0 <= nd):
+        raise CorruptLogError(f"{info.path!r} is corrupted: the row counter of {part} "
+                              f"is inconsistent")
+    need = names + [d for d in blocks.predicted_needs(names) if d in cols]
+    count = (hi - lo) if sel is None else sel.size
+    out = {k: np.empty((count, *cols[k][1]), dtype=cols[k][0]) for k in names}
+    if count == 0:
+        return out
+    if f.swmr_mode:
+        for ds in (g["data"], g["index"]):
+            ds.refresh()
+    # which rows: a range [lo, hi) or the positions sel; filled block by block
+    if sel is None:
+        b_first, b_last = lo // B, (min(hi, ns) - 1) // B if min(hi, ns) > lo else -1
+        block_ids = range(b_first, b_last + 1) if ns > lo else range(0)
+    else:
+        block_ids = sorted_unique(sel[sel < ns] // B) if ns else []
+    if len(block_ids):
+        if g["data"].shape[0] < nd or g["index"].shape[0] < nb:
+            raise CorruptLogError(f"{info.path!r} is corrupted: {part} holds less than its "
+                                  f"counter says")
+        index = g["index"][int(block_ids[0]):int(block_ids[-1]) + 1]
+    for bi in block_ids:
+        bi = int(bi)
+        entry = index[bi - int(block_ids[0])]
+        a, b = bi * B, (bi + 1) * B
+        if (blocks.crc(np.ascontiguousarray(entry[:-1])) != int(entry[-1])
+                or int(entry[0]) != a or int(entry[1]) != B):
+            raise _corrupt(info, part, a, b, "index")
+        spans = {}
+        for k in need:
+            j = all_names.index(k)
+            off, nbytes, cr = (int(v) for v in entry[2 + 3 * j:5 + 3 * j])
+            if off < 0 or nbytes < 0 or off + nbytes > nd:
+                raise _corrupt(info, part, a, b, k)
+            spans[k] = (off, nbytes, cr)
+        s0 = min(o for o, _, _ in spans.values())
+        s1 = max(o + m for o, m, _ in spans.values())
+        raw = g["data"][s0:s1].tobytes()
+        dec = {}
+        for k in sorted(need, key=lambda x: x in blocks.PREDICTED):
+            off, nbytes, cr = spans[k]
+            data = raw[off - s0:off - s0 + nbytes]
+            if blocks.crc(data) != cr:
+                raise _corrupt(info, part, a, b, k)
+            try:
+                dec[k] = blocks.decode(k, data, cols[k][0], (B, *cols[k][1]), period, dec)
+            except (zlib.error, ValueError) as e:
+                raise _corrupt(info, part, a, b, k, f"cannot be decoded ({_first_line(e)})")
+        _place(out, dec, names, a, b, lo, hi, sel)
+    if hi > ns or (sel is not None and sel.size and sel.max() >= ns):
+        m = n - ns
+        dec = {}
+        tail = g["tail"]
+        tcrc = g["tail_crc"][slot]
+        for k in names:
+            ds = tail[k]
+            if f.swmr_mode:
+                ds.refresh()
+            vals = ds[slot * B:slot * B + m]
+            if vals.shape[0] != m or blocks.crc(np.ascontiguousarray(vals)) != int(
+                    tcrc[all_names.index(k)]):
+                raise _corrupt(info, part, ns, n, k)
+            dec[k] = vals
+        _place(out, dec, names, ns, n, lo, hi, sel)
+    return out
+
+
+def _place(out, dec, names, a, b, lo, hi, sel):
+    """Copy the decoded rows [a, b) that the selection wants into ``out``."""
+    if sel is None:
+        s, e = max(a, lo), min(b, hi)
+        if s >= e:
+            return
+        for k in names:
+            out[k][s - lo:e - lo] = dec[k][s - a:e - a]
+    else:
+        i0, i1 = np.searchsorted(sel, a), np.searchsorted(sel, b)
+        if i1 > i0:
+            for k in names:
+                out[k][i0:i1] = dec[k][sel[i0:i1] - a]
+
+
 def committed_rows(f) -> dict[str, int]:
-    """The committed row count of every table of the open log ``f``."""
-    names = json.loads(f["committed"].attrs["names"])
-    return dict(zip(names, (int(v) for v in f["committed"][()])))
-
-
-def table_length(f, name: str, columns=None) -> int:
-    """Rows of table ``name`` that are committed and present in every stored column."""
-    # Within one open a table's length does not change (a SWMR reader sees new rows only
-    # after a refresh), and looking datasets up is slow enough to matter when a run is read
-    # in many pieces: the lengths are kept on the open file object (an attribute, not a
-    # weak reference, whose callback a signal could interrupt).
-    known = getattr(f, "_gradscope_lengths", None)
-    if known is None:
-        known = {"committed": committed_rows(f)}
-        f._gradscope_lengths = known
-    if name not in known:
-        g = f[name]
-        known[name] = {c: g[c].shape[0] for c in g}
-    shapes = known[name]
-    optional = OPTIONAL_COLUMNS.get(name, {})
-    present = [c for c in (columns or TABLES[name]) if c in shapes or c not in optional]
-    return min([known["committed"][name], *(shapes[c] for c in present)])
+    """Rows of every table that are complete, in a log opened with :func:`open_log`
+    (``{"steps": n, "layers": n, ...}``); a reader that follows a live run reads up to these."""
+    return {name: table_length(f, name) for name in _info(f).names}
 
 
 def read_table(f, name: str, columns=None, rows=None) -> pd.DataFrame:
-    """Table ``name`` of the open log ``f`` as a DataFrame (committed rows only).
+    """Table ``name`` of the open log ``f`` as a DataFrame (committed rows only, every byte
+    checked: :func:`read_columns`).
 
     ``columns``: the columns to read (default: all, in the schema's order); ``rows``: a
-    slice or sorted positions to read instead of every row. A column the log was written
-    without gets its default (:data:`~gradscope.record.schema.OPTIONAL_COLUMNS`).
+    slice (step 1) or sorted positions to read instead of every row. A column the log was
+    written without gets its default (:data:`~gradscope.record.schema.OPTIONAL_COLUMNS`).
     """
-    g = f[name]
     optional = OPTIONAL_COLUMNS.get(name, {})
     schema = TABLES[name]
     wanted = list(schema) if columns is None else list(columns)
-    n = table_length(f, name, wanted)
+    have = columns_of(f, name)
+    n = table_length(f, name)
     if rows is None:
         rows = slice(0, n)
     elif isinstance(rows, slice):
@@ -161,14 +411,19 @@ def read_table(f, name: str, columns=None, rows=None) -> pd.DataFrame:
     else:
         rows = np.asarray(rows, dtype=np.int64)
         rows = rows[rows < n]
-    out = {}
-    for c in wanted:
-        if c in g:
-            out[c] = _take(g[c], rows)
-        else:
-            size = len(range(*rows.indices(n))) if isinstance(rows, slice) else len(rows)
-            out[c] = np.full(size, optional[c], dtype=schema[c])
-    return pd.DataFrame(out)
+    data = read_columns(f, name, [c for c in wanted if c in have], rows)
+    size = len(range(*rows.indices(n))) if isinstance(rows, slice) else len(rows)
+    return pd.DataFrame({c: data[c] if c in data else np.full(size, optional[c], dtype=schema[c])
+                         for c in wanted})
+
+
+def read_rows(f, name: str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Committed rows ``start:stop`` of table ``name`` (steps, layers, epochs, probes) of a
+    log opened with :func:`open_log`: a live view reads only the rows added since its last
+    read, never the whole table again."""
+    n = table_length(f, name)
+    stop = n if stop is None else min(stop, n)
+    return read_table(f, name, rows=slice(min(max(start, 0), stop), stop))
 
 
 def _take(ds, rows) -> np.ndarray:
@@ -187,11 +442,11 @@ def _take(ds, rows) -> np.ndarray:
     sizes, gaps = ends - starts, np.diff(starts)
     if len(starts) > 1 and (sizes[:-1] == sizes[0]).all() and (gaps == gaps[0]).all():
         # evenly spaced windows (the last may be shorter): one regular hyperslab
-        whole = read_hyperslabs(ds, [(int(starts[0]), len(starts) - 1, int(gaps[0]),
+        whole = _read_hyperslabs(ds, [(int(starts[0]), len(starts) - 1, int(gaps[0]),
                                       int(sizes[0]))])
         got = np.concatenate([whole, ds[int(starts[-1]):int(ends[-1])]])
     elif len(starts) <= 16:
-        got = read_hyperslabs(ds, [(int(a), 1, 1, int(b - a)) for a, b in zip(starts, ends)])
+        got = _read_hyperslabs(ds, [(int(a), 1, 1, int(b - a)) for a, b in zip(starts, ends)])
     else:  # HDF5 builds a union of many hyperslabs slowly: one read a run
         got = np.concatenate([ds[int(a):int(b)] for a, b in zip(starts, ends)])
     return got if len(uniq) == len(rows) else got[np.searchsorted(uniq, rows)]
@@ -207,17 +462,17 @@ def sorted_unique(a) -> np.ndarray:
     return a
 
 
-def read_hyperslabs(ds, blocks) -> np.ndarray:
+def _read_hyperslabs(ds, slabs) -> np.ndarray:
     """Read hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in file order,
     with one HDF5 read. (A union of many hyperslabs is slow to build in HDF5: use one
     regular hyperslab where possible.)"""
-    total = sum(c * b for _, c, _, b in blocks)
+    total = sum(c * b for _, c, _, b in slabs)
     out = np.empty(total, dtype=ds.dtype)
     if not total:
         return out
     space = ds.id.get_space()
     space.select_none()
-    for start, count, stride, block in blocks:
+    for start, count, stride, block in slabs:
         space.select_hyperslab((start,), (count,), (max(stride, block),), (block,),
                                op=h5py.h5s.SELECT_OR)
     mspace = h5py.h5s.create_simple((total,))
@@ -225,23 +480,27 @@ def read_hyperslabs(ds, blocks) -> np.ndarray:
     return out
 
 
-def search_sorted(ds, n: int, value, side: str = "left") -> int:
-    """``np.searchsorted(ds[:n], value, side)`` for a sorted 1-D dataset, reading a few
-    values per halving instead of the column (a long log's step column is large)."""
+def search_sorted(f, name: str, value, side: str = "left") -> int:
+    """``np.searchsorted`` of ``value`` in the (sorted) step column of table ``name``,
+    reading a few rows per halving instead of the column (a long log's step column is
+    large; in format 2 each probe decodes one block)."""
+    n = table_length(f, name)
     lo, hi = 0, n
     while hi - lo > 4096:
         mid = (lo + hi) // 2
-        v = ds[mid]
+        v = read_columns(f, name, ["step"], slice(mid, mid + 1))["step"][0]
         if v < value or (side == "right" and v == value):
             lo = mid + 1
         else:
             hi = mid
-    return lo + int(np.searchsorted(ds[lo:hi], value, side=side))
+    return lo + int(np.searchsorted(read_columns(f, name, ["step"], slice(lo, hi))["step"],
+                                    value, side=side))
 
 
 def layer_count(f) -> int:
     """Layers per logged step (weight matrices), from the first rows of the layer table."""
-    head = f["layers"]["layer"][: min(table_length(f, "layers"), 4096)]
+    head = read_columns(f, "layers", ["layer"],
+                        slice(0, min(table_length(f, "layers"), 4096)))["layer"]
     if (head == 0).sum() > 1:
         return int(np.flatnonzero(head == 0)[1])
     return int(head.max()) + 1 if len(head) else 0
@@ -266,24 +525,27 @@ def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.Da
     lcols = [c for c in LAYER_COLUMNS if columns is None or c in columns or c in keep]
     pcols = [c for c in PROBE_COLUMNS if c in keep or columns is None or c in columns]
     n = table_length(f, "layers")
-    step_ds = f["layers"]["step"]
+
+    def step_col(rows):
+        return read_columns(f, "layers", ["step"], rows)["step"]
+
     rows = slice(0, n)
     if steps is not None:
         if isinstance(steps, tuple) and len(steps) == 2:
-            rows = slice(search_sorted(step_ds, n, steps[0], "left"),
-                         search_sorted(step_ds, n, steps[1], "right"))
+            rows = slice(search_sorted(f, "layers", steps[0], "left"),
+                         search_sorted(f, "layers", steps[1], "right"))
         else:
             wanted = np.unique(np.asarray(list(np.atleast_1d(steps)), dtype=np.int64))
             rows = np.concatenate([
-                np.arange(search_sorted(step_ds, n, s, "left"),
-                          search_sorted(step_ds, n, s, "right")) for s in wanted
+                np.arange(search_sorted(f, "layers", s, "left"),
+                          search_sorted(f, "layers", s, "right")) for s in wanted
             ] or [np.empty(0, np.int64)])
     if every not in (None, 1):
         if isinstance(rows, slice):
             lo, hi = rows.start, rows.stop
-            at = step_ds[lo:hi] if hi - lo <= STEP_COLUMN_ROWS else None
+            at = step_col(slice(lo, hi)) if hi - lo <= STEP_COLUMN_ROWS else None
         else:
-            at = step_ds[rows[0]:rows[-1] + 1][rows - rows[0]] if len(rows) else rows
+            at = step_col(rows) if len(rows) else rows
             lo = 0
         nl = layer_count(f)
         if at is None and nl:  # a long range: every logged step holds nl rows in order
@@ -310,32 +572,36 @@ def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.Da
 
 def _step_range(f, name, columns, lo, hi, sel) -> pd.DataFrame:
     """Rows of table ``name`` with ``lo <= step <= hi`` (and in ``sel`` when given)."""
-    n = table_length(f, name, columns)
-    ds = f[name]["step"]
+    n = table_length(f, name)
     if sel is None and lo == 0 and hi < 0:
         rows = slice(0, 0)
     elif sel is None:
         rows = slice(0, n)
     else:
-        rows = slice(search_sorted(ds, n, lo, "left"), search_sorted(ds, n, hi, "right"))
+        rows = slice(search_sorted(f, name, lo, "left"), search_sorted(f, name, hi, "right"))
     df = read_table(f, name, columns, rows)
     return df if sel is None else df[df["step"].isin(sel)].reset_index(drop=True)
 
 
-def read_rows(f, name: str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
-    """Committed rows ``start:stop`` of table ``name`` (steps, layers, epochs, probes) of a
-    log opened with :func:`open_log`: a live view reads only the rows added since its last
-    read, never the whole table again."""
-    g = f[name]
-    n = committed_rows(f)[name]  # fresh: a live view reads this file again and again
-    optional = OPTIONAL_COLUMNS.get(name, {})
-    cols = {c: g[c] for c in TABLES[name] if c in g or c not in optional}
-    n = min([n, *(ds.shape[0] for ds in cols.values())])
-    stop = n if stop is None else min(stop, n)
-    start = min(max(start, 0), stop)
-    return pd.DataFrame({c: cols[c][start:stop] if c in cols
-                         else np.full(stop - start, optional[c], dtype=dt)
-                         for c, dt in TABLES[name].items()})
+def _check_params(f, which: str, arrays: dict) -> None:
+    """Check parameters read from /params/<which> against their checksums (format 2)."""
+    info = _info(f)
+    if info.version < 2:
+        return
+    pc = f["params_crc"]
+    names = json.loads(pc.attrs["names"])
+    row = pc[0 if which == "initial" else 1]
+    for k, a in arrays.items():
+        if k not in names:
+            continue
+        want = int(row[names.index(k)])
+        if want == -1:  # final parameters not written (the run did not end): all NaN
+            ok = np.isnan(a).all()
+        else:
+            ok = blocks.crc(np.ascontiguousarray(a)) == want
+        if not ok:
+            raise CorruptLogError(f"{info.path!r} is corrupted: params/{which}/{k} fails its "
+                                  f"checksum")
 
 
 def read_config(path) -> dict:
@@ -358,18 +624,18 @@ def log_status(f) -> dict:
     """:func:`read_status` of a log opened with :func:`open_log` (reads one step row, so a
     live view can ask every second without reading the step table)."""
     c = committed_rows(f)
-    last = read_rows(f, "steps", c["steps"] - 1) if c["steps"] else None
+    status = f["status"][()].decode("ascii", "replace").strip()
+    if status not in STATUSES:
+        raise CorruptLogError(f"{_info(f).path!r} is corrupted: its status {status!r} is not "
+                              f"one of {', '.join(STATUSES)}")
+    n = table_length(f, "steps")
+    last = read_columns(f, "steps", ["step"], slice(n - 1, n))["step"] if n else []
     return {
-        "status": f["status"][()].decode().strip(),
+        "status": status,
         "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
-        "last_step": int(last["step"].iloc[-1]) if last is not None and len(last) else None,
+        "last_step": int(last[-1]) if len(last) else None,
         "rows": c,
     }
-
-
-def units_length(f) -> int:
-    """Committed rows of the per-unit probe arrays (``/probe_units``)."""
-    return min(committed_rows(f)["probe_units"], f["probe_units"]["step"].shape[0])
 
 
 def read_steps(path) -> pd.DataFrame:
@@ -401,6 +667,15 @@ def read_layers(path, columns=None, steps=None, every: int | None = None) -> pd.
         return layers_frame(f, columns, steps, every)
 
 
+def _unit_columns(f, prefix: str) -> list[str]:
+    have = columns_of(f, "probe_units")
+    out, l = [], 0
+    while f"{prefix}_{l}" in have:
+        out.append(f"{prefix}_{l}")
+        l += 1
+    return out
+
+
 def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-unit dead flags at each probe step.
 
@@ -409,15 +684,9 @@ def read_dead_units(path) -> tuple[np.ndarray, list[np.ndarray]]:
     probe example (meaningful for the ReLU family).
     """
     with open_log(path) as f:
-        g = f["probe_units"]
-        n = units_length(f)
-        steps = g["step"][:n]
-        dead = []
-        l = 0
-        while f"dead_{l}" in g:
-            dead.append(g[f"dead_{l}"][:n].astype(bool))
-            l += 1
-    return steps, dead
+        names = _unit_columns(f, "dead")
+        data = read_columns(f, "probe_units", ["step", *names])
+    return data["step"], [data[k].astype(bool) for k in names]
 
 
 def read_histograms(path) -> pd.DataFrame:
@@ -427,24 +696,44 @@ def read_histograms(path) -> pd.DataFrame:
     Activations outside the range are counted in the first or last bin.
     """
     with open_log(path) as f:
-        g = f["probe_units"]
-        edges = g.attrs["hist_edges"]
-        n = units_length(f)
-        steps = g["step"][:n]
-        frames = []
-        l = 0
-        while f"hist_{l}" in g:
-            counts = g[f"hist_{l}"][:n]
-            total = counts.sum(axis=1, keepdims=True).clip(min=1)
-            nb = counts.shape[1]
-            frames.append(pd.DataFrame({
-                "step": np.repeat(steps, nb), "layer": l,
-                "bin_left": np.tile(edges[:-1], n), "bin_right": np.tile(edges[1:], n),
-                "count": counts.ravel(), "density": (counts / total / np.diff(edges)).ravel(),
-            }))
-            l += 1
+        edges = f["probe_units"].attrs["hist_edges"]
+        names = _unit_columns(f, "hist")
+        data = read_columns(f, "probe_units", ["step", *names])
+    steps = data["step"]
+    n = len(steps)
+    frames = []
+    for l, k in enumerate(names):
+        counts = data[k]
+        total = counts.sum(axis=1, keepdims=True).clip(min=1)
+        nb = counts.shape[1]
+        frames.append(pd.DataFrame({
+            "step": np.repeat(steps, nb), "layer": l,
+            "bin_left": np.tile(edges[:-1], n), "bin_right": np.tile(edges[1:], n),
+            "count": counts.ravel(), "density": (counts / total / np.diff(edges)).ravel(),
+        }))
     cols = ["step", "layer", "bin_left", "bin_right", "count", "density"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def _params_group(f, which: str, prefixes) -> dict[str, np.ndarray]:
+    g = f[f"params/{which}"]
+    out = {k: g[k][()] for k in g if k.split("_")[0] in prefixes or
+           k.rsplit("_", 1)[0] in prefixes}
+    _check_params(f, which, out)
+    return out
+
+
+def _snapshot_row(f, path, step) -> int:
+    if "snapshots" not in f:
+        raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
+    steps = read_columns(f, "snapshots", ["step"])["step"]
+    hits = np.flatnonzero(steps == int(step))
+    if not len(hits):
+        raise LogError(
+            f"no snapshot at step {step} in {str(path)!r}; snapshots at: "
+            f"{', '.join(map(str, steps[:20]))}{' ...' if len(steps) > 20 else ''}"
+        )
+    return int(hits[0])
 
 
 def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -456,23 +745,13 @@ def read_weights(path, step: int | str = 0) -> list[tuple[np.ndarray, np.ndarray
     """
     with open_log(path) as f:
         if step in (0, "initial", "final"):
-            g = f["params/initial" if step != "final" else "params/final"]
-            n = len([k for k in g if k.startswith("W_")])
-            return [(g[f"W_{l}"][()], g[f"b_{l}"][()]) for l in range(n)]
-        if "snapshots" not in f:
-            raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
-        g = f["snapshots"]
-        n = min(committed_rows(f)["snapshots"], g["step"].shape[0])
-        steps = g["step"][:n]
-        hits = np.flatnonzero(steps == int(step))
-        if not len(hits):
-            raise LogError(
-                f"no snapshot at step {step} in {str(path)!r}; snapshots at: "
-                f"{', '.join(map(str, steps[:20]))}{' ...' if n > 20 else ''}"
-            )
-        i = int(hits[0])
-        nl = len([k for k in g if k.startswith("W_")])
-        return [(g[f"W_{l}"][i], g[f"b_{l}"][i]) for l in range(nl)]
+            arrays = _params_group(f, "final" if step == "final" else "initial", ("W", "b"))
+        else:
+            i = _snapshot_row(f, path, step)
+            names = [k for k in columns_of(f, "snapshots") if k.split("_")[0] in ("W", "b")]
+            arrays = {k: v[0] for k, v in read_columns(f, "snapshots", names, [i]).items()}
+    n = len([k for k in arrays if k.startswith("W_")])
+    return [(arrays[f"W_{l}"], arrays[f"b_{l}"]) for l in range(n)]
 
 
 def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
@@ -482,28 +761,22 @@ def read_norm(path, step: int | str = "final") -> dict[str, list[np.ndarray]]:
     and ``"running_var"``; ``{}`` for a run without normalisation. ``step`` as in
     :func:`read_weights`: ``0``/``"initial"``, ``"final"`` or a snapshot step.
     """
+    kinds = (*NORM_PARAM_NAMES, *NORM_STATE_NAMES)
     with open_log(path) as f:
         if step in (0, "initial", "final"):
-            g = f["params/initial" if step != "final" else "params/final"]
-            i = None
+            arrays = _params_group(f, "final" if step == "final" else "initial", kinds)
         else:
-            if "snapshots" not in f:
-                raise LogError(f"{str(path)!r} has no snapshots (train with --snapshot-every)")
-            g = f["snapshots"]
-            n = min(committed_rows(f)["snapshots"], g["step"].shape[0])
-            hits = np.flatnonzero(g["step"][:n] == int(step))
-            if not len(hits):
-                raise LogError(f"no snapshot at step {step} in {str(path)!r}")
-            i = int(hits[0])
-        out = {}
-        for name in (*NORM_PARAM_NAMES, *NORM_STATE_NAMES):
-            arrays, l = [], 0
-            while f"{name}_{l}" in g:
-                ds = g[f"{name}_{l}"]
-                arrays.append(ds[()] if i is None else ds[i])
-                l += 1
-            if arrays:
-                out[name] = arrays
+            i = _snapshot_row(f, path, step)
+            names = [k for k in columns_of(f, "snapshots") if k.rsplit("_", 1)[0] in kinds]
+            arrays = {k: v[0] for k, v in read_columns(f, "snapshots", names, [i]).items()}
+    out = {}
+    for name in kinds:
+        found, l = [], 0
+        while f"{name}_{l}" in arrays:
+            found.append(arrays[f"{name}_{l}"])
+            l += 1
+        if found:
+            out[name] = found
     return out
 
 

@@ -20,13 +20,14 @@ import pandas as pd
 from ..record.schema import LogError
 from .binned import MAX_STEPS, PER_BIN, layers_binned, whole_step_windows
 from .readers import (
+    columns_of,
     layers_frame,
     log_status,
     open_log,
+    read_columns,
     read_table,
     sorted_unique,
     table_length,
-    units_length,
 )
 
 __all__ = [
@@ -176,18 +177,17 @@ def _sampled(f, name: str, scan_nonfinite=()) -> pd.DataFrame:
         hi = lo + size
         last = n - 1
     else:  # several rows a step: windows of whole steps
-        steps = f[name]["step"][:n]
+        steps = read_columns(f, name, ["step"])["step"]
         lo = np.searchsorted(steps, steps[np.linspace(0, n - size, _WINDOWS).astype(np.int64)])
         lo, hi = whole_step_windows(steps, lo, np.append(lo[1:], n), size)
         last = int(np.searchsorted(steps, steps[-1], "left"))
     windows = sorted_unique(np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]))
     extra = [np.arange(last, n)]
-    g = f[name]
     for start in range(0, n, _SCAN_ROWS) if scan_nonfinite else ():
         stop = min(n, start + _SCAN_ROWS)
         bad = np.zeros(stop - start, bool)
-        for c in scan_nonfinite:
-            bad |= ~np.isfinite(g[c][start:stop])
+        for v in read_columns(f, name, scan_nonfinite, slice(start, stop)).values():
+            bad |= ~np.isfinite(v)
         extra.append(start + np.flatnonzero(bad))
     extra = sorted_unique(np.concatenate(extra))
     extra = extra[~np.isin(extra, windows)]
@@ -200,22 +200,21 @@ def _sampled(f, name: str, scan_nonfinite=()) -> pd.DataFrame:
 def _probe_arrays(f, relu: bool, max_cols: int):
     """First and last non-empty activation histograms (long form, as read_histograms) and,
     for the ReLU family, the dead flags at no more than ``max_cols`` probe steps."""
-    g = f["probe_units"]
-    n = units_length(f)
-    steps = g["step"][:n]
-    edges = g.attrs["hist_edges"]
-    n_hidden = len([k for k in g if k.startswith("hist_")])
+    steps = read_columns(f, "probe_units", ["step"])["step"]
+    n = len(steps)
+    edges = f["probe_units"].attrs["hist_edges"]
+    n_hidden = len([k for k in columns_of(f, "probe_units") if k.startswith("hist_")])
     hist_frames = []
     if n:
         # the first row and the last row with counts (a diverged step may have none)
         rows = [0]
-        for i in range(n - 1, 0, -1):
-            if g["hist_0"][i].sum() > 0 if n_hidden else False:
-                rows.append(i)
-                break
+        if n_hidden:
+            filled = np.flatnonzero(read_columns(f, "probe_units", ["hist_0"])["hist_0"]
+                                    .sum(axis=1) > 0)
+            rows += [int(filled[-1])] if len(filled) and filled[-1] > 0 else []
         rows = sorted(set(rows))
         for l in range(n_hidden):
-            counts = g[f"hist_{l}"][rows]
+            counts = read_columns(f, "probe_units", [f"hist_{l}"], rows)[f"hist_{l}"]
             total = counts.sum(axis=1, keepdims=True).clip(min=1)
             nb = counts.shape[1]
             hist_frames.append(pd.DataFrame({
@@ -228,7 +227,8 @@ def _probe_arrays(f, relu: bool, max_cols: int):
     if relu and n:
         cols = np.unique(np.linspace(0, n - 1, min(max_cols, n)).round().astype(int))
         dead_steps = steps[cols]
-        dead = [g[f"dead_{l}"][cols].astype(bool) for l in range(n_hidden)]
+        dead = [v.astype(bool) for v in read_columns(
+            f, "probe_units", [f"dead_{l}" for l in range(n_hidden)], cols).values()]
     hist = (pd.concat(hist_frames, ignore_index=True) if hist_frames else
             pd.DataFrame(columns=_HIST_COLUMNS))
     return hist, dead_steps, dead

@@ -1,13 +1,17 @@
-"""Writes a run's log in blocks (see :mod:`gradscope.record.schema` for the layout).
+"""Writes a run's log (see :mod:`gradscope.record.schema` for the layout, format version 2).
 
 Every object exists before SWMR mode is switched on (HDF5 allows no new object after).
-Rows are buffered in memory and appended a block at a time; after each block the
-``/committed`` counter is written last and the file flushed, so a reader (or a file
-left by SIGKILL) sees ``min(committed, length)`` consistent rows of every table.
+Rows are buffered in memory; a flush seals every whole block (compressed and checksummed
+by :mod:`gradscope.record.blocks`, appended, never rewritten), writes the rows after the
+last whole block plain into the tail slot the counter does not name, and writes the
+``/committed`` counter last: a reader, or a file left by SIGKILL, sees every committed
+row and nothing else. Nothing already committed is ever written over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import time
@@ -17,7 +21,10 @@ import h5py
 import numpy as np
 
 from .._version import __version__
+from . import blocks
 from .schema import (
+    BLOCK_ROWS,
+    COUNTER_FIELDS,
     COUNTERS,
     F8,
     FORMAT,
@@ -28,66 +35,127 @@ from .schema import (
     OPTIONAL_COLUMNS,
     STATUSES,
     TABLES,
+    LogBusyError,
+    LogError,
 )
 
 
-class _Rows:
-    """Equal-length resizable datasets filled from an in-memory buffer of ``capacity`` rows.
+class _Part:
+    """A part of the log (a table, the per-unit probe arrays, the snapshots): rows buffered
+    in memory, sealed into compressed, checksummed blocks of ``block_rows`` rows, the rows
+    after the last whole block written plain into one of two tail slots.
 
-    ``shapes`` gives each dataset's row shape (``()`` for a column of scalars).
+    ``shapes`` gives each column's row shape (``()`` for a column of scalars). Only rows
+    that :meth:`mark` covers (rows of finished steps) are ever written.
     """
 
     def __init__(self, group: h5py.Group, dtypes: dict, shapes: dict | None = None,
-                 capacity: int = 4096, defaults: dict | None = None):
+                 capacity: int = 4096, block_rows: int = 4096, period: int = 1,
+                 defaults: dict | None = None):
         shapes = shapes or {}
         self.defaults = defaults or {}
-        self.capacity = capacity
-        self.n_buf = 0      # rows in the buffer
+        self.names = list(dtypes)
+        self.dtypes = {n: np.dtype(d) for n, d in dtypes.items()}
+        self.shapes = {n: tuple(int(k) for k in shapes.get(n, ())) for n in dtypes}
+        self.B = int(block_rows)
+        self.period = max(1, int(period))
+        self.capacity = max(1, capacity)  # rows after which a flush is due
+        self.n_buf = 0      # rows in the buffer: the rows after the last sealed block
         self.n_mark = 0     # of which the first n_mark belong to finished steps
-        self.n_written = 0  # rows in the file
-        self.ds, self.buf = {}, {}
-        for name, dtype in dtypes.items():
-            shape = tuple(shapes.get(name, ()))
-            # small chunks keep short runs small on disk (a chunk is allocated whole)
-            rows_per_chunk = max(1, min(capacity, 1024, (1 << 16) // max(1, int(np.prod(shape)))))
-            self.ds[name] = group.create_dataset(
-                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                chunks=(rows_per_chunk, *shape),
-            )
-            self.buf[name] = np.empty((capacity, *shape), dtype=dtype)
+        self.n_sealed = self.n_blocks = self.data_bytes = self.slot = self.n_tail = 0
+        self.buf = {n: np.empty((max(self.capacity, self.B), *self.shapes[n]), dtype=dt)
+                    for n, dt in self.dtypes.items()}
+        group.attrs["columns"] = json.dumps(
+            [[n, self.dtypes[n].str, list(self.shapes[n])] for n in self.names])
+        group.attrs["block_rows"] = self.B
+        group.attrs["period"] = self.period
+        self.data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                         chunks=(1 << 16,))
+        width = 3 + 3 * len(self.names)
+        self.index = group.create_dataset("index", shape=(0, width), maxshape=(None, width),
+                                          dtype=I8, chunks=(64, width))
+        self.tail = {}
+        if self.B > 1:
+            t = group.create_group("tail")
+            for n in self.names:
+                shape = self.shapes[n]
+                # small chunks: a short run allocates only what it fills
+                rows = max(1, min(self.B, 512, (1 << 16) // max(1, int(np.prod(shape)))))
+                self.tail[n] = t.create_dataset(n, shape=(2 * self.B, *shape),
+                                                dtype=self.dtypes[n], chunks=(rows, *shape))
+            self.tail_crc = group.create_dataset("tail_crc",
+                                                 data=np.zeros((2, len(self.names)), dtype=I8))
+
+    @property
+    def n_written(self) -> int:
+        return self.n_sealed + self.n_tail
+
+    def counter(self) -> list[int]:
+        return [self.n_written, self.n_sealed, self.n_blocks, self.data_bytes, self.slot, 0]
 
     def append(self, n: int, values: dict) -> None:
         """Buffer ``n`` rows (scalars broadcast); they are written once :meth:`mark` covers them."""
-        if self.n_buf + n > self.capacity:
-            self.write()
-            if self.n_buf + n > self.capacity:  # one step's rows exceed the buffer: grow it
-                self.capacity = max(2 * self.capacity, self.n_buf + n)
-                for name, buf in self.buf.items():
-                    grown = np.empty((self.capacity, *buf.shape[1:]), dtype=buf.dtype)
-                    grown[: self.n_buf] = buf[: self.n_buf]
-                    self.buf[name] = grown
+        if self.n_buf + n > self.buf[self.names[0]].shape[0]:
+            # never written from here (only a flush writes, so that the counter follows
+            # every write): the buffer grows until the step ends
+            cap = max(2 * self.buf[self.names[0]].shape[0], self.n_buf + n)
+            for name, buf in self.buf.items():
+                grown = np.empty((cap, *buf.shape[1:]), dtype=buf.dtype)
+                grown[: self.n_buf] = buf[: self.n_buf]
+                self.buf[name] = grown
         i = self.n_buf
         for name, buf in self.buf.items():
             buf[i : i + n] = values[name] if name in values else self.defaults[name]
         self.n_buf += n
 
     def mark(self) -> bool:
-        """Every buffered row belongs to a finished step; True when the buffer is full."""
+        """Every buffered row belongs to a finished step; True when a flush is due."""
         self.n_mark = self.n_buf
         return self.n_buf >= self.capacity
 
     def write(self) -> None:
-        """Write the marked rows; rows of an unfinished step stay in the buffer."""
+        """Seal the whole blocks among the marked rows, then write the rest into the tail
+        slot that the counter does not name (the caller writes the counter next)."""
         k = self.n_mark
-        if not k:
-            return
-        lo, hi = self.n_written, self.n_written + k
-        for name, ds in self.ds.items():
-            ds.resize(hi, axis=0)
-            ds[lo:hi] = self.buf[name][:k]
-            if self.n_buf > k:
-                self.buf[name][: self.n_buf - k] = self.buf[name][k : self.n_buf].copy()
-        self.n_written, self.n_buf, self.n_mark = hi, self.n_buf - k, 0
+        nb = k // self.B
+        for i in range(nb):
+            self._seal(slice(i * self.B, (i + 1) * self.B))
+        if nb:
+            done = nb * self.B
+            for name, buf in self.buf.items():
+                buf[: self.n_buf - done] = buf[done : self.n_buf].copy()
+            self.n_buf -= done
+            k -= done
+            self.n_mark = k
+            self.n_tail = 0
+        if k and k != self.n_tail:
+            s = 1 - self.slot
+            lo = s * self.B
+            crcs = []
+            for name in self.names:
+                rows = self.buf[name][:k]
+                self.tail[name][lo : lo + k] = rows
+                crcs.append(blocks.crc(np.ascontiguousarray(rows)))
+            self.tail_crc[s] = crcs
+            self.slot, self.n_tail = s, k
+
+    def _seal(self, rows: slice) -> None:
+        cols = {n: self.buf[n][rows] for n in self.names}
+        parts, entry, off = [], [self.n_sealed, self.B], self.data_bytes
+        for n in self.names:
+            b = blocks.encode(n, cols[n], self.period, cols)
+            parts.append(b)
+            entry += [off, len(b), blocks.crc(b)]
+            off += len(b)
+        entry.append(blocks.crc(np.asarray(entry, dtype=I8)))
+        blob = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        self.data.resize(off, axis=0)
+        self.data[self.data_bytes : off] = blob
+        self.index.resize(self.n_blocks + 1, axis=0)
+        self.index[self.n_blocks] = entry
+        self.n_sealed += self.B
+        self.n_blocks += 1
+        self.data_bytes = off
 
 
 class LogWriter:
@@ -95,7 +163,9 @@ class LogWriter:
 
     Parameters
     ----------
-    path : the file to create (an existing file is replaced: the caller decides that).
+    path : the file to create. An existing file is replaced (refusing is the caller's
+        decision), but only once the run has committed its first step: a run that fails
+        or stops before that leaves the existing file as it was.
     config : the run's resolved configuration (JSON-serialisable).
     params : the initial parameters ``[W_0, b_0, ...]``; fixes every shape in the file.
     hist_edges : bin edges of the activation histograms of hidden layers.
@@ -109,6 +179,10 @@ class LogWriter:
     flush_interval : seconds between flushes at most (rows are never older than this
         in memory, give or take one training step).
     fsync_interval : seconds between ``os.fsync`` calls, against power loss.
+
+    One writer per log: the writer holds an exclusive lock (``.NAME.lock`` beside the log)
+    from before anything is created or replaced until it is closed; a second writer gets
+    :class:`LogBusyError` and changes nothing.
     """
 
     def __init__(self, path, config: dict, params: list[np.ndarray], hist_edges: np.ndarray,
@@ -119,21 +193,53 @@ class LogWriter:
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.fsync_interval = fsync_interval
+        self.closed = False
+        self.broken: BaseException | None = None  # the write error that stopped the log
+        self.f = None
+        self._lock = LogLock(self.path)
+        self._lock.acquire()
+        # the file is created under a temporary name and moved into place once complete (a
+        # kill in mid-creation leaves no half-made log); a file already there is replaced
+        # only once a step is committed (see place())
+        self.replacing = self.path.exists() or self.path.is_symlink()
+        self.file = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        self.placed = False
+        try:
+            self._create(config, params, hist_edges, snapshots, norm_params, norm_state, widths)
+            if not self.replacing:
+                self.place()
+        except BaseException:
+            if self.f is not None:
+                with contextlib.suppress(Exception):
+                    self.f.close()
+            with contextlib.suppress(OSError):
+                self.file.unlink()
+            self._lock.release()
+            self.closed = True
+            raise
+
+    def _create(self, config, params, hist_edges, snapshots, norm_params, norm_state, widths):
         n_layers = len(params) // 2
         if widths is None:
             widths = [params[2 * l].shape[1] for l in range(n_layers - 1)]
-        # no file locking: readers open with locking=False too (the flags must match), so
-        # the writing process itself can read its live log
-        f = self.f = h5py.File(self.path, "w", libver="latest", locking=False)
+        # no HDF5 file locking: readers open with locking=False too (the flags must match),
+        # so the writing process itself can read its live log; LogLock keeps writers apart
+        f = self.f = h5py.File(self.file, "w", libver="latest", locking=False)
+        config_json = json.dumps(config, sort_keys=True)
+        edges = np.asarray(hist_edges, dtype=F8)
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["gradscope_version"] = __version__
-        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        f.attrs["config"] = config_json
+        f.attrs["attrs_crc"] = attrs_crc(config_json, edges)
         f.create_dataset("status", data=np.bytes_("running".ljust(16)), dtype="S16")
         f.create_dataset("status_message", data=np.bytes_("".ljust(512)), dtype="S512")
-        counter = f.create_dataset("committed", data=np.zeros(len(COUNTERS), dtype=I8))
+        counter = f.create_dataset("committed", data=np.zeros(6 * len(COUNTERS) + 2, dtype=I8))
         counter.attrs["names"] = json.dumps(COUNTERS)
-        self.tables = {name: _Rows(f.create_group(name), cols,
+        counter.attrs["fields"] = json.dumps(COUNTER_FIELDS)
+        self.tables = {name: _Part(f.create_group(name), cols,
+                                   block_rows=BLOCK_ROWS[name],
+                                   period=n_layers if name in ("layers", "probes") else 1,
                                    defaults=OPTIONAL_COLUMNS.get(name))
                        for name, cols in TABLES.items()}
         extra = _norm_arrays(norm_params, norm_state)  # {"gamma_0": array, ...}
@@ -143,10 +249,10 @@ class LogWriter:
             units[f"dead_{l}"] = np.uint8
             shapes[f"dead_{l}"] = (w,)
             units[f"hist_{l}"] = I8
-            shapes[f"hist_{l}"] = (len(hist_edges) - 1,)
+            shapes[f"hist_{l}"] = (len(edges) - 1,)
         g = f.create_group("probe_units")
-        g.attrs["hist_edges"] = np.asarray(hist_edges, dtype=F8)
-        self.units = _Rows(g, units, shapes, capacity=16)
+        g.attrs["hist_edges"] = edges
+        self.units = _Part(g, units, shapes, capacity=16, block_rows=BLOCK_ROWS["probe_units"])
         self.snaps = None
         if snapshots:
             cols = {"step": I8}
@@ -156,25 +262,31 @@ class LogWriter:
                 cols[f"b_{l}"], shapes[f"b_{l}"] = params[2 * l + 1].dtype, params[2 * l + 1].shape
             for k, p in extra.items():
                 cols[k], shapes[k] = p.dtype, p.shape
-            self.snaps = _Rows(f.create_group("snapshots"), cols, shapes, capacity=1)
+            self.snaps = _Part(f.create_group("snapshots"), cols, shapes, capacity=1,
+                               block_rows=BLOCK_ROWS["snapshots"])
+        arrays = {}
+        for l in range(n_layers):
+            arrays[f"W_{l}"], arrays[f"b_{l}"] = params[2 * l], params[2 * l + 1]
+        arrays.update(extra)
+        self._array_names = list(arrays)
         for which in ("initial", "final"):
             g = f.create_group(f"params/{which}")
-            for l in range(n_layers):
-                for kind, p in (("W", params[2 * l]), ("b", params[2 * l + 1])):
-                    if which == "initial":
-                        g.create_dataset(f"{kind}_{l}", data=p)
-                    else:
-                        g.create_dataset(f"{kind}_{l}", shape=p.shape, dtype=p.dtype,
-                                         fillvalue=np.nan)
-            for k, p in extra.items():
+            for k, p in arrays.items():
                 if which == "initial":
                     g.create_dataset(k, data=p)
                 else:
                     g.create_dataset(k, shape=p.shape, dtype=p.dtype, fillvalue=np.nan)
-        f.swmr_mode = True  # no new objects from here on
+        crcs = np.full((2, len(arrays)), -1, dtype=I8)  # -1: not written (final: all NaN)
+        crcs[0] = [blocks.crc(np.ascontiguousarray(p)) for p in arrays.values()]
+        pc = f.create_dataset("params_crc", data=crcs)
+        pc.attrs["names"] = json.dumps(self._array_names)
+        self._params_crc = pc
         self._counter = counter
+        self._status_crc = status_crc(f["status"][()], f["status_message"][()])
+        self._committed = [0] * (6 * len(COUNTERS))
+        self._write_counter()
+        f.swmr_mode = True  # no new objects from here on
         self._last_flush = self._last_fsync = self._last_append = time.monotonic()
-        self.closed = False
 
     # -- appending --------------------------------------------------------------------------
     # Rows are buffered as a step produces them; end_step() marks them complete. Only
@@ -213,54 +325,253 @@ class LogWriter:
             self.flush(now)
         self._last_append = now
 
-    def _parts(self) -> list[_Rows]:
+    def _parts(self) -> list[_Part]:
         return [t for t in (*self.tables.values(), self.units, self.snaps) if t is not None]
 
     def flush(self, now: float | None = None) -> None:
-        """Write the rows of finished steps, then the row counter, then flush the file."""
-        parts = [*self.tables.values(), self.units, self.snaps]
-        for t in parts:
-            if t is not None:
+        """Write the rows of finished steps, then the row counter, then flush the file.
+
+        A write that fails (a full disk: h5py raises RuntimeError or OSError) stops the
+        log where its last counter left it: the error is raised, and every later write
+        is refused, so the file keeps the rows committed before.
+        """
+        self._check_usable()
+        try:
+            for t in self._parts():
                 t.write()
-        self.f.flush()
-        self._counter[...] = [t.n_written if t is not None else 0 for t in parts]
-        self.f.flush()
+            self.f.flush()
+            parts = [*self.tables.values(), self.units, self.snaps]
+            committed = []
+            for t in parts:
+                committed += t.counter() if t is not None else [0] * 6
+            self._committed = committed
+            self._write_counter()
+            self.f.flush()
+        except BaseException as e:
+            self.broken = e
+            raise
+        if not self.placed and self.tables["steps"].n_written > 0:
+            self.place()
         now = time.monotonic() if now is None else now
         self._last_flush = now
         if now - self._last_fsync >= self.fsync_interval:
             self._fsync()
             self._last_fsync = now
 
+    def _check_usable(self) -> None:
+        if self.broken is not None:
+            raise LogError(f"the log {str(self.path)!r} stopped after a write error: "
+                           f"{one_line(self.broken)}")
+
+    def _write_counter(self) -> None:
+        vals = np.asarray([*self._committed, self._status_crc, 0], dtype=I8)
+        vals[-1] = blocks.crc(vals[:-1])
+        self._counter[...] = vals
+
+    def place(self) -> None:
+        """Move the new log over the file it replaces (once it has a committed step)."""
+        if not self.placed:
+            os.replace(self.file, self.path)
+            self.file = self.path
+            self.placed = True
+
+    def _close_file(self) -> None:
+        """Close the HDF5 file; when that fails (a full disk), close it into /dev/null.
+
+        HDF5 keeps a file it could not flush open, and tries again at interpreter exit,
+        where the failure crashed the process (a segfault). What is on disk is what the
+        last counter committed; the writes HDF5 still wants to make are sent to
+        /dev/null so that the file closes and stays as it is.
+        """
+        if self.broken is None:
+            try:
+                self.f.close()
+                return
+            except Exception:  # noqa: BLE001
+                pass
+        # after a failed write, closing normally fails too and leaves HDF5's objects in a
+        # state that crashed the garbage collector later: redirect first, then close
+        try:
+            fd = self.f.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except Exception:  # noqa: BLE001 -- no file descriptor: nothing more to try
+            pass
+        with contextlib.suppress(Exception):
+            self.f.close()
+
     def _fsync(self) -> None:
         try:
             os.fsync(self.f.id.get_vfd_handle())
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RuntimeError):
             pass  # a driver without a file descriptor: flush() is all there is
 
     def set_status(self, status: str, message: str = "") -> None:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}; accepted: {', '.join(STATUSES)}")
-        self.f["status"][()] = np.bytes_(status.ljust(16))
-        self.f["status_message"][()] = np.bytes_(message.encode()[:512].decode("utf-8", "ignore"))
-        self.flush()
+        st = np.bytes_(status.ljust(16))
+        msg = np.bytes_(message.encode()[:512].decode("utf-8", "ignore").encode())
+        self.f["status"][()] = st
+        self.f["status_message"][()] = msg
+        self._status_crc = status_crc(self.f["status"][()], self.f["status_message"][()])
+        if self.broken is None:
+            self.flush()
+        else:  # the rows stay as last committed; the status says why (in place: no new space)
+            self._write_counter()
+            with contextlib.suppress(Exception):
+                self.f.flush()
 
     def close(self, status: str, message: str = "", params: list[np.ndarray] | None = None,
               norm_params: list[np.ndarray] | None = None,
               norm_state: list[np.ndarray] | None = None):
-        """Write the final parameters (and normalisation arrays) and the status, then close."""
+        """Write the final parameters (and normalisation arrays) and the status, then close.
+
+        After a write error (see :meth:`flush`) the final parameters are not written and the
+        status is written when the file still takes it. The file is closed and the lock
+        released whatever happens; an error is raised after that.
+        """
         if self.closed:
             return
-        if params is not None:
-            g = self.f["params/final"]
-            for l in range(len(params) // 2):
-                g[f"W_{l}"][...] = params[2 * l]
-                g[f"b_{l}"][...] = params[2 * l + 1]
-            for k, p in _norm_arrays(norm_params, norm_state).items():
-                g[k][...] = p
-        self.set_status(status, message)
-        self._fsync()
-        self.f.close()
-        self.closed = True
+        err = None
+        try:
+            if params is not None and self.broken is None:
+                arrays = {}
+                for l in range(len(params) // 2):
+                    arrays[f"W_{l}"], arrays[f"b_{l}"] = params[2 * l], params[2 * l + 1]
+                arrays.update(_norm_arrays(norm_params, norm_state))
+                g = self.f["params/final"]
+                crcs = self._params_crc[1]
+                for k, p in arrays.items():
+                    p = np.ascontiguousarray(p, dtype=g[k].dtype)
+                    g[k][...] = p
+                    crcs[self._array_names.index(k)] = blocks.crc(p)
+                self._params_crc[1] = crcs
+            self.set_status(status, message)
+            self._fsync()
+        except BaseException as e:  # noqa: BLE001 -- closed below, raised after
+            err = e
+            if self.broken is None:
+                self.broken = e
+        finally:
+            self._close_file()
+            self.closed = True
+            try:
+                if not self.placed:
+                    if self.tables["steps"].n_written > 0 and err is None:
+                        self.place()
+                    else:  # nothing committed: the file it would replace stays as it was
+                        with contextlib.suppress(OSError):
+                            self.file.unlink()
+            finally:
+                self._lock.release()
+        if err is not None:
+            raise err
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type when the message is empty."""
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else ""
+    name = type(e).__name__
+    return f"{name}: {msg}" if msg and name not in ("LogError", "ConfigError") else (msg or name)
+
+
+def attrs_crc(config_json: str, hist_edges: np.ndarray) -> int:
+    return blocks.crc(config_json.encode() + np.ascontiguousarray(hist_edges, dtype=F8).tobytes())
+
+
+def status_crc(status: bytes, message: bytes) -> int:
+    return blocks.crc(bytes(status) + b"\0" + bytes(message))
+
+
+class LogLock:
+    """The exclusive lock of one log's writer: ``flock`` on ``.NAME.lock`` beside the log.
+
+    The lock goes with the open file, so the operating system releases it when the writer
+    dies, however it dies. The lock file holds the writer's process id (for the message
+    a second writer gets) and is removed when the lock is released. Where ``fcntl`` is
+    missing (Windows), logs are not locked.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:
+            return
+        for _ in range(100):
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise LogError(f"cannot write {str(self.path)!r}: "
+                               f"{e.strerror or e} ({str(self.lock_path)!r})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise LogBusyError(
+                    f"{str(self.path)!r} is being written by another process"
+                    f"{f' (pid {holder})' if holder else ''}; wait for it to end or choose "
+                    f"another output file") from None
+            # the file may have been removed (and its lock released) between our open and
+            # our flock: then the lock is on a file nobody else will see, try again
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                # files left by a writer killed while creating this log: ours to remove
+                for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.new"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+                return
+            os.close(fd)
+        raise LogError(f"cannot lock {str(self.path)!r}")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.lock_path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_being_written(path) -> bool | None:
+    """Whether a live writer holds the log's lock (None where locks are not available)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock_path = Path(path).with_name(f".{Path(path).name}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _norm_arrays(norm_params, norm_state) -> dict[str, np.ndarray]:

@@ -33,8 +33,8 @@ from ..engine.mlp import (
 from ..engine.optimizers import OPTIMIZERS, make_optimizer
 from ..engine.stats import norm
 from ..record.probes import histogram_edges, probe_metrics, step_metrics
-from ..record.schema import OPTIMIZER_OPTIONS
-from ..record.writer import LogWriter
+from ..record.schema import OPTIMIZER_OPTIONS, LogError
+from ..record.writer import LogWriter, one_line
 from ._malloc import keep_freed_memory
 from ._signals import StopRequest
 from .parallel import GroupedStep
@@ -95,6 +95,10 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(msg)
 
+        for opt in ("seed", "data_seed"):
+            v = getattr(self, opt)
+            need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0,
+                 f"--{opt.replace('_', '-')} {v!r}; accepted: a whole number >= 0")
         if self.widths is not None:
             need(len(self.widths) >= 1, "--widths needs at least one width")
             for w in self.widths:
@@ -245,9 +249,17 @@ def prepare(config: TrainConfig) -> Prepared:
         sd[sd == 0] = 1.0
         X, X_val = (X - mu) / sd, (X_val - mu) / sd
     dtype = np.dtype(config.dtype)
-    X, X_val = X.astype(dtype), X_val.astype(dtype)
-    if not classification:
-        y, y_val = y.astype(dtype), y_val.astype(dtype)
+    with np.errstate(over="ignore"):  # checked just below, in one line
+        X, X_val = X.astype(dtype), X_val.astype(dtype)
+        if not classification:
+            y, y_val = y.astype(dtype), y_val.astype(dtype)
+    for what, a in (("features", X), ("features", X_val)) + (
+            () if classification else (("targets", y), ("targets", y_val))):
+        if not np.all(np.isfinite(a)):
+            raise data_mod.DataError(
+                f"{what} of {config.dataset!r} do not fit in {config.dtype} (values beyond "
+                f"{np.finfo(dtype).max:.3g}, or overflowing when standardised); use --dtype "
+                f"float64 or rescale the data")
     n = X.shape[0]
     bs = n if config.batch_size == "full" else min(int(config.batch_size), n)
     if config.norm == "batch":
@@ -322,8 +334,11 @@ def train(
     its missing folders, as ``gradscope train`` does.
     ``progress(step, total, loss)`` is called after every step when given.
     The run ends ``completed``, ``diverged`` (non-finite loss or gradients: the step is
-    logged and no update applied) or ``interrupted`` (Ctrl-C or SIGTERM, which end the loop
-    between two steps, or KeyboardInterrupt raised by ``progress``).
+    logged and no update applied), ``interrupted`` (Ctrl-C or SIGTERM, which end the loop
+    between two steps, or KeyboardInterrupt raised by ``progress``) or ``failed``: any other
+    exception (out of memory, a full disk, an error raised by ``progress``) is recorded in
+    the log as ``failed`` with its one-line reason, after every complete step, and then
+    raised. An existing ``out`` is replaced only once the run has committed a step.
     """
     prep = config if isinstance(config, Prepared) else prepare(config)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -355,9 +370,13 @@ def train(
     log_every, probe_every, snap_every = cfg.log_every, res["probe_every"], cfg.snapshot_every
     lr = float(opt.hyper.get("lr", float("nan")))
 
-    writer = LogWriter(out, res, params, edges, snapshots=snap_every > 0,
-                       norm_params=norm_params, norm_state=norm_state)
+    try:
+        writer = LogWriter(out, res, params, edges, snapshots=snap_every > 0,
+                           norm_params=norm_params, norm_state=norm_state)
+    except (OSError, RuntimeError) as e:  # h5py: RuntimeError on a full disk, OSError else
+        raise LogError(f"cannot write the log {str(out)!r}: {one_line(e)}") from None
     status, message = "completed", ""
+    error: BaseException | None = None
     step, epoch, loss = 0, 0, float("nan")
     t0 = time.perf_counter()
     weight_norms = None
@@ -447,14 +466,37 @@ def train(
             epoch += 1
     except KeyboardInterrupt:
         status, message = "interrupted", f"interrupted at step {step} (epoch {epoch})"
+    except BaseException as e:  # noqa: BLE001 -- recorded as the run's status, raised below
+        error = e
+        status, message = "failed", _failure(e, writer, step, epoch)
     finally:
         quiet.__exit__(None, None, None)
         try:
             stepper.close()
-            writer.close(status, message, params, norm_params, norm_state)
+            # a failed run's parameters may be half updated: its final parameters stay NaN
+            final = (params, norm_params, norm_state) if status != "failed" else (None,) * 3
+            try:
+                writer.close(status, message, *final)
+            except BaseException as e:  # noqa: BLE001 -- e.g. the disk filled up at the end
+                if error is None:
+                    error = e
+                    status, message = "failed", _failure(e, writer, step, epoch)
         finally:
             stop.__exit__()
+    if error is not None:
+        # the log is closed, its status "failed" with the reason (when the file took it)
+        raise error
     return RunResult(Path(out), status, message, step, loss)
+
+
+def _failure(e: BaseException, writer, step: int, epoch: int) -> str:
+    """The one-line reason of a failed run, for its status message."""
+    where = f"at step {step} (epoch {epoch})"
+    if writer.broken is not None:
+        return f"cannot write the log {where}: {one_line(writer.broken)}"
+    if isinstance(e, MemoryError):
+        return f"out of memory {where}: {one_line(e)}"
+    return f"{one_line(e)} {where}"
 
 
 def _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n, t,

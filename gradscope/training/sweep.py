@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import tempfile
+import threading
 import time
 import types
 import typing
@@ -40,7 +41,7 @@ from ..engine.optimizers import OPTIMIZERS, make_optimizer, optimizer_defaults
 from ..files import write_atomic
 from ..reading.readers import read_status
 from ..reading.run import read_run
-from ..record.schema import LogError
+from ..record.schema import LogBusyError, LogError
 from ._signals import StopRequest
 from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
 
@@ -527,6 +528,34 @@ def _worker_init() -> None:
     # ends running trainings with SIGTERM (which train() turns into a clean "interrupted")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads()
+    _exit_with_parent()
+
+
+_TRAINING: list[str] = []  # the run this process is training now (a worker's watch reads it)
+#: seconds between two looks at whether a worker's parent is alive; and the time a worker
+#: whose parent died gets to close its log before it exits anyway
+_PARENT_POLL, _PARENT_GRACE = 0.5, 30.0
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the sweep that started it dies (even by SIGKILL).
+
+    A thread watches the parent process id: when the worker is re-parented, it sends
+    itself SIGTERM (a training stops between two steps and closes its log "interrupted";
+    an idle worker ends) and exits for good after a grace period.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        end = time.monotonic() + _PARENT_GRACE
+        while _TRAINING and time.monotonic() < end:  # let the log close "interrupted"
+            time.sleep(0.05)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gradscope-parent-watch", daemon=True).start()
 
 
 def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
@@ -538,12 +567,22 @@ def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
     out = Path(out_dir)
     partial = out / PARTIAL_DIR / f"{name}.h5"
     try:
-        res = train(config, partial)
+        # the log's lock is the run's claim: a run that a live worker (of a sweep whose
+        # parent was killed) still trains is refused here, not trained twice
+        _TRAINING.append(name)
+        try:
+            res = train(config, partial)
+        finally:
+            _TRAINING.remove(name)
     except (ConfigError, DataError) as e:
         return {"status": "failed", "message": str(e)}
+    except LogBusyError as e:
+        return {"status": "failed", "message": f"{e}; run the sweep again once it has ended"}
     except OSError as e:
         return {"status": "failed", "message": f"cannot write {str(partial)!r}: "
                                                f"{str(e).splitlines()[0]}"}
+    except Exception as e:  # noqa: BLE001 -- recorded in the log as "failed"; one line here
+        return {"status": "failed", "message": _one_line(e)}
     if res.status in FINAL_STATUSES:
         os.replace(partial, out / f"{name}.h5")
     elif res.status == "interrupted":
@@ -621,7 +660,11 @@ def _connect(scheduler):
     if isinstance(scheduler, distributed.Client):
         return scheduler, False
     address = getattr(scheduler, "scheduler_address", scheduler)
-    if not isinstance(address, str) or not address:
+    # an address distributed cannot parse left a half-made Client that printed a traceback
+    # from its __del__ 40 s later: refuse it before
+    if (not isinstance(address, str) or not address
+            or not re.fullmatch(r"inproc://\S+|([a-z]+://)?[\w.\-\[\]:]*[\w\]]:\d{1,5}/?",
+                                address.strip())):
         raise SweepError(f"--scheduler {scheduler!r}; accepted: an address such as "
                          f"tcp://127.0.0.1:8786")
     try:

@@ -224,13 +224,17 @@ class Prepared:
     classification: bool
 
 
-def prepare(config: TrainConfig) -> Prepared:
+def prepare(config: TrainConfig, loaded: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> Prepared:
     """Check the options, load and split the data, and resolve every default.
 
+    ``loaded``: the dataset as ``load_dataset`` returns it for this configuration, when the
+    caller has it already (many runs on one dataset); it is not modified.
     Raises :class:`ConfigError` or :class:`~gradscope.engine.data.DataError`; writes nothing.
     """
     config.check()
-    X, y = data_mod.load_dataset(config.dataset, target=config.target, seed=config.data_seed)
+    X, y = loaded if loaded is not None else data_mod.load_dataset(
+        config.dataset, target=config.target, seed=config.data_seed)
     classification = data_mod.is_classification(y)
     if classification and y.max() < 1:
         raise data_mod.DataError(f"dataset {config.dataset!r} has a single class; need two or more")

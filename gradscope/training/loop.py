@@ -7,6 +7,7 @@ bad option is refused before any file is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._blas import MIN_THREADED_WORK, blas_threads
 from ..engine import data as data_mod
 from ..engine.activations import get_activation
 from ..engine.initializers import INITIALIZERS
@@ -358,6 +360,10 @@ def train(
     # overflow on the way to divergence is detected and reported as a result, not warned about
     quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
     quiet.__enter__()
+    # a small net's products are too short for BLAS's threads (see _blas.MIN_THREADED_WORK)
+    small = bs * sum(p.size for p in params) < MIN_THREADED_WORK
+    blas = blas_threads(1) if small else contextlib.nullcontext()
+    blas.__enter__()
     try:
         while step < total:
             ep_loss = ep_acc = 0.0
@@ -441,6 +447,7 @@ def train(
         status, message = "interrupted", f"interrupted at step {step} (epoch {epoch})"
     finally:
         quiet.__exit__(None, None, None)
+        blas.__exit__(None, None, None)
         try:
             stepper.close()
             writer.close(status, message, params, norm_params, norm_state)

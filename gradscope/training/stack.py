@@ -22,6 +22,7 @@ train run by run (:func:`stack_key` is None for them).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._blas import MIN_THREADED_WORK, blas_threads
 from ..engine import data as data_mod
 from ..engine.activations import get_activation
 from ..engine.mlp import init_params
@@ -254,6 +256,10 @@ def train_stack(
     t0 = time.perf_counter()
     quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
     quiet.__enter__()
+    # each product of the stack is one small net's (a batched product loops over them)
+    blas = blas_threads(1) if bs * sum(p[0].size for p in params) < MIN_THREADED_WORK \
+        else contextlib.nullcontext()
+    blas.__enter__()
     try:
         while step < total and runs:
             ep_loss = np.zeros(len(runs))
@@ -344,6 +350,7 @@ def train_stack(
         status_all = "interrupted"
     finally:
         quiet.__exit__(None, None, None)
+        blas.__exit__(None, None, None)
         # closing the logs takes a moment per run: a further signal (the one that makes a
         # user's second Ctrl-C raise at once, or a process pool terminating its workers)
         # must not leave some of them unclosed

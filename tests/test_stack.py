@@ -154,3 +154,25 @@ def test_stack_reductions_equal_the_single_array_ones(dtype, shape):
     np.testing.assert_array_equal(stack_saturated_fraction(d, act),
                                   [saturated_fraction(x, act) for x in d])
     assert not np.isfinite(stack_norms(np.full((2, 3), np.inf, dtype=dtype))).any()
+
+
+def test_sweep_stacks_runs_by_default_with_the_logs_of_separate_runs(tmp_path, monkeypatch):
+    import gradscope.training.sweep as sweep_mod
+    from gradscope.training.sweep import run_names, run_sweep
+
+    calls = []
+    real = sweep_mod.train_stack
+
+    def counting(configs, outs, *a, **k):
+        calls.append(len(configs))
+        return real(configs, outs, *a, **k)
+
+    monkeypatch.setattr(sweep_mod, "train_stack", counting)
+    configs = [_cfg(seed=0), _cfg(seed=1, init_gain=2.0), _cfg(dropout=0.2)]
+    stacked = run_sweep(configs, tmp_path / "stacked", jobs=1)
+    assert calls == [2]  # the run with a remedy trained on its own
+    alone = run_sweep(configs, tmp_path / "alone", jobs=1, stack=False)
+    assert calls == [2]
+    assert list(stacked["status"]) == list(alone["status"]) == ["completed"] * 3
+    for name in run_names(configs):
+        _same_logs(tmp_path / "stacked" / f"{name}.h5", tmp_path / "alone" / f"{name}.h5")

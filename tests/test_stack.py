@@ -176,3 +176,14 @@ def test_sweep_stacks_runs_by_default_with_the_logs_of_separate_runs(tmp_path, m
     assert list(stacked["status"]) == list(alone["status"]) == ["completed"] * 3
     for name in run_names(configs):
         _same_logs(tmp_path / "stacked" / f"{name}.h5", tmp_path / "alone" / f"{name}.h5")
+
+
+def test_regression_stack_logs_what_separate_runs_log(tmp_path):
+    # the teacher set is a regression task: the mean squared error and no accuracy
+    configs = [_cfg(dataset="teacher", seed=s, activation="tanh", optimizer="momentum",
+                    lr=0.01) for s in (0, 1)]
+    stacked = [tmp_path / f"stack{i}.h5" for i in range(2)]
+    train_stack(configs, stacked)
+    for i, c in enumerate(configs):
+        train(c, tmp_path / f"alone{i}.h5")
+        _same_logs(stacked[i], tmp_path / f"alone{i}.h5")

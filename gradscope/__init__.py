@@ -25,7 +25,27 @@ from .reading.readers import (
 )
 from .training.loop import TrainConfig, train
 
+#: names loaded on first use (they import matplotlib): gradscope.Run, gradscope.Runs
+_LAZY = {"Run": "gradscope.views.notebook", "Runs": "gradscope.views.notebook"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
 __all__ = [
+    "Run",
+    "Runs",
     "TrainConfig",
     "__version__",
     "advise",

@@ -59,7 +59,6 @@ def test_sweep_report_pages(sweep_report):
     assert titles.count("Gradient profile across depth") == 1
     assert titles[-1] == "Gradient ratio across depth, run by run"
     assert r["remedy_groups"] == []
-    assert r["seconds"] < 60
     if PDFTOTEXT:
         text = pdf_text(r["out"])
         for t in SWEEP_PAGES:

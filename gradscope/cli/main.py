@@ -130,7 +130,9 @@ def _opt(*names, **kw):
       help="Log file [default: runs/<descriptive name>.h5].")
 @_opt("--force", is_flag=True, help="Overwrite an existing log.")
 @_opt("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(out, force, quiet, **options):
+@_opt("--watch", "watch_live", is_flag=True,
+      help="Show the live view of `gradscope watch` instead of the progress bar (needs rich).")
+def train(out, force, quiet, watch_live, **options):
     """Train an MLP and record per-layer gradient diagnostics to an HDF5 log."""
     from ..engine.data import DataError
     from ..training.loop import ConfigError, TrainConfig, prepare
@@ -153,8 +155,14 @@ def train(out, force, quiet, **options):
     except OSError as e:
         fail(f"cannot create folder {str(path.parent)!r}: {e.strerror}")
 
+    if watch_live:
+        try:
+            import rich  # noqa: F401
+        except ImportError:
+            fail("--watch needs the 'rich' package: pip install 'gradscope[watch]'")
+    viewer = []
     bar = None
-    if not quiet and sys.stderr.isatty():
+    if not quiet and sys.stderr.isatty() and not watch_live:
         from tqdm import tqdm
 
         bar = tqdm(total=prep.resolved["total_steps"], unit="step", dynamic_ncols=True,
@@ -162,6 +170,10 @@ def train(out, force, quiet, **options):
     last = [0.0, 0]
 
     def progress(step, total, loss):
+        if watch_live and not viewer:
+            # the view runs in its own process (it reads the log like any reader, and its
+            # drawing does not take the training's interpreter); started once the log exists
+            viewer.append(_start_viewer(path))
         if bar is None:
             return
         now = time.monotonic()
@@ -177,6 +189,8 @@ def train(out, force, quiet, **options):
     finally:
         if bar is not None:
             bar.close()
+        if viewer:
+            _stop_viewer(viewer[0])
     if result.status == "diverged":
         click.echo(f"warning: run diverged: {result.message}", err=True)
     elif result.status == "interrupted":
@@ -186,6 +200,28 @@ def train(out, force, quiet, **options):
     click.echo(f"{result.status}: {result.steps} steps, final batch loss {result.final_loss:.4g}; "
                f"log: {path}")
     return 0
+
+
+def _start_viewer(path: Path):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "gradscope", "watch", str(path),
+                             "--every", "1s"])
+
+
+def _stop_viewer(proc, wait: float = 10.0) -> None:
+    """The view exits by itself once it has seen the run end; a view that does not (its
+    terminal gone) is ended."""
+    import subprocess
+
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
 
 
 @main.command()
@@ -296,9 +332,11 @@ def report(inputs, out, vanishing, exploding, dead_units, saturated, max_steps):
 def _register_subcommands() -> None:
     from .plot import plot
     from .sweep import sweep
+    from .watch import watch
 
     main.add_command(sweep)
     main.add_command(plot)
+    main.add_command(watch)
 
 
 _register_subcommands()

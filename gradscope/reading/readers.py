@@ -96,12 +96,28 @@ def _committed(f) -> dict[str, int]:
 
 
 def _read_table(f, name: str) -> pd.DataFrame:
+    return read_rows(f, name)
+
+
+def committed_rows(f) -> dict[str, int]:
+    """Rows of every table that are complete, in a log opened with :func:`open_log`
+    (``{"steps": n, "layers": n, ...}``); a reader that follows a live run reads up to these."""
+    return _committed(f)
+
+
+def read_rows(f, name: str, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Committed rows ``start:stop`` of table ``name`` (steps, layers, epochs, probes) of a
+    log opened with :func:`open_log`: a live view reads only the rows added since its last
+    read, never the whole table again."""
     g = f[name]
     n = _committed(f)[name]
     optional = OPTIONAL_COLUMNS.get(name, {})
     cols = {c: g[c] for c in TABLES[name] if c in g or c not in optional}
     n = min([n, *(ds.shape[0] for ds in cols.values())])
-    return pd.DataFrame({c: cols[c][:n] if c in cols else np.full(n, optional[c], dtype=dt)
+    stop = n if stop is None else min(stop, n)
+    start = min(max(start, 0), stop)
+    return pd.DataFrame({c: cols[c][start:stop] if c in cols
+                         else np.full(stop - start, optional[c], dtype=dt)
                          for c, dt in TABLES[name].items()})
 
 
@@ -118,15 +134,20 @@ def read_status(path) -> dict:
     step (None before any), ``rows`` the committed row count of every table.
     """
     with open_log(path) as f:
-        c = _committed(f)
-        status = f["status"][()].decode().strip()
-        steps = _read_table(f, "steps")
-        return {
-            "status": status,
-            "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
-            "last_step": int(steps["step"].iloc[-1]) if len(steps) else None,
-            "rows": c,
-        }
+        return log_status(f)
+
+
+def log_status(f) -> dict:
+    """:func:`read_status` of a log opened with :func:`open_log` (reads one step row, so a
+    live view can ask every second without reading the step table)."""
+    c = _committed(f)
+    last = read_rows(f, "steps", c["steps"] - 1) if c["steps"] else None
+    return {
+        "status": f["status"][()].decode().strip(),
+        "message": f["status_message"][()].decode("utf-8", "ignore").strip(),
+        "last_step": int(last["step"].iloc[-1]) if last is not None and len(last) else None,
+        "rows": c,
+    }
 
 
 def read_steps(path) -> pd.DataFrame:

@@ -924,6 +924,12 @@ def _predicted_profile(run: RunData):
     return pd.Series(np.asarray(prof, float) * scale, index=np.arange(len(prof)))
 
 
+def predicted_profile(run: RunData):
+    """The mean-field gradient profile at initialisation, scaled to the run's output layer
+    at the first logged step (a Series by layer), or None when theory cannot describe it."""
+    return _predicted_profile(run)
+
+
 def _dead_pages(runs, thresholds):
     relu = [r for r in runs if r.relu_family]
     if not relu:

@@ -18,7 +18,13 @@ recorded step for every probe step that recording every 1000 steps would not tak
 of 300 steps (bench_train.py) two in 300 steps (0, 100, 200, 299 against 0, 299); in long
 runs nine in 1000.
 
-    python benchmarks/bench_recording.py [--steps 900] [--runs 3]
+    python benchmarks/bench_recording.py [--steps 900] [--runs 3] [--net 8x64/32 ...]
+
+``--net DEPTHxWIDTH/BATCH`` (repeatable) measures other nets on the same data: the four of
+the benchmark table of issue 13 are 8x512/256 (the default), 8x64/32, 20x32/32 and 8x128/64.
+A closing table gives each net's recorded step in steps per second (``--log-every 1``,
+probe passes included), to compare code versions run one after the other
+(``PYTHONPATH=other/checkout python benchmarks/bench_recording.py ...``).
 """
 
 from __future__ import annotations
@@ -49,13 +55,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--net", action="append", default=None, metavar="DEPTHxWIDTH/BATCH")
     args = ap.parse_args()
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            print(f"# {lib['internal_api']} {lib.get('version')} {lib.get('architecture')} "
+                  f"threads={lib['num_threads']}")
+    except ImportError:
+        pass
+    summary = []
+    for net in args.net or [f"{DEPTH}x{WIDTH}/{BATCH}"]:
+        shape, batch = net.split("/")
+        depth, width = map(int, shape.split("x"))
+        print(f"\n## {depth} x {width}, batch {batch}\n")
+        summary.append((net, *measure(depth, width, int(batch), args.steps, args.runs)))
+    print("\n| net | step not recorded (ms) | recording every step: cost (ms) | share | "
+          "steps/s recording every step |")
+    print("|---|---|---|---|---|")
+    for net, plain, cost, share in summary:
+        print(f"| {net} | {plain:.3f} | {cost:.3f} | {share:.1%} | {1e3 / (plain + cost):.0f} |")
+
+
+def measure(depth: int, width: int, batch: int, steps: int, runs: int):
+    """Prints the tables of one net; returns (plain ms, cost ms of recording every step in
+    long runs, its share of the recorded step)."""
+    args = argparse.Namespace(steps=steps, runs=runs)
     kinds: dict[str, list[float]] = {"plain": [], "norms": [], "recorded": [], "probe": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp))
         prep = prepare(TrainConfig(
-            dataset=str(data), depth=DEPTH, width=WIDTH, activation="relu", init="he",
-            optimizer="adam", batch_size=BATCH, steps=args.steps, val_fraction=0.0,
+            dataset=str(data), depth=depth, width=width, activation="relu", init="he",
+            optimizer="adam", batch_size=batch, steps=args.steps, val_fraction=0.0,
             log_every=3, seed=0))
         probe_every = prep.resolved["probe_every"]
         for r in range(args.runs):
@@ -68,8 +100,8 @@ def main() -> None:
             kinds["norms"] += t[rest & (steps % 3 == 2)].tolist()
             kinds["recorded"] += t[rest & (steps % 3 == 0)].tolist()
             kinds["probe"] += t[probe].tolist()
-            print(f"run {r + 1}: median plain {np.median(t[rest & (steps % 3 == 1)]):.2f} ms, "
-                  f"recorded {np.median(t[rest & (steps % 3 == 0)]):.2f} ms", flush=True)
+            print(f"run {r + 1}: median plain {np.median(t[rest & (steps % 3 == 1)]):.3f} ms, "
+                  f"recorded {np.median(t[rest & (steps % 3 == 0)]):.3f} ms", flush=True)
 
     med = {k: float(np.median(v)) for k, v in kinds.items()}
     plain, rec = med["plain"], med["recorded"]
@@ -79,9 +111,9 @@ def main() -> None:
           f"{len(kinds['probe'])} probe steps\n")
     print("| step | ms |")
     print("|---|---|")
-    print(f"| not recorded | {plain:.2f} |")
-    print(f"| norms of updates and new parameters only | {med['norms']:.2f} "
-          f"(+{med['norms'] - plain:.2f}) |")
+    print(f"| not recorded | {plain:.3f} |")
+    print(f"| norms of updates and new parameters only | {med['norms']:.3f} "
+          f"(+{med['norms'] - plain:.3f}) |")
     print(f"| recorded | {rec:.2f} (+{rec - plain:.2f}) |")
     print(f"| recorded, with the probe pass | {med['probe']:.2f} (+{probe_excess:.2f} over a "
           f"recorded step) |")
@@ -91,7 +123,8 @@ def main() -> None:
     for what, extra_probes in (("runs of 300 steps (bench_train.py)", 2 / 300),
                                ("long runs", 9 / 1000)):
         cost = rec - plain + extra_probes * probe_excess
-        print(f"| {what} | {cost:.2f} | {cost / (plain + cost):.1%} |")
+        print(f"| {what} | {cost:.3f} | {cost / (plain + cost):.1%} |")
+    return plain, cost, cost / (plain + cost)
 
 
 if __name__ == "__main__":

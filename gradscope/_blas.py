@@ -30,3 +30,63 @@ def quiet_idle_blas_threads() -> bool:
         return False
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = THREAD_TIMEOUT
     return True
+
+
+#: below this many multiply-adds a step (batch x parameters), BLAS's threads cost more than
+#: they bring: the products are microseconds long, and on a busy machine a product waits
+#: for a descheduled thread (an 8 x 64 net, batch 32: 62 ms a step on two BLAS threads
+#: against 0.96 ms on one with other work running; docs/performance.md)
+MIN_THREADED_WORK = 1 << 26
+
+
+class blas_threads:
+    """Context manager: OpenBLAS (numpy's, and scipy's when loaded) uses ``n`` threads
+    inside, the number it had after. Does nothing where the library's thread count cannot
+    be set (another BLAS, or no /proc to find it in)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.old: list[int] = []
+
+    def __enter__(self):
+        self.old = []
+        for get, put in _openblas():
+            self.old.append(int(get()))
+            put(self.n)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for (_, put), old in zip(_openblas(), self.old):
+            put(old)
+
+
+_LIBS: list = []
+
+
+def _openblas() -> list:
+    """(get_num_threads, set_num_threads) of each OpenBLAS loaded in this process."""
+    if _LIBS:
+        return _LIBS[0]
+    found = []
+    try:
+        import ctypes
+
+        import numpy  # noqa: F401 -- loads its BLAS
+
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f
+                            if "openblas" in line.lower() and ".so" in line})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                                   ("openblas", "64_"), ("openblas", "")):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    put.argtypes = [ctypes.c_int]
+                    found.append((get, put))
+                    break
+    except (OSError, AttributeError):
+        found = []
+    _LIBS.append(found)
+    return found

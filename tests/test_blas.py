@@ -29,3 +29,21 @@ READ = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset'))"
 def test_thread_timeout_set_only_before_numpy(first, user, expected):
     assert _timeout_seen(f"{first}; {READ}", user) == expected
 
+
+
+def test_blas_threads_sets_and_restores_the_thread_count():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy as np  # noqa: F401
+
+    from gradscope._blas import blas_threads
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["internal_api"] == "openblas"]
+
+    before = counts()
+    if not before:
+        pytest.skip("numpy is not linked to OpenBLAS here")
+    with blas_threads(1):
+        assert counts() == [1] * len(before)
+    assert counts() == before

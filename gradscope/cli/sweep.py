@@ -138,10 +138,13 @@ class _Progress:
               help="Run on a Dask cluster, e.g. tcp://127.0.0.1:8786 (needs gradscope[dask]).")
 @click.option("--retries", type=int, default=2, show_default=True,
               help="Dask: times a run is tried again when its worker dies.")
+@click.option("--stack/--no-stack", default=True, show_default=True,
+              help="Train runs that differ only in seed, init and optimizer settings "
+                   "together, as a stack of networks in one process (same logs, faster).")
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are done); train none.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def sweep(ctx, out_dir, jobs, scheduler, retries, dry_run, quiet, **options):
+def sweep(ctx, out_dir, jobs, scheduler, retries, stack, dry_run, quiet, **options):
     """Train every combination of the listed options and summarise the runs.
 
     Each training option takes one value or a comma list, and numbers take ranges:
@@ -200,7 +203,7 @@ def sweep(ctx, out_dir, jobs, scheduler, retries, dry_run, quiet, **options):
     t0 = time.monotonic()
     try:
         summary = run_sweep(configs, out_dir, jobs=jobs, scheduler=scheduler, progress=bar,
-                            grid=grid, retries=retries)
+                            grid=grid, retries=retries, stack=stack)
     except (ConfigError, DataError, SweepError) as e:
         bar.close()
         raise click.ClickException(str(e)) from None

@@ -7,6 +7,7 @@ bad option is refused before any file is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._blas import MIN_THREADED_WORK, blas_threads
 from ..engine import data as data_mod
 from ..engine.activations import get_activation
 from ..engine.initializers import INITIALIZERS
@@ -232,13 +234,17 @@ class Prepared:
 TRAIN_OPTIONS = [f.name for f in fields(TrainConfig) if f.name != "extra"]
 
 
-def prepare(config: TrainConfig) -> Prepared:
+def prepare(config: TrainConfig, loaded: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> Prepared:
     """Check the options, load and split the data, and resolve every default.
 
+    ``loaded``: the dataset as ``load_dataset`` returns it for this configuration, when the
+    caller has it already (many runs on one dataset); it is not modified.
     Raises :class:`ConfigError` or :class:`~gradscope.engine.data.DataError`; writes nothing.
     """
     config.check()
-    X, y = data_mod.load_dataset(config.dataset, target=config.target, seed=config.data_seed)
+    X, y = loaded if loaded is not None else data_mod.load_dataset(
+        config.dataset, target=config.target, seed=config.data_seed)
     classification = data_mod.is_classification(y)
     if classification and y.max() < 1:
         raise data_mod.DataError(f"dataset {config.dataset!r} has a single class; need two or more")
@@ -385,6 +391,10 @@ def train(
     # overflow on the way to divergence is detected and reported as a result, not warned about
     quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore")
     quiet.__enter__()
+    # a small net's products are too short for BLAS's threads (see _blas.MIN_THREADED_WORK)
+    small = bs * sum(p.size for p in params) < MIN_THREADED_WORK
+    blas = blas_threads(1) if small else contextlib.nullcontext()
+    blas.__enter__()
     try:
         while step < total:
             ep_loss = ep_acc = 0.0
@@ -471,6 +481,7 @@ def train(
         status, message = "failed", _failure(e, writer, step, epoch)
     finally:
         quiet.__exit__(None, None, None)
+        blas.__exit__(None, None, None)
         try:
             stepper.close()
             # a failed run's parameters may be half updated: its final parameters stay NaN

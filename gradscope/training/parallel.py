@@ -15,6 +15,13 @@ from ..engine.optimizers import Optimizer, Params, apply_updates
 from ._threads import n_threads, pool
 
 
+#: below this many elements in all, handing the arrays to threads costs more than it
+#: saves: an Adam step with the norms measured inline against on two threads took 0.69
+#: against 0.93 ms for 34k elements (8 x 64), 2.6 against 3.1 ms for 0.53M (8 x 256),
+#: 6.6 against 2.8 ms for 1.2M (8 x 384); docs/performance.md
+MIN_PARALLEL = 1 << 20
+
+
 class GroupedStep:
     """``update`` then :func:`apply_updates`, run on groups of parameter arrays in threads.
 
@@ -35,7 +42,8 @@ class GroupedStep:
     ----------
     opt : the optimizer.
     sizes : the number of elements of each parameter array, to balance the groups.
-    threads : how many groups (default: the number of cores, at most 4); 1 runs inline.
+    threads : how many groups (default: the number of cores, at most 4, for at least
+        :data:`MIN_PARALLEL` elements in all; fewer run inline); 1 runs inline.
     measure : the norm :meth:`step` reports (default: the Frobenius norm).
     """
 
@@ -44,7 +52,9 @@ class GroupedStep:
         self.opt = opt
         self.measure = measure or (lambda x: float(np.linalg.norm(x)))
         self.n = len(sizes)
-        threads = min(threads or n_threads(), self.n)
+        if threads is None:
+            threads = n_threads() if sum(sizes) >= MIN_PARALLEL else 1
+        threads = min(threads, self.n)
         bins: list[list[int]] = [[] for _ in range(max(threads, 1))]
         load = [0] * len(bins)
         for i in sorted(range(self.n), key=lambda i: -sizes[i]):  # largest first

@@ -44,6 +44,7 @@ from ..reading.run import read_run
 from ..record.schema import LogBusyError, LogError
 from ._signals import StopRequest
 from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
+from .stack import stacks_of, train_stack
 
 __all__ = [
     "GRID_FILE", "PARTIAL_DIR", "SUMMARY_FILE", "SweepError", "SweepProgress", "check_configs",
@@ -590,6 +591,58 @@ def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
     return {"status": res.status, "message": res.message, "steps": res.steps}
 
 
+def _local_stack_task(configs: list[TrainConfig], names: list[str], out_dir: str) -> list:
+    """Train runs of one shape together (:func:`gradscope.training.stack.train_stack`),
+    each into OUT/.partial/NAME.h5, moved to OUT/NAME.h5 as :func:`_local_task` does."""
+    global _STOPPING
+    if len(configs) == 1:
+        return [_local_task(configs[0], names[0], out_dir)]
+    if _STOPPING:
+        return [{"status": "interrupted", "message": "the sweep was interrupted"}] * len(names)
+    out = Path(out_dir)
+    partials = [out / PARTIAL_DIR / f"{name}.h5" for name in names]
+    try:
+        results = train_stack(configs, partials)
+    except (ConfigError, DataError) as e:
+        return [{"status": "failed", "message": str(e)}] * len(names)
+    except OSError as e:
+        return [{"status": "failed", "message": f"cannot write a log of the stack "
+                 f"{str(partials[0])!r}...: {str(e).splitlines()[0]}"}] * len(names)
+    back = []
+    for res, partial, name in zip(results, partials, names):
+        if res.status in FINAL_STATUSES:
+            os.replace(partial, out / f"{name}.h5")
+        elif res.status == "interrupted":
+            _STOPPING = True
+        back.append({"status": res.status, "message": res.message, "steps": res.steps})
+    return back
+
+
+#: at most this many parameters (all runs) in one stack: its arrays and optimizer state
+#: then take a few hundred MB
+MAX_STACK_PARAMS = 1 << 24
+
+
+def _batches(todo: list[_Run], workers: int) -> list[list[_Run]]:
+    """The runs in groups that train together: runs that can share a stack
+    (:func:`~gradscope.training.stack.stacks_of`) in ``workers`` parts or more (so that every
+    worker has one), each within :data:`MAX_STACK_PARAMS`."""
+    out = []
+    for idx in stacks_of([r.config for r in todo]):
+        runs = [todo[i] for i in idx]
+        res = _param_bound(runs[0].config)
+        size = max(1, MAX_STACK_PARAMS // max(1, res))
+        per = max(1, min(size, math.ceil(len(runs) / workers)))
+        out += [runs[i:i + per] for i in range(0, len(runs), per)]
+    return out
+
+
+def _param_bound(cfg: TrainConfig) -> int:
+    """A bound on the parameters of one run (its hidden widths and 1000 in and out)."""
+    ws = [1000, *cfg.hidden_widths, 1000]
+    return sum(a * b + b for a, b in zip(ws, ws[1:]))
+
+
 def _dask_task(config: TrainConfig, name: str) -> dict:
     """Train one run on a Dask worker into a local temporary file and return its bytes:
     the worker needs no folder shared with the client."""
@@ -688,6 +741,7 @@ def run_sweep(
     *,
     grid: dict[str, list] | None = None,
     retries: int = 2,
+    stack: bool = True,
 ) -> pd.DataFrame:
     """Train every configuration whose log in ``out_dir`` is missing or incomplete.
 
@@ -702,6 +756,11 @@ def run_sweep(
     ``retries`` times when its worker dies. A log ending ``completed`` or ``diverged`` is
     kept as it is; a missing, ``running`` (killed), ``interrupted`` or unreadable one is
     trained again. Logs appear under their final name only when complete.
+
+    ``stack`` (local processes only): runs that differ only in seed, initialisation and
+    optimizer settings train together in one process as a stack of networks
+    (:func:`gradscope.training.stack.train_stack`; the logs are those of separate runs),
+    split over the ``jobs`` processes; False trains every run on its own.
 
     Returns :func:`summarize` of ``out_dir``; its ``attrs`` hold the names ``trained``,
     ``skipped`` and ``failed``. KeyboardInterrupt (or SIGTERM) stops the workers, writes
@@ -725,14 +784,15 @@ def run_sweep(
         except OSError as e:
             raise SweepError(f"cannot create folder {str(out)!r}: {e.strerror or e}") from None
         with _locked(out):
-            return _run_locked(configs, names, out, jobs, client, progress, grid, retries)
+            return _run_locked(configs, names, out, jobs, client, progress, grid, retries,
+                               stack)
     finally:
         if own_client:
             with contextlib.suppress(Exception):
                 client.close()
 
 
-def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
+def _run_locked(configs, names, out, jobs, client, progress, grid, retries, stack=True):
     runs = [_Run(i, n, c) for i, (n, c) in enumerate(zip(names, configs))]
     grid = {_field_name(k): _as_values(_field_name(k), v)
             for k, v in (grid if grid is not None else grid_of(configs)).items()}
@@ -792,10 +852,12 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
                 _run_dask(todo, out, client, retries, report, finished, stop)
             else:
                 n = min(jobs or _default_jobs(), len(todo))
+                batches = _batches(todo, n) if stack else [[r] for r in todo]
+                n = min(n, len(batches))
                 if n <= 1:
-                    _run_inline(todo, out, report, finished, stop)
+                    _run_inline(batches, out, report, finished, stop)
                 else:
-                    _run_pool(todo, out, n, report, finished, stop)
+                    _run_pool(batches, out, n, report, finished, stop)
         if state["interrupted"]:
             raise KeyboardInterrupt
     finally:
@@ -808,18 +870,22 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries):
     return summary
 
 
-def _run_inline(todo, out, report, finished, stop):
+def _run_inline(batches, out, report, finished, stop):
     where = "this process"
-    report(1, len(todo), where=where)
-    for i, run in enumerate(todo):
-        result = _local_task(run.config, run.name, str(out))
-        finished(run, result, 1, len(todo) - i - 1, where)
-        if result["status"] == "interrupted":
+    left = sum(map(len, batches))
+    report(1, left, where=where)
+    for runs in batches:
+        results = _local_stack_task([r.config for r in runs], [r.name for r in runs],
+                                    str(out))
+        for run, result in zip(runs, results):
+            left -= 1
+            finished(run, result, 1, left, where)
+        if any(r["status"] == "interrupted" for r in results):
             raise KeyboardInterrupt
         stop.check()
 
 
-def _run_pool(todo, out, n, report, finished, stop):
+def _run_pool(batches, out, n, report, finished, stop):
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -832,24 +898,28 @@ def _run_pool(todo, out, n, report, finished, stop):
         with _blas_env_for_children():
             # spawned workers start (and import numpy) during submit: keep the variables set
             ex = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
-            for run in todo:
-                futures[ex.submit(_local_task, run.config, run.name, str(out))] = run
-        report(n, len(futures), where=where)
+            for runs in batches:
+                futures[ex.submit(_local_stack_task, [r.config for r in runs],
+                                  [r.name for r in runs], str(out))] = runs
+        left = sum(map(len, batches))
+        report(n, left, where=where)
         pending = set(futures)
         while pending:
             stop.check()
             ready, pending = wait(pending, timeout=_POLL, return_when=FIRST_COMPLETED)
             for fut in ready:
-                run = futures[fut]
+                runs = futures[fut]
                 try:
-                    result = fut.result()
+                    results = fut.result()
                 except BrokenProcessPool:
-                    result = {"status": "failed", "message": "a worker process died (out of "
-                              "memory? or a script without if __name__ == '__main__'); run "
-                              "the sweep again to retry"}
-                except Exception as e:  # noqa: BLE001 -- a bug: this run failed, not the sweep
-                    result = {"status": "failed", "message": _one_line(e)}
-                finished(run, result, n, len(pending), where)
+                    results = [{"status": "failed", "message": "a worker process died (out "
+                                "of memory? or a script without if __name__ == '__main__'); "
+                                "run the sweep again to retry"}] * len(runs)
+                except Exception as e:  # noqa: BLE001 -- a bug: these runs failed, not the sweep
+                    results = [{"status": "failed", "message": _one_line(e)}] * len(runs)
+                for run, result in zip(runs, results):
+                    left -= 1
+                    finished(run, result, n, left, where)
     except KeyboardInterrupt:
         for fut in futures:
             fut.cancel()

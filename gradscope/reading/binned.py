@@ -27,7 +27,7 @@ from .readers import (
     table_length,
 )
 
-__all__ = ["MAX_STEPS", "PER_BIN", "binned_median", "downsample", "layers_binned",
+__all__ = ["MAX_STEPS", "PER_BIN", "binned_median", "check_bins", "downsample", "layers_binned",
            "read_layers_binned", "whole_step_windows"]
 
 #: Time bins of the figures.
@@ -55,16 +55,25 @@ def read_layers_binned(path, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN)
     A log with at most ``max_steps`` logged steps is returned whole, as ``read_layers``
     gives it.
     """
-    if max_steps < 3:
-        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
+    max_steps, per_bin = check_bins(max_steps, per_bin)
     with open_log(path) as f:
         return layers_binned(f, max_steps, per_bin)
 
 
+def check_bins(max_steps, per_bin) -> tuple[int, int]:
+    """``(max_steps, per_bin)`` checked (ValueError naming the value and what is accepted),
+    before a log is opened: a bad argument is not a damaged log."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
+            or max_steps < 3:
+        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
+    if isinstance(per_bin, bool) or not isinstance(per_bin, (int, np.integer)) or per_bin < 1:
+        raise ValueError(f"per_bin={per_bin!r}; accepted: a whole number >= 1")
+    return int(max_steps), int(per_bin)
+
+
 def layers_binned(f, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN) -> pd.DataFrame:
     """:func:`read_layers_binned` on the open log ``f``."""
-    if max_steps < 3:
-        raise ValueError(f"max_steps={max_steps!r}; accepted: a whole number >= 3")
+    max_steps, per_bin = check_bins(max_steps, per_bin)
     have = columns_of(f, "layers")
     present = [c for c in TABLES["layers"] if c in have]
     n_rows = table_length(f, "layers")

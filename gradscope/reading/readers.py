@@ -6,6 +6,7 @@ and read its tables as pandas DataFrames. Only committed rows are returned.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -118,6 +119,9 @@ def _open_swmr(p: Path, attempts: int):
     fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
     with suppress(AttributeError):
         fapl.set_file_locking(False, True)
+    # no sieve buffer: it would serve a small dataset (the counter, a tail's checksums)
+    # from an earlier read of the same open, not as the writer left it since
+    fapl.set_sieve_buf_size(0)
     _set_read_attempts(fapl, attempts)
     fid = h5py.h5f.open(os.fsencode(p), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
                         fapl=fapl)
@@ -216,9 +220,19 @@ class _Info:
             for name, v in zip(self.names, raw.tolist()):
                 self.parts[name] = {"rows": int(v)}
             return
-        k = len(COUNTER_FIELDS)
-        if (raw.ndim != 1 or raw.shape[0] != k * len(self.names) + 2
-                or blocks.crc(raw[:-1]) != int(raw[-1])):
+        # a live log: the writer writes the status, then the counter that holds its
+        # checksum; a read between the two is read again
+        attempts = LIVE_RETRIES if f.swmr_mode else 1
+        for i in range(attempts):
+            if i:
+                time.sleep(LIVE_RETRY_SLEEP)
+                raw = _counter_raw(f)
+            counter_ok = _counter_ok(raw, len(self.names))
+            status_ok = counter_ok and status_crc(
+                _fresh(f, "status")[()], _fresh(f, "status_message")[()]) == int(raw[-2])
+            if status_ok:
+                break
+        if not counter_ok:
             raise CorruptLogError(f"{path!r} is corrupted: its row counter fails its checksum")
         cfg = f.attrs["config"]
         edges = f["probe_units"].attrs["hist_edges"]
@@ -226,13 +240,51 @@ class _Info:
                 f.attrs["attrs_crc"]):
             raise CorruptLogError(f"{path!r} is corrupted: its configuration or histogram "
                                   f"edges fail their checksum")
-        if status_crc(f["status"][()], f["status_message"][()]) != int(raw[-2]):
+        if not status_ok:
             raise CorruptLogError(f"{path!r} is corrupted: its status fails its checksum")
-        for i, name in enumerate(self.names):
-            self.parts[name] = dict(zip(COUNTER_FIELDS, (int(v) for v in raw[k * i:k * (i + 1)])))
+        self.parts = _counter_parts(raw, self.names)
 
     def rows(self, part: str) -> int:
         return self.parts[part]["rows"]
+
+    def moved(self, part: str, counter: dict) -> _Info:
+        """This log's info with the counter of ``part`` replaced (read again)."""
+        new = copy.copy(self)
+        new.parts = {**self.parts, part: counter}
+        return new
+
+
+#: a live log's reads that met the writer (see _read_tail) are tried again this many times
+LIVE_RETRIES = 20
+LIVE_RETRY_SLEEP = 0.01
+
+
+def _fresh(f, name: str):
+    ds = f[name]
+    if f.swmr_mode:
+        ds.refresh()
+    return ds
+
+
+def _counter_raw(f) -> np.ndarray:
+    return np.asarray(_fresh(f, "committed")[()])
+
+
+def _counter_ok(raw: np.ndarray, parts: int) -> bool:
+    return bool(raw.ndim == 1 and raw.shape[0] == len(COUNTER_FIELDS) * parts + 2
+                and blocks.crc(raw[:-1]) == int(raw[-1]))
+
+
+def _counter_parts(raw: np.ndarray, names) -> dict[str, dict]:
+    k = len(COUNTER_FIELDS)
+    return {name: dict(zip(COUNTER_FIELDS, (int(v) for v in raw[k * i:k * (i + 1)])))
+            for i, name in enumerate(names)}
+
+
+def _counter_now(f, info) -> dict | None:
+    """The counter of a live log as it is now (None while it does not check)."""
+    raw = _counter_raw(f)
+    return _counter_parts(raw, info.names) if _counter_ok(raw, len(info.names)) else None
 
 
 def _info(f, path: str | None = None) -> _Info:
@@ -295,7 +347,7 @@ def _corrupt(info, part, a, b, col, why="fail their checksum"):
                            f"(column {col}) {why}; nothing of them was read")
 
 
-def _read_v2(f, g, info, part, cols, names, n, lo, hi, sel):
+def _read_v2(f, g, info, part, cols, names, n, lo, hi, sel, depth=0):
     c = info.parts[part]
     B = int(g.attrs["block_rows"])
     period = int(g.attrs["period"])
@@ -353,21 +405,49 @@ def _read_v2(f, g, info, part, cols, names, n, lo, hi, sel):
                 raise _corrupt(info, part, a, b, k, f"cannot be decoded ({_first_line(e)})")
         _place(out, dec, names, a, b, lo, hi, sel)
     if hi > ns or (sel is not None and sel.size and sel.max() >= ns):
-        m = n - ns
-        dec = {}
-        tail = g["tail"]
-        tcrc = g["tail_crc"][slot]
-        for k in names:
-            ds = tail[k]
-            if f.swmr_mode:
-                ds.refresh()
-            vals = ds[slot * B:slot * B + m]
-            if vals.shape[0] != m or blocks.crc(np.ascontiguousarray(vals)) != int(
-                    tcrc[all_names.index(k)]):
-                raise _corrupt(info, part, ns, n, k)
-            dec[k] = vals
+        dec = _read_tail(f, g, info, part, cols, names, depth)
         _place(out, dec, names, ns, n, lo, hi, sel)
     return out
+
+
+def _read_tail(f, g, info, part, cols, names, depth) -> dict[str, np.ndarray]:
+    """The rows ``sealed .. rows - 1`` of ``part`` (those after the last sealed block), from
+    the tail slot the counter names.
+
+    A live log's writer writes that slot again once a later counter names the other one;
+    the slot's rows are the committed ones only if the counter has not moved meanwhile, so
+    it is read again after the read. When it has moved, the rows (committed: their values
+    never change) are read where the newer counter puts them, in sealed blocks or the
+    other slot."""
+    c = info.parts[part]
+    B, ns, n, slot = int(g.attrs["block_rows"]), c["sealed"], c["rows"], c["slot"]
+    all_names = list(cols)
+    m = n - ns
+    for _attempt in range(LIVE_RETRIES if f.swmr_mode else 1):
+        dec, bad = {}, None
+        tcrc = _fresh(f, f"{part}/tail_crc")[slot]
+        for k in names:
+            vals = _fresh(f, f"{part}/tail/{k}")[slot * B:slot * B + m]
+            if vals.shape[0] != m or blocks.crc(np.ascontiguousarray(vals)) != int(
+                    tcrc[all_names.index(k)]):
+                bad = k
+                break
+            dec[k] = vals
+        if not f.swmr_mode:
+            break
+        now = _counter_now(f, info)
+        if now is not None and now[part] == c:
+            break  # the slot was not written meanwhile: what was read is what was committed
+        if now is not None and now[part]["rows"] >= n and depth < LIVE_RETRIES:
+            return _read_v2(f, g, info.moved(part, now[part]), part, cols, names,
+                            now[part]["rows"], ns, n, None, depth + 1)
+        time.sleep(LIVE_RETRY_SLEEP)
+    else:
+        raise LogError(f"{info.path!r} changed under every read of {part} rows {ns}-{n - 1}: "
+                       f"it is written faster than it can be read; try again")
+    if bad is not None:
+        raise _corrupt(info, part, ns, n, bad)
+    return dec
 
 
 def _place(out, dec, names, a, b, lo, hi, sel):
@@ -463,19 +543,21 @@ def sorted_unique(a) -> np.ndarray:
 
 
 def _read_hyperslabs(ds, slabs) -> np.ndarray:
-    """Read hyperslabs ``(start, count, stride, block)`` of a 1-D dataset, in file order,
-    with one HDF5 read. (A union of many hyperslabs is slow to build in HDF5: use one
-    regular hyperslab where possible.)"""
+    """Read hyperslabs ``(start, count, stride, block)`` of rows (the first axis; whole
+    rows of a dataset with a row shape) with one HDF5 read, in file order. (A union of
+    many hyperslabs is slow to build in HDF5: use one regular hyperslab where possible.)"""
     total = sum(c * b for _, c, _, b in slabs)
-    out = np.empty(total, dtype=ds.dtype)
+    row = tuple(int(k) for k in ds.shape[1:])
+    out = np.empty((total, *row), dtype=ds.dtype)
     if not total:
         return out
     space = ds.id.get_space()
     space.select_none()
+    zeros, ones = (0,) * len(row), (1,) * len(row)
     for start, count, stride, block in slabs:
-        space.select_hyperslab((start,), (count,), (max(stride, block),), (block,),
-                               op=h5py.h5s.SELECT_OR)
-    mspace = h5py.h5s.create_simple((total,))
+        space.select_hyperslab((start, *zeros), (count, *ones), (max(stride, block), *ones),
+                               (block, *row), op=h5py.h5s.SELECT_OR)
+    mspace = h5py.h5s.create_simple(out.shape)
     ds.id.read(mspace, space, out)
     return out
 
@@ -511,16 +593,53 @@ def layer_count(f) -> int:
 STEP_COLUMN_ROWS = 1 << 22
 
 
-def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.DataFrame:
-    """:func:`read_layers` on the open log ``f``."""
+def _whole(v) -> bool:
+    """A whole number (an int, or a float without a fraction; not a bool)."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if isinstance(v, (int, np.integer)):
+        return True
+    return isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer()
+
+
+def check_selection(columns=None, steps=None, every=None):
+    """The selection of :func:`read_layers`, checked and normalised: ``(columns, steps,
+    every)`` with ``columns`` a list or None, ``steps`` None, a ``(first, last)`` pair of
+    ints or a sorted int64 array, ``every`` an int or None. A bad value raises ValueError
+    naming it and what is accepted (before the log is opened: a bad argument is not a
+    damaged log)."""
     known = [*LAYER_COLUMNS, *(c for c in PROBE_COLUMNS if c not in LAYER_COLUMNS), "epoch"]
     if columns is not None:
         columns = [columns] if isinstance(columns, str) else list(columns)
-        bad = [c for c in columns if c not in known]
+        bad = [c for c in columns if not isinstance(c, str) or c not in known]
         if bad:
             raise ValueError(f"unknown column {bad[0]!r}; accepted: {', '.join(known)}")
-    if every is not None and (not isinstance(every, (int, np.integer)) or every < 1):
-        raise ValueError(f"every={every!r}; accepted: a whole number >= 1")
+    if every is not None:
+        if not _whole(every) or every < 1:
+            raise ValueError(f"every={every!r}; accepted: a whole number >= 1")
+        every = int(every)
+    if steps is not None:
+        accepted = "accepted: a (first, last) pair of whole numbers, or a list of steps"
+        if isinstance(steps, tuple) and len(steps) == 2:
+            if not all(_whole(s) for s in steps):
+                raise ValueError(f"steps={steps!r}; {accepted}")
+            steps = (int(steps[0]), int(steps[1]))
+        else:
+            if isinstance(steps, (str, bytes, dict)):
+                raise ValueError(f"steps={steps!r}; {accepted}")
+            try:
+                values = list(steps) if np.iterable(steps) else [steps]
+            except TypeError:
+                values = [steps]
+            if not all(_whole(s) for s in values):
+                raise ValueError(f"steps={steps!r}; {accepted}")
+            steps = sorted_unique(np.array([int(s) for s in values], dtype=np.int64))
+    return columns, steps, every
+
+
+def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.DataFrame:
+    """:func:`read_layers` on the open log ``f``."""
+    columns, steps, every = check_selection(columns, steps, every)
     keep = ("step", "layer")
     lcols = [c for c in LAYER_COLUMNS if columns is None or c in columns or c in keep]
     pcols = [c for c in PROBE_COLUMNS if c in keep or columns is None or c in columns]
@@ -535,11 +654,12 @@ def layers_frame(f, columns=None, steps=None, every: int | None = None) -> pd.Da
             rows = slice(search_sorted(f, "layers", steps[0], "left"),
                          search_sorted(f, "layers", steps[1], "right"))
         else:
-            wanted = np.unique(np.asarray(list(np.atleast_1d(steps)), dtype=np.int64))
             rows = np.concatenate([
                 np.arange(search_sorted(f, "layers", s, "left"),
-                          search_sorted(f, "layers", s, "right")) for s in wanted
+                          search_sorted(f, "layers", s, "right")) for s in steps
             ] or [np.empty(0, np.int64)])
+    if every is not None:
+        every = min(every, max(n, 1))  # beyond the rows: the first selected step alone
     if every not in (None, 1):
         if isinstance(rows, slice):
             lo, hi = rows.start, rows.stop
@@ -663,6 +783,7 @@ def read_layers(path, columns=None, steps=None, every: int | None = None) -> pd.
     always kept), ``steps`` (a ``(first, last)`` pair of steps, inclusive, or a list of
     steps) and ``every`` (every k-th of the selected logged steps, from the first).
     """
+    columns, steps, every = check_selection(columns, steps, every)
     with open_log(path) as f:
         return layers_frame(f, columns, steps, every)
 

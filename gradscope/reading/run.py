@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..record.schema import LogError
-from .binned import MAX_STEPS, PER_BIN, layers_binned, whole_step_windows
+from .binned import MAX_STEPS, PER_BIN, check_bins, layers_binned, whole_step_windows
 from .readers import (
     columns_of,
     layers_frame,
@@ -114,6 +114,7 @@ def read_run(path, *, max_steps: int = MAX_STEPS, per_bin: int = PER_BIN,
     non-gradscope or damaged file.
     """
     path = Path(path)
+    max_steps, per_bin = check_bins(max_steps, per_bin)
     try:
         with open_log(path) as f:
             return _read(f, path, max_steps, per_bin, figures)

@@ -1,24 +1,31 @@
 """Random overwrites of a log: does any reader return a wrong value without an error, or hang?
 
 Each trial copies an intact log, writes ``--bytes`` random bytes at a random offset of the
-copy (anywhere in the file), and calls every reader in a forked child with a time limit.
-A trial's outcome is
+copy (anywhere in the file), and calls every reader in a forked child with a time limit:
+the whole-table readers, the selections of ``read_layers`` (columns, a step range, a step
+list, ``every``), the binned windows (``read_layers_binned`` with ``max_steps=10``: the log
+is binned), ``read_run`` (with and without figures), ``gradscope.diagnose``, and the
+commands ``gradscope report`` and ``gradscope watch --once`` (run as the console script
+runs them; their output and the report's PDF compared byte for byte). A trial's outcome is
 
 - ``same``: every reader returned exactly what it returns on the intact log (the bytes hit
   unused space, or something no reader looks at);
-- ``refused``: some reader raised LogError (one line) and every other reader returned the
-  intact values;
+- ``refused``: some reader raised LogError (one line; a command: exit non-zero with one
+  line ``gradscope: error: ...`` and no file written; ``watch`` shows the log
+  ``unreadable`` with its one-line reason) and every other reader returned the intact values;
 - ``silent``: a reader returned something different without an error (a defect);
-- ``crash``: a reader raised something other than LogError, or the child died (a defect);
+- ``crash``: a reader raised something other than LogError, a command printed a traceback
+  or more than one line, or the log's bytes changed while it was read (a defect);
 - ``hang``: the readers did not finish within ``--timeout`` seconds (a defect).
 
     python benchmarks/bench_corruption.py --trials 200            # the figures in docs/reliability.md
-    python benchmarks/bench_corruption.py --trials 12 --json      # what the test suite runs
+    python benchmarks/bench_corruption.py --trials 16 --no-commands --json   # what the test suite runs
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import pickle
@@ -290,10 +297,9 @@ def main(argv=None) -> int:
     os.environ["SOURCE_DATE_EPOCH"] = "0"
     os.environ["COLUMNS"] = "100"
     if commands:  # imported once here, not in every forked child
-        import gradscope.cli.main  # noqa: F401
-        import gradscope.cli.watch  # noqa: F401
-        import gradscope.views.report  # noqa: F401
-        import gradscope.views.watch  # noqa: F401
+        for mod in ("gradscope.cli.main", "gradscope.cli.watch", "gradscope.views.report",
+                    "gradscope.views.watch"):
+            importlib.import_module(mod)
     with tempfile.TemporaryDirectory(prefix="gradscope-corrupt-") as d:
         work = Path(d)
         base = work / "base" / "run.h5"

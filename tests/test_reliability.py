@@ -139,7 +139,8 @@ def test_disk_full_is_one_line_and_a_readable_failed_log(tmp_path, monkeypatch):
 def test_random_overwrites_are_refused_or_harmless_never_silent(tmp_path):
     """benchmarks/bench_corruption.py with a modest number of trials (>= 200 in the docs)."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_corruption.py"),
-                        "--trials", "16", "--epochs", "1", "--timeout", "20", "--json"],
+                        "--trials", "16", "--epochs", "1", "--timeout", "20", "--json",
+                        "--no-commands"],
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode in (0, 1), r.stderr[-2000:]

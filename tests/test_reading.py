@@ -4,6 +4,7 @@ of long logs, and the fallbacks for logs written before the config held what vie
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -235,7 +236,7 @@ _WRITER = r"""
 import sys
 import numpy as np
 from gradscope.record.schema import LAYER_COLUMNS
-from gradscope.record.writer import LogWriter
+from gradscope.record.writer import LogWriter, status_crc
 w = LogWriter(sys.argv[1], {"dataset": "toy"}, [np.ones((2, 3)), np.zeros(3), np.ones((3, 1)),
               np.zeros(1)], np.linspace(0, 1, 4), flush_interval=1e9)
 t = 0
@@ -244,6 +245,16 @@ for line in sys.stdin:  # "N": log N more steps and flush; "end": close
     if line.strip() == "end":
         w.close("completed")
         break
+    if line.startswith("status"):  # what set_status does, stopped before its counter
+        w.f["status"][()] = np.bytes_(line.split()[1].ljust(16))
+        w.f.flush()
+        print(0, flush=True)
+        continue
+    if line.startswith("counter"):  # ... and the counter that holds the status's checksum
+        w._status_crc = status_crc(w.f["status"][()], w.f["status_message"][()])
+        w.flush()
+        print(0, flush=True)
+        continue
     for _ in range(int(line)):
         w.append("steps", step=t, epoch=0, loss=1.0 / (t + 1), accuracy=0.5, lr=0.1,
                  grad_norm_total=float(t), time=float(t))
@@ -269,7 +280,7 @@ def live_writer(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(Path(gradscope.__file__).parents[1])})
     assert proc.stdout.readline().strip() == "ready"
 
-    def tell(n):
+    def tell(n):  # a number of steps, or "status S" then "counter"
         proc.stdin.write(f"{n}\n")
         proc.stdin.flush()
         return int(proc.stdout.readline())
@@ -303,6 +314,33 @@ def test_a_read_that_outlasts_two_flushes_of_a_live_log_reads_what_was_committed
     # a new open sees everything committed since
     total = 10 + sum(later)
     assert gradscope.read_steps(path)["step"].tolist() == list(range(total))
+
+
+def test_a_live_log_read_between_its_status_and_its_counter_is_read_again(live_writer,
+                                                                          monkeypatch):
+    """The writer writes the status, then the counter holding its checksum: a reader that
+    came between the two called the live log corrupted ('its status fails its checksum')."""
+    import threading
+
+    monkeypatch.setattr(readers, "LIVE_RETRY_SLEEP", 0.1, raising=False)  # 2 s for the writer to go on
+    path, tell = live_writer
+    tell(3)
+    tell("status interrupted")
+    got = {}
+
+    def read():
+        try:
+            got["status"] = gradscope.read_status(path)
+        except Exception as e:  # noqa: BLE001 -- what the test looks at
+            got["error"] = e
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.15)
+    tell("counter")
+    reader.join(10)
+    assert "error" not in got, got.get("error")
+    assert got["status"]["status"] == "interrupted" and got["status"]["last_step"] == 2
 
 
 # -- a version-1 log with many probe steps ----------------------------------------------------

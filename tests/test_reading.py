@@ -236,6 +236,7 @@ _WRITER = r"""
 import sys
 import numpy as np
 from gradscope.record.schema import LAYER_COLUMNS
+from gradscope.record.blocks import crc
 from gradscope.record.writer import LogWriter, status_crc
 w = LogWriter(sys.argv[1], {"dataset": "toy"}, [np.ones((2, 3)), np.zeros(3), np.ones((3, 1)),
               np.zeros(1)], np.linspace(0, 1, 4), flush_interval=1e9)
@@ -247,6 +248,21 @@ for line in sys.stdin:  # "N": log N more steps and flush; "end": close
         break
     if line.startswith("status"):  # what set_status does, stopped before its counter
         w.f["status"][()] = np.bytes_(line.split()[1].ljust(16))
+        w.f.flush()
+        print(0, flush=True)
+        continue
+    if line.startswith("params"):  # what close does: the final arrays, then their checksums
+        g = w.f["params/final"]
+        for k in g:
+            g[k][...] = 2.0
+        w.f.flush()
+        print(0, flush=True)
+        continue
+    if line.startswith("crcs"):
+        crcs = w._params_crc[1]
+        for i, k in enumerate(w._array_names):
+            crcs[i] = crc(np.ascontiguousarray(w.f["params/final"][k][()]))
+        w._params_crc[1] = crcs
         w.f.flush()
         print(0, flush=True)
         continue
@@ -341,6 +357,32 @@ def test_a_live_log_read_between_its_status_and_its_counter_is_read_again(live_w
     reader.join(10)
     assert "error" not in got, got.get("error")
     assert got["status"]["status"] == "interrupted" and got["status"]["last_step"] == 2
+
+
+def test_final_parameters_read_between_the_arrays_and_their_checksums_are_read_again(
+        live_writer, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(readers, "LIVE_RETRY_SLEEP", 0.1, raising=False)
+    path, tell = live_writer
+    tell(2)
+    assert np.isnan(gradscope.read_weights(path, "final")[0][0]).all()  # not written yet
+    tell("params")
+    got = {}
+
+    def read():
+        try:
+            got["final"] = gradscope.read_weights(path, "final")
+        except Exception as e:  # noqa: BLE001 -- what the test looks at
+            got["error"] = e
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.15)
+    tell("crcs")
+    reader.join(10)
+    assert "error" not in got, got.get("error")
+    assert all((W == 2.0).all() and (b == 2.0).all() for W, b in got["final"])
 
 
 # -- a version-1 log with many probe steps ----------------------------------------------------

@@ -708,7 +708,7 @@ def _check_params(f, which: str, arrays: dict) -> None:
     info = _info(f)
     if info.version < 2:
         return
-    pc = f["params_crc"]
+    pc = _fresh(f, "params_crc")
     names = json.loads(pc.attrs["names"])
     row = pc[0 if which == "initial" else 1]
     for k, a in arrays.items():
@@ -837,10 +837,21 @@ def read_histograms(path) -> pd.DataFrame:
 
 
 def _params_group(f, which: str, prefixes) -> dict[str, np.ndarray]:
-    g = f[f"params/{which}"]
-    out = {k: g[k][()] for k in g if k.split("_")[0] in prefixes or
-           k.rsplit("_", 1)[0] in prefixes}
-    _check_params(f, which, out)
+    # a live log's writer writes the final arrays, then their checksums: a read between
+    # the two is read again
+    attempts = LIVE_RETRIES if f.swmr_mode else 1
+    for i in range(attempts):
+        if i:
+            time.sleep(LIVE_RETRY_SLEEP)
+        g = f[f"params/{which}"]
+        out = {k: _fresh(f, f"params/{which}/{k}")[()] for k in g
+               if k.split("_")[0] in prefixes or k.rsplit("_", 1)[0] in prefixes}
+        try:
+            _check_params(f, which, out)
+            return out
+        except CorruptLogError:
+            if i + 1 == attempts:
+                raise
     return out
 
 

@@ -119,8 +119,9 @@ def _open_swmr(p: Path, attempts: int):
     fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
     with suppress(AttributeError):
         fapl.set_file_locking(False, True)
-    # no sieve buffer: it would serve a small dataset (the counter, a tail's checksums)
-    # from an earlier read of the same open, not as the writer left it since
+    # no sieve buffer: HDF5 may serve a small contiguous dataset (the counter, a tail's
+    # checksums) from the bytes an earlier read of the same open buffered, not as the
+    # writer left it since (the reads of a live log read the counter again)
     fapl.set_sieve_buf_size(0)
     _set_read_attempts(fapl, attempts)
     fid = h5py.h5f.open(os.fsencode(p), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,

@@ -68,6 +68,13 @@ def _tiny_sum(v: np.ndarray) -> float:
 _TINY = {c: float(np.finfo(c).tiny) for c in "efdg"}
 
 
+def careful_threshold(size: int, dtype) -> float:
+    """The sum of squares of ``size`` entries of ``dtype`` at or below which :func:`norm`
+    retakes it in float64 (0 for integers)."""
+    dtype = np.dtype(dtype)
+    return size * _TINY[dtype.char] * 1e7 if dtype.kind == "f" else 0.0
+
+
 def total_norm(arrays: list[np.ndarray]) -> float:
     """Global norm of a list of arrays (as torch.nn.utils.clip_grad_norm_ computes it)."""
     return math.sqrt(sum(norm(a) ** 2 for a in arrays))
@@ -174,3 +181,72 @@ def stack_saturated_fraction(dphi: np.ndarray, activation: Activation) -> np.nda
     else:
         counts = np.count_nonzero(below, axis=1)
     return counts / flat.shape[1]
+
+
+# -- many arrays' norms in few numpy calls ------------------------------------------------------
+
+
+class FlatLayout:
+    """Arrays of given shapes as views of one flat buffer, so that the norms of all of them
+    take one ``np.vecdot`` per distinct shape instead of one call per array (a training
+    step's per-array calls cost more than their arithmetic on small nets).
+
+    Arrays of the same shape are stored one after the other, ``copies`` sets of them
+    interleaved by shape (e.g. the parameters and their updates), so each shape's arrays of
+    every copy are the rows of one 2-D view. Each row's sum of squares is the BLAS dot
+    product :func:`norm` takes, and a row that needs :func:`norm`'s careful path
+    (overflowed, or small enough for underflowed squares to matter) takes it: every norm
+    is the one :func:`norm` gives.
+    """
+
+    def __init__(self, shapes: list[tuple[int, ...]], dtype, copies: int = 1):
+        self.shapes = [tuple(int(k) for k in s) for s in shapes]
+        self.dtype = np.dtype(dtype)
+        self.copies = int(copies)
+        n = len(self.shapes)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, s in enumerate(self.shapes):
+            by_shape.setdefault(s, []).append(i)
+        self.offsets = np.zeros((self.copies, n), dtype=np.intp)
+        self.groups: list[tuple[int, int, int]] = []  # (offset, rows, row size)
+        where = np.zeros((self.copies, n), dtype=np.intp)
+        pos = row = 0
+        for s, idx in by_shape.items():
+            size = math.prod(s)
+            c = len(idx)
+            self.groups.append((pos, self.copies * c, size))
+            for k in range(self.copies):
+                for j, i in enumerate(idx):
+                    self.offsets[k, i] = pos + (k * c + j) * size
+                    where[k, i] = row + k * c + j
+            pos += self.copies * c * size
+            row += self.copies * c
+        self.size = pos
+        self.rows = row
+        self._where = where
+        self._tiny = np.array([[careful_threshold(math.prod(s), self.dtype)
+                                 for s in self.shapes]] * self.copies)
+
+    def empty(self) -> np.ndarray:
+        return np.empty(self.size, dtype=self.dtype)
+
+    def views(self, flat: np.ndarray, copy: int = 0) -> list[np.ndarray]:
+        """Copy ``copy``'s arrays, in the order of ``shapes``, as views of ``flat``."""
+        return [flat[o : o + math.prod(s)].reshape(s)
+                for o, s in zip(self.offsets[copy].tolist(), self.shapes)]
+
+    def norms(self, flat: np.ndarray) -> np.ndarray:
+        """``norm`` of every array of every copy: float64, shape ``(copies, len(shapes))``."""
+        s = np.empty(self.rows, dtype=flat.dtype)
+        r = 0
+        for off, rows, size in self.groups:
+            block = flat[off : off + rows * size].reshape(rows, size)
+            np.vecdot(block, block, out=s[r : r + rows])
+            r += rows
+        s = s.astype(np.float64)[self._where]
+        out = np.sqrt(s)
+        if not ((s > self._tiny) & (s < math.inf)).all():
+            for k, i in zip(*np.nonzero(~((s > self._tiny) & (s < math.inf)))):
+                o = int(self.offsets[k, i])
+                out[k, i] = norm(flat[o : o + math.prod(self.shapes[i])])
+        return out

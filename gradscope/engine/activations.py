@@ -32,6 +32,7 @@ class Activation:
     relu_family : units can die (derivative exactly or nearly zero for ``z <= 0``).
     saturating : bounded, with flat regions at both ends (sigmoid, tanh).
     output_range : where the activations lie, for histograms.
+    binary : ``phi'`` is exactly 0 or 1 everywhere (ReLU, the identity).
     f_out, df_out : ``f`` and ``df`` writing into a given array ``out`` (the same numbers),
         for passes that keep their arrays in preallocated buffers; None: computed by ``f``
         or ``df`` and copied (see :func:`apply_into`).
@@ -44,6 +45,7 @@ class Activation:
     relu_family: bool = False
     saturating: bool = False
     output_range: tuple[float, float] = (-5.0, 5.0)
+    binary: bool = False
     f_out: Callable[[Array, Array], Array] | None = None
     df_out: Callable[[Array, Array, Array], Array] | None = None
 
@@ -142,11 +144,11 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("tanh", _tanh, _d_tanh, 1.0, saturating=True, output_range=(-1.0, 1.0),
                    f_out=_tanh_out, df_out=_d_tanh_out),
         Activation("relu", _relu, _d_relu, 1.0, relu_family=True, output_range=(0.0, 5.0),
-                   f_out=_relu_out, df_out=_d_relu_out),
+                   binary=True, f_out=_relu_out, df_out=_d_relu_out),
         Activation("leaky_relu", _leaky_relu, _d_leaky_relu, 1.0, relu_family=True),
         Activation("elu", _elu, _d_elu, 1.0, relu_family=True, output_range=(-1.0, 5.0)),
         Activation("softplus", _softplus, _d_softplus, 1.0, output_range=(0.0, 5.0)),
-        Activation("linear", _linear, _d_linear, 1.0),
+        Activation("linear", _linear, _d_linear, 1.0, binary=True),
     ]
 }
 

@@ -180,18 +180,23 @@ class StepBuffers:
     arrays are overwritten by the next pass: a pass's cache is valid until then.
     """
 
-    def __init__(self, params: Params, batch: int):
+    def __init__(self, params: Params, batch: int, activation: Activation):
         H = n_layers(params) - 1
         w = params[0].shape[1]
         dtype = params[0].dtype
         self.batch, self.n = int(batch), int(batch) * w
-        # acts, deltas, and the saturated flags (1.0 where phi' is below the threshold)
+        # the activations, the deltas, and the saturated flags (1.0 where phi' is below
+        # the threshold); where phi' is 0 or 1 (ReLU) it is its own complement of the
+        # flags and takes their place: its sum of squares counts the units not saturated
         self.stats = np.empty((3, H, self.batch, w), dtype=dtype)
-        self.dphi = np.empty((H, self.batch, w), dtype=dtype)
+        self.binary = activation.binary
+        self.dphi = self.stats[2] if self.binary else np.empty((H, self.batch, w), dtype=dtype)
         self.acts = list(self.stats[0])
         self.deltas = list(self.stats[1])
         self.dphis = list(self.dphi)
+        self._flat = self.stats.reshape(3 * H, self.n)
         self._ones = np.ones((H, 1, self.batch), dtype=dtype)
+        self._colsums = np.empty((H, 1, w), dtype=dtype)
         self._q = np.empty(3 * H, dtype=dtype)
         self._tiny = careful_threshold(self.n, dtype)
 
@@ -224,27 +229,34 @@ class StepBuffers:
         ``mean_std`` take them one by one.
         """
         H, n = len(self.acts), self.n
-        np.less(self.dphi, SATURATION * activation.df_max, out=self.stats[2])
-        flat = self.stats.reshape(3 * H, n)
-        np.vecdot(flat, flat, out=self._q)
-        q = self._q.astype(np.float64)
+        if not self.binary:
+            np.less(self.dphi, SATURATION * activation.df_max, out=self.stats[2])
+        np.vecdot(self._flat, self._flat, out=self._q)
         # as mean_std: column sums in the activations' precision, added in float64
-        mean = np.matmul(self._ones, self.stats[0]).sum(axis=(1, 2), dtype=np.float64) / n
+        np.matmul(self._ones, self.stats[0], out=self._colsums)
+        mean = self._colsums.reshape(H, -1).sum(axis=1, dtype=np.float64)
+        mean /= n
+        q = self._q.astype(np.float64)
         second = q[:H] / n
         var = second - mean * mean
-        ok = np.isfinite(second) & (var >= 0.1 * second)
-        std = np.sqrt(np.where(ok, var, 0.0))
-        if not ok.all():
-            for l in np.flatnonzero(~ok).tolist():
-                std[l] = mean_std(self.acts[l])[1]
-        dq = q[H : 2 * H]
+        std = np.sqrt(var)
+        # mean_std's test (finite, var >= second / 10) in one array: NaN fails it too
+        ok = (var - 0.1 * second).tolist()
+        if not all(v >= 0 for v in ok):
+            for l, v in enumerate(ok):
+                if not v >= 0:
+                    std[l] = mean_std(self.acts[l])[1]
         dnorms = np.empty(H + 1)
-        dnorms[:H] = np.sqrt(dq)
-        if not ((dq > self._tiny) & (dq < math.inf)).all():
-            for l in np.flatnonzero(~((dq > self._tiny) & (dq < math.inf))).tolist():
-                dnorms[l] = norm(self.deltas[l])
+        dq = q[H : 2 * H]
+        np.sqrt(dq, out=dnorms[:H])
+        tiny = self._tiny
+        if not all(tiny < v < math.inf for v in dq.tolist()):
+            for l, v in enumerate(dq.tolist()):
+                if not tiny < v < math.inf:
+                    dnorms[l] = norm(self.deltas[l])
         dnorms[H] = norm(dout)
-        return dnorms, mean, std, q[2 * H :] / n
+        sat = q[2 * H :] / n if not self.binary else (n - q[2 * H :]) / n
+        return dnorms, mean, std, sat
 
 
 def layer_sizes(n_in: int, widths: list[int], n_out: int) -> list[int]:

@@ -188,65 +188,54 @@ def stack_saturated_fraction(dphi: np.ndarray, activation: Activation) -> np.nda
 
 class FlatLayout:
     """Arrays of given shapes as views of one flat buffer, so that the norms of all of them
-    take one ``np.vecdot`` per distinct shape instead of one call per array (a training
-    step's per-array calls cost more than their arithmetic on small nets).
+    take a few numpy calls instead of one or more per array (a training step's per-array
+    calls cost more than their arithmetic on small nets).
 
-    Arrays of the same shape are stored one after the other, ``copies`` sets of them
-    interleaved by shape (e.g. the parameters and their updates), so each shape's arrays of
-    every copy are the rows of one 2-D view. Each row's sum of squares is the BLAS dot
-    product :func:`norm` takes, and a row that needs :func:`norm`'s careful path
-    (overflowed, or small enough for underflowed squares to matter) takes it: every norm
-    is the one :func:`norm` gives.
+    Each array starts a row of ``row`` elements and fills whole rows, its last one padded
+    with zeros that nothing writes; ``copies`` sets of the arrays (e.g. the parameters and
+    their updates) follow each other. The norms are one ``np.vecdot`` over the rows (a BLAS
+    dot product each, in the arrays' precision, as :func:`norm` takes them) and the rows'
+    sums added in float64 per array; an array whose sum needs :func:`norm`'s careful path
+    (overflowed, or small enough for underflowed squares to matter) takes it, so every
+    norm is :func:`norm`'s to rounding (the row sums make it, if anything, more accurate).
     """
 
-    def __init__(self, shapes: list[tuple[int, ...]], dtype, copies: int = 1):
+    def __init__(self, shapes: list[tuple[int, ...]], dtype, copies: int = 1, row: int = 1024):
         self.shapes = [tuple(int(k) for k in s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
         self.dtype = np.dtype(dtype)
         self.copies = int(copies)
-        n = len(self.shapes)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, s in enumerate(self.shapes):
-            by_shape.setdefault(s, []).append(i)
-        self.offsets = np.zeros((self.copies, n), dtype=np.intp)
-        self.groups: list[tuple[int, int, int]] = []  # (offset, rows, row size)
-        where = np.zeros((self.copies, n), dtype=np.intp)
-        pos = row = 0
-        for s, idx in by_shape.items():
-            size = math.prod(s)
-            c = len(idx)
-            self.groups.append((pos, self.copies * c, size))
-            for k in range(self.copies):
-                for j, i in enumerate(idx):
-                    self.offsets[k, i] = pos + (k * c + j) * size
-                    where[k, i] = row + k * c + j
-            pos += self.copies * c * size
-            row += self.copies * c
-        self.size = pos
-        self.rows = row
-        self._where = where
-        self._tiny = np.array([[careful_threshold(math.prod(s), self.dtype)
-                                 for s in self.shapes]] * self.copies)
+        rows = [max(1, -(-size // row)) for size in self.sizes]
+        per_copy = sum(rows)
+        self.row = int(row)
+        self.n_rows = self.copies * per_copy
+        self.size = self.n_rows * self.row
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.intp)
+        self._starts = np.concatenate([starts + k * per_copy for k in range(self.copies)])
+        self.offsets = self._starts.reshape(self.copies, -1) * self.row
+        self._tiny = np.array([careful_threshold(size, self.dtype) for size in self.sizes]
+                              * self.copies)
 
     def empty(self) -> np.ndarray:
-        return np.empty(self.size, dtype=self.dtype)
+        """A buffer for the arrays, its padding zero."""
+        return np.zeros(self.size, dtype=self.dtype)
 
     def views(self, flat: np.ndarray, copy: int = 0) -> list[np.ndarray]:
         """Copy ``copy``'s arrays, in the order of ``shapes``, as views of ``flat``."""
-        return [flat[o : o + math.prod(s)].reshape(s)
-                for o, s in zip(self.offsets[copy].tolist(), self.shapes)]
+        return [flat[o : o + size].reshape(s)
+                for o, size, s in zip(self.offsets[copy].tolist(), self.sizes, self.shapes)]
 
     def norms(self, flat: np.ndarray) -> np.ndarray:
         """``norm`` of every array of every copy: float64, shape ``(copies, len(shapes))``."""
-        s = np.empty(self.rows, dtype=flat.dtype)
-        r = 0
-        for off, rows, size in self.groups:
-            block = flat[off : off + rows * size].reshape(rows, size)
-            np.vecdot(block, block, out=s[r : r + rows])
-            r += rows
-        s = s.astype(np.float64)[self._where]
+        rows = flat.reshape(self.n_rows, self.row)
+        s = np.add.reduceat(np.vecdot(rows, rows).astype(np.float64), self._starts)
         out = np.sqrt(s)
-        if not ((s > self._tiny) & (s < math.inf)).all():
-            for k, i in zip(*np.nonzero(~((s > self._tiny) & (s < math.inf)))):
-                o = int(self.offsets[k, i])
-                out[k, i] = norm(flat[o : o + math.prod(self.shapes[i])])
-        return out
+        tiny = self._tiny.tolist()
+        sums = s.tolist()
+        if not all(t < v < math.inf for t, v in zip(tiny, sums)):
+            n = len(self.shapes)
+            for j, (t, v) in enumerate(zip(tiny, sums)):
+                if not t < v < math.inf:
+                    o = int(self.offsets.flat[j])
+                    out[j] = norm(flat[o : o + self.sizes[j % n]])
+        return out.reshape(self.copies, -1)

@@ -378,7 +378,7 @@ def train(
         for h, p in zip(homed, params):
             h[...] = p
         params, update_bufs = homed, layout.views(flat, 1)
-        buffers = StepBuffers(params, bs)
+        buffers = StepBuffers(params, bs, act)
     state = opt.init(params + norm_params)
     loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
     X, y = prep.X, prep.y

@@ -28,10 +28,15 @@ def bin_counts(a: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
     (each pair of neighbouring bytes read as one 16-bit number, one counter per pair of
     bins, then the two margins added): half the elements to count, about a third faster.
     """
-    t = a - np.asarray(lo, dtype=a.dtype)
-    t *= np.asarray(bins / (hi - lo), dtype=a.dtype)
-    np.fmax(t, 0, out=t)  # fmax/fmin, unlike clip, send NaN to the bound
-    np.fmin(t, bins - 1, out=t)
+    scale = np.asarray(bins / (hi - lo), dtype=a.dtype)
+    if lo == 0:  # a - 0 is a: one pass fewer
+        t = np.multiply(a, scale)
+    else:
+        t = a - np.asarray(lo, dtype=a.dtype)
+        t *= scale
+    np.clip(t, 0, bins - 1, out=t)  # twice as fast as fmax and fmin, but keeps NaN:
+    if t.size and math.isnan(t.max()):  # then fmax/fmin, which send NaN to the bound
+        np.fmax(np.where(np.isnan(t), -np.inf, t), 0, out=t)
     if bins > 256:
         return np.bincount(t.astype(np.intp).ravel(), minlength=bins)
     k = t.astype(np.uint8).ravel()  # t >= 0: truncation is the floor

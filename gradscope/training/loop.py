@@ -366,9 +366,9 @@ def train(
     bs = res["batch_size_resolved"]
     # A plain MLP of one hidden width, updated in place in this thread, keeps its arrays
     # in buffers that let a recorded step measure every layer in a few numpy calls: the
-    # parameters and the updates in one flat array (their norms by shape, one np.vecdot
-    # each), the passes' activations, deltas and phi' stacked (engine.mlp.StepBuffers).
-    # The numbers are the same as measured array by array.
+    # parameters and the updates in one flat array (all their norms from one np.vecdot
+    # over its rows, engine.stats.FlatLayout), the passes' activations, deltas and phi'
+    # stacked (engine.mlp.StepBuffers). The numbers are those measured array by array.
     buffers = layout = flat = update_bufs = None
     if (arch is None and stepper.pool is None and opt.update_inplace is not None
             and StepBuffers.fit(params, bs)):

@@ -35,7 +35,7 @@ from ..engine.mlp import (
 )
 from ..engine.optimizers import OPTIMIZERS, make_optimizer
 from ..engine.stats import FlatLayout, norm
-from ..record.probes import STEP_METRICS, histogram_edges, probe_metrics, step_block
+from ..record.probes import STEP_METRICS, histogram_edges, probe_metrics, step_metrics
 from ..record.schema import OPTIMIZER_OPTIONS, LogError
 from ..record.writer import LogWriter, one_line
 from ._malloc import keep_freed_memory
@@ -462,9 +462,10 @@ def train(
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
                                   time=time.perf_counter() - t0, clipped=int(clipped))
-                    m = step_block(params, cache, back, updates, act, gnorms,
-                                   weight_norms=weight_norms, update_norms=out_norms[1])
-                    writer.append_block("layers", L, STEP_METRICS, m, step=step,
+                    m = step_metrics(params, cache, back, updates, act, gnorms,
+                                     weight_norms=weight_norms, update_norms=out_norms[1])
+                    block = np.array([m[c] for c in STEP_METRICS]).T
+                    writer.append_block("layers", L, STEP_METRICS, block, step=step,
                                         layer=layer_idx)
                     if probed:
                         pm, dead, hist = probe

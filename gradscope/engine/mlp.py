@@ -33,9 +33,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .activations import Activation
+from .activations import Activation, apply_into, derivative_into
 from .initializers import INITIALIZERS
-from .stats import column_sums, mean_std, measurer, norm, saturated_fraction
+from .stats import (
+    SATURATION,
+    careful_threshold,
+    column_sums,
+    mean_std,
+    measurer,
+    norm,
+    saturated_fraction,
+)
 
 Params = list[np.ndarray]
 
@@ -147,14 +155,108 @@ class Gradients(NamedTuple):
     delta_norms, saturated : when the pass was asked to ``measure``, ``norm(delta_l)`` for
         each layer and ``saturated_fraction(dphi_l)`` for each hidden layer
         (:mod:`gradscope.engine.stats`), else None.
+    act_stats : with :class:`StepBuffers`, the hidden activations' ``mean_std`` as two
+        arrays (means, stds), measured with the rest after the pass; else None (the forward
+        pass measured them: ``Cache.act_stats``).
     """
 
     grads: Params
     deltas: list[np.ndarray]
     dphi: list[np.ndarray]
     norm_grads: Params | None = None
-    delta_norms: list[float] | None = None
-    saturated: list[float] | None = None
+    delta_norms: list[float] | np.ndarray | None = None
+    saturated: list[float] | np.ndarray | None = None
+    act_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class StepBuffers:
+    """Preallocated arrays for a plain MLP's training passes, whose hidden layers all have
+    one width: the hidden activations, the hidden layers' deltas and ``phi'`` of a batch of
+    ``batch`` examples, each kind stacked over the layers in one array.
+
+    The passes write into them (:func:`forward` and :func:`backward` with ``buffers=``; the
+    same numbers as without), so that every layer's statistics of a recorded step come from
+    a few numpy calls over the stacks (:meth:`measure`) instead of several per layer. The
+    arrays are overwritten by the next pass: a pass's cache is valid until then.
+    """
+
+    def __init__(self, params: Params, batch: int, activation: Activation):
+        H = n_layers(params) - 1
+        w = params[0].shape[1]
+        dtype = params[0].dtype
+        self.batch, self.n = int(batch), int(batch) * w
+        # the activations, the deltas, and the saturated flags (1.0 where phi' is below
+        # the threshold); where phi' is 0 or 1 (ReLU) it is its own complement of the
+        # flags and takes their place: its sum of squares counts the units not saturated
+        self.stats = np.empty((3, H, self.batch, w), dtype=dtype)
+        self.binary = activation.binary
+        self.dphi = self.stats[2] if self.binary else np.empty((H, self.batch, w), dtype=dtype)
+        self.acts = list(self.stats[0])
+        self.deltas = list(self.stats[1])
+        self.dphis = list(self.dphi)
+        self._flat = self.stats.reshape(3 * H, self.n)
+        self._ones = np.ones((H, 1, self.batch), dtype=dtype)
+        self._colsums = np.empty((H, 1, w), dtype=dtype)
+        self._q = np.empty(3 * H, dtype=dtype)
+        self._tiny = careful_threshold(self.n, dtype)
+
+    @staticmethod
+    def fit(params: Params, batch: int) -> bool:
+        """Whether ``params`` describe a net these buffers serve: at least one hidden layer,
+        all hidden layers of one width, a floating dtype, and saturated counts that a sum
+        in that dtype keeps exact."""
+        L = n_layers(params)
+        if L < 2 or params[0].dtype.char not in "fd":
+            return False
+        w = params[0].shape[1]
+        if any(W.shape[1] != w for W in params[0:2 * (L - 1):2]):
+            return False
+        return batch * w <= (1 << 24 if params[0].dtype.char == "f" else 1 << 53)
+
+    def serves(self, cache: Cache) -> bool:
+        """Whether ``cache`` is a forward pass written into these buffers."""
+        return len(cache.inputs) > 1 and cache.inputs[1] is self.acts[0]
+
+    def measure(self, dout: np.ndarray, activation: Activation):
+        """The statistics of the pass in the buffers (``dout``: the output layer's delta):
+        ``norm`` of every delta, then ``mean_std`` of every hidden activation and
+        ``saturated_fraction`` of every ``phi'``, as float64 arrays, the same numbers as the
+        single-array functions of :mod:`gradscope.engine.stats` (to rounding).
+
+        One comparison, one ``np.vecdot`` over the three stacks (sums of squares of the
+        activations and deltas; of the 0/1 flags, their count) and one batched product for
+        the activations' column sums; the layers that need the careful paths of ``norm`` or
+        ``mean_std`` take them one by one.
+        """
+        H, n = len(self.acts), self.n
+        if not self.binary:
+            np.less(self.dphi, SATURATION * activation.df_max, out=self.stats[2])
+        np.vecdot(self._flat, self._flat, out=self._q)
+        # as mean_std: column sums in the activations' precision, added in float64
+        np.matmul(self._ones, self.stats[0], out=self._colsums)
+        mean = self._colsums.reshape(H, -1).sum(axis=1, dtype=np.float64)
+        mean /= n
+        q = self._q.astype(np.float64)
+        second = q[:H] / n
+        var = second - mean * mean
+        std = np.sqrt(var)
+        # mean_std's test (finite, var >= second / 10) in one array: NaN fails it too
+        ok = (var - 0.1 * second).tolist()
+        if not all(v >= 0 for v in ok):
+            for l, v in enumerate(ok):
+                if not v >= 0:
+                    std[l] = mean_std(self.acts[l])[1]
+        dnorms = np.empty(H + 1)
+        dq = q[H : 2 * H]
+        np.sqrt(dq, out=dnorms[:H])
+        tiny = self._tiny
+        if not all(tiny < v < math.inf for v in dq.tolist()):
+            for l, v in enumerate(dq.tolist()):
+                if not tiny < v < math.inf:
+                    dnorms[l] = norm(self.deltas[l])
+        dnorms[H] = norm(dout)
+        sat = q[2 * H :] / n if not self.binary else (n - q[2 * H :]) / n
+        return dnorms, mean, std, sat
 
 
 def layer_sizes(n_in: int, widths: list[int], n_out: int) -> list[int]:
@@ -267,6 +369,7 @@ def forward(
     train: bool = True,
     rng: np.random.Generator | None = None,
     measure: bool = False,
+    buffers: StepBuffers | None = None,
 ) -> tuple[np.ndarray, Cache]:
     """Run the network on ``X`` of shape ``(batch, n_in)``.
 
@@ -283,6 +386,9 @@ def forward(
     measure : also take each hidden activation's mean and std (``Cache.act_stats``) right
         after computing it, while it is in cache (on an 8 x 512 net, batch 256, that
         costs half as much as reading the arrays again after the step).
+    buffers : a :class:`StepBuffers` of this batch size: the plain MLP writes its hidden
+        activations there, and ``measure`` leaves them to :func:`backward` (which measures
+        every layer at once, ``Gradients.act_stats``).
     """
     inputs, pre = [], []
     act_stats = [] if measure else None
@@ -290,6 +396,15 @@ def forward(
     a = X
     last = n_layers(params) - 1
     if arch is None or not arch.active:
+        if buffers is not None and X.shape[0] == buffers.batch:
+            for l in range(last + 1):
+                z = a @ params[2 * l]
+                z += params[2 * l + 1]
+                inputs.append(a)
+                pre.append(z)
+                if l < last:
+                    a = apply_into(activation, z, buffers.acts[l])
+            return pre[-1], Cache(inputs, pre)
         for l in range(last + 1):
             W, b = params[2 * l], params[2 * l + 1]
             z = a @ W
@@ -368,7 +483,7 @@ def forward(
 
 def backward(
     params: Params, cache: Cache, dout: np.ndarray, activation: Activation,
-    measure: bool = False,
+    measure: bool = False, buffers: StepBuffers | None = None,
 ) -> Gradients:
     """Back-propagate ``dout = dL/d(output)`` through the cached forward pass.
 
@@ -381,6 +496,9 @@ def backward(
 
     ``measure``: also take each ``delta_l``'s norm and each ``phi'``'s saturated share
     (``Gradients.delta_norms``, ``.saturated``) as they are computed, while in cache.
+    ``buffers``: the :class:`StepBuffers` the forward pass wrote into; the deltas and
+    ``phi'`` go there too, and ``measure`` takes every layer's statistics at the end, as
+    arrays (``Gradients.delta_norms``, ``.saturated``, ``.act_stats``).
     """
     L = n_layers(params)
     grads: Params = [None] * (2 * L)  # type: ignore[list-item]
@@ -390,6 +508,21 @@ def backward(
     saturated = [math.nan] * (L - 1) if measure else None
     measured = measurer() if measure else None
     delta = dout
+    if cache.skips is None and buffers is not None and buffers.serves(cache):
+        for l in range(L - 1, -1, -1):
+            deltas[l] = delta
+            grads[2 * l] = cache.inputs[l].T @ delta
+            grads[2 * l + 1] = column_sums(delta)
+            if l > 0:
+                d = derivative_into(activation, cache.pre[l - 1], cache.inputs[l],
+                                    buffers.dphis[l - 1])
+                dphi[l - 1] = d
+                delta = np.matmul(delta, params[2 * l].T, out=buffers.deltas[l - 1])
+                delta *= d
+        if not measure:
+            return Gradients(grads, deltas, dphi)
+        dn, mean, std, sat = measured(buffers.measure, dout, activation)
+        return Gradients(grads, deltas, dphi, None, dn, sat, (mean, std))
     if cache.skips is None:  # the plain MLP
         for l in range(L - 1, -1, -1):
             deltas[l] = delta

@@ -68,6 +68,13 @@ def _tiny_sum(v: np.ndarray) -> float:
 _TINY = {c: float(np.finfo(c).tiny) for c in "efdg"}
 
 
+def careful_threshold(size: int, dtype) -> float:
+    """The sum of squares of ``size`` entries of ``dtype`` at or below which :func:`norm`
+    retakes it in float64 (0 for integers)."""
+    dtype = np.dtype(dtype)
+    return size * _TINY[dtype.char] * 1e7 if dtype.kind == "f" else 0.0
+
+
 def total_norm(arrays: list[np.ndarray]) -> float:
     """Global norm of a list of arrays (as torch.nn.utils.clip_grad_norm_ computes it)."""
     return math.sqrt(sum(norm(a) ** 2 for a in arrays))
@@ -174,3 +181,61 @@ def stack_saturated_fraction(dphi: np.ndarray, activation: Activation) -> np.nda
     else:
         counts = np.count_nonzero(below, axis=1)
     return counts / flat.shape[1]
+
+
+# -- many arrays' norms in few numpy calls ------------------------------------------------------
+
+
+class FlatLayout:
+    """Arrays of given shapes as views of one flat buffer, so that the norms of all of them
+    take a few numpy calls instead of one or more per array (a training step's per-array
+    calls cost more than their arithmetic on small nets).
+
+    Each array starts a row of ``row`` elements and fills whole rows, its last one padded
+    with zeros that nothing writes; ``copies`` sets of the arrays (e.g. the parameters and
+    their updates) follow each other. The norms are one ``np.vecdot`` over the rows (a BLAS
+    dot product each, in the arrays' precision, as :func:`norm` takes them) and the rows'
+    sums added in float64 per array; an array whose sum needs :func:`norm`'s careful path
+    (overflowed, or small enough for underflowed squares to matter) takes it, so every
+    norm is :func:`norm`'s to rounding (the row sums make it, if anything, more accurate).
+    """
+
+    def __init__(self, shapes: list[tuple[int, ...]], dtype, copies: int = 1, row: int = 1024):
+        self.shapes = [tuple(int(k) for k in s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.dtype = np.dtype(dtype)
+        self.copies = int(copies)
+        rows = [max(1, -(-size // row)) for size in self.sizes]
+        per_copy = sum(rows)
+        self.row = int(row)
+        self.n_rows = self.copies * per_copy
+        self.size = self.n_rows * self.row
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.intp)
+        self._starts = np.concatenate([starts + k * per_copy for k in range(self.copies)])
+        self.offsets = self._starts.reshape(self.copies, -1) * self.row
+        self._tiny = np.array([careful_threshold(size, self.dtype) for size in self.sizes]
+                              * self.copies)
+
+    def empty(self) -> np.ndarray:
+        """A buffer for the arrays, its padding zero."""
+        return np.zeros(self.size, dtype=self.dtype)
+
+    def views(self, flat: np.ndarray, copy: int = 0) -> list[np.ndarray]:
+        """Copy ``copy``'s arrays, in the order of ``shapes``, as views of ``flat``."""
+        return [flat[o : o + size].reshape(s)
+                for o, size, s in zip(self.offsets[copy].tolist(), self.sizes, self.shapes)]
+
+    def norms(self, flat: np.ndarray) -> np.ndarray:
+        """``norm`` of every array of every copy: float64, shape ``(copies, len(shapes))``."""
+        rows = flat.reshape(self.n_rows, self.row)
+        s = np.add.reduceat(np.vecdot(rows, rows).astype(np.float64), self._starts)
+        out = np.sqrt(s)
+        tiny = self._tiny.tolist()
+        sums = s.tolist()
+        if not all(t < v < math.inf for t, v in zip(tiny, sums)):
+            n = len(self.shapes)
+            for j, (t, v) in enumerate(zip(tiny, sums)):
+                if not t < v < math.inf:
+                    o = int(self.offsets.flat[j])
+                    out[j] = norm(flat[o : o + self.sizes[j % n]])
+        return out.reshape(self.copies, -1)

@@ -28,10 +28,15 @@ def bin_counts(a: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
     (each pair of neighbouring bytes read as one 16-bit number, one counter per pair of
     bins, then the two margins added): half the elements to count, about a third faster.
     """
-    t = a - np.asarray(lo, dtype=a.dtype)
-    t *= np.asarray(bins / (hi - lo), dtype=a.dtype)
-    np.fmax(t, 0, out=t)  # fmax/fmin, unlike clip, send NaN to the bound
-    np.fmin(t, bins - 1, out=t)
+    scale = np.asarray(bins / (hi - lo), dtype=a.dtype)
+    if lo == 0:  # a - 0 is a: one pass fewer
+        t = np.multiply(a, scale)
+    else:
+        t = a - np.asarray(lo, dtype=a.dtype)
+        t *= scale
+    np.clip(t, 0, bins - 1, out=t)  # twice as fast as fmax and fmin, but keeps NaN:
+    if t.size and math.isnan(t.max()):  # then fmax/fmin, which send NaN to the bound
+        np.fmax(np.where(np.isnan(t), -np.inf, t), 0, out=t)
     if bins > 256:
         return np.bincount(t.astype(np.intp).ravel(), minlength=bins)
     k = t.astype(np.uint8).ravel()  # t >= 0: truncation is the floor
@@ -67,7 +72,33 @@ def step_metrics(
     ``phi(u_l)`` (``u_l = z_l``, or its normalisation with ``--norm``), before dropout and
     before a residual skip adds the layer's input; they are NaN for the linear output layer.
     """
+    return dict(zip(STEP_METRICS, step_block(
+        params, cache, back, updates, activation, grad_norms, weight_norms=weight_norms,
+        update_norms=update_norms).T))
+
+
+def step_block(
+    params: Params,
+    cache: Cache,
+    back: Gradients,
+    updates: Params | None,
+    activation: Activation,
+    grad_norms: list[float] | np.ndarray | None = None,
+    *,
+    weight_norms: list[float] | np.ndarray | None = None,
+    update_norms: list[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`step_metrics` as one float64 array, a row per layer and a column per entry
+    of ``STEP_METRICS`` (what :meth:`~gradscope.record.writer.LogWriter.append_block`
+    takes). When every statistic was measured already (the norms given, the passes'
+    :class:`~gradscope.engine.mlp.StepBuffers` measurements in ``back``) it is assembled
+    with a few array operations for all layers at once."""
     measured = measurer()  # overflow here is a diverging run, reported as such
+    L = len(params) // 2
+    if (back.act_stats is not None and grad_norms is not None and weight_norms is not None
+            and (updates is None or update_norms is not None)):
+        return measured(_assemble, L, back, updates is not None, grad_norms, weight_norms,
+                        update_norms)
     if grad_norms is None:
         grad_norms = [measured(norm, g) for g in back.grads]
     L = len(params) // 2
@@ -91,8 +122,29 @@ def step_metrics(
     # serial: on a batch's arrays (0.5 MB a layer) the work is shorter than handing it to
     # threads (1.15 against 1.7 ms for 8 x 512 units, batch 256; docs/performance.md)
     rows = [measured(layer, l) for l in range(L)]
-    cols = np.array(rows, dtype=np.float64).T
-    return dict(zip(STEP_METRICS, cols))
+    return np.array(rows, dtype=np.float64).reshape(L, len(STEP_METRICS))
+
+
+def _assemble(L, back, updated, grad_norms, weight_norms, update_norms) -> np.ndarray:
+    """The rows of :func:`step_block` from the measured arrays (same numbers as its
+    per-layer path: a ratio is ``update / weight``, or inf where the weight norm is not
+    positive)."""
+    out = np.empty((L, len(STEP_METRICS)))
+    out[:, 0:2] = np.asarray(grad_norms, dtype=np.float64)[: 2 * L].reshape(L, 2)
+    out[:, 2] = back.delta_norms
+    w = np.asarray(weight_norms, dtype=np.float64)[0 : 2 * L : 2]
+    out[:, 3] = w
+    if updated:
+        u = np.asarray(update_norms, dtype=np.float64)[0 : 2 * L : 2]
+        out[:, 4] = u
+        np.divide(u, w, out=out[:, 5])
+        out[~(w > 0), 5] = math.inf
+    else:
+        out[:, 4:6] = math.nan
+    out[: L - 1, 6], out[: L - 1, 7] = back.act_stats
+    out[: L - 1, 8] = back.saturated
+    out[L - 1, 6:] = math.nan
+    return out
 
 
 def probe_metrics(

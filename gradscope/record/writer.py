@@ -63,8 +63,19 @@ class _Part:
         self.n_buf = 0      # rows in the buffer: the rows after the last sealed block
         self.n_mark = 0     # of which the first n_mark belong to finished steps
         self.n_sealed = self.n_blocks = self.data_bytes = self.slot = self.n_tail = 0
-        self.buf = {n: np.empty((max(self.capacity, self.B), *self.shapes[n]), dtype=dt)
-                    for n, dt in self.dtypes.items()}
+        # the scalar columns of one dtype share a 2-D buffer (a view of it per column), so
+        # that a step's rows of many columns are buffered in one assignment (append_block)
+        self._groups: dict[tuple, list[str]] = {}
+        for n in self.names:
+            if not self.shapes[n]:
+                self._groups.setdefault(("scalar", self.dtypes[n].str), []).append(n)
+            else:
+                self._groups[("array", n)] = [n]
+        self._block_of = {tuple(names): key for key, names in self._groups.items()
+                          if key[0] == "scalar"}
+        self._others = {key: [n for n in self.names if n not in names]
+                        for key, names in self._groups.items()}
+        self._alloc(max(self.capacity, self.B))
         group.attrs["columns"] = json.dumps(
             [[n, self.dtypes[n].str, list(self.shapes[n])] for n in self.names])
         group.attrs["block_rows"] = self.B
@@ -93,19 +104,47 @@ class _Part:
     def counter(self) -> list[int]:
         return [self.n_written, self.n_sealed, self.n_blocks, self.data_bytes, self.slot, 0]
 
-    def append(self, n: int, values: dict) -> None:
-        """Buffer ``n`` rows (scalars broadcast); they are written once :meth:`mark` covers them."""
+    def _alloc(self, cap: int) -> None:
+        """(Re)allocate the buffers for ``cap`` rows, keeping the buffered ones."""
+        old = getattr(self, "_arrays", None)
+        self._arrays, self.buf = {}, {}
+        for key, names in self._groups.items():
+            if key[0] == "scalar":
+                a = np.empty((cap, len(names)), dtype=self.dtypes[names[0]])
+            else:
+                a = np.empty((cap, *self.shapes[names[0]]), dtype=self.dtypes[names[0]])
+            if old is not None:
+                a[: self.n_buf] = old[key][: self.n_buf]
+            self._arrays[key] = a
+            for j, name in enumerate(names):
+                self.buf[name] = a[:, j] if key[0] == "scalar" else a
+
+    def _room(self, n: int) -> None:
         if self.n_buf + n > self.buf[self.names[0]].shape[0]:
             # never written from here (only a flush writes, so that the counter follows
             # every write): the buffer grows until the step ends
-            cap = max(2 * self.buf[self.names[0]].shape[0], self.n_buf + n)
-            for name, buf in self.buf.items():
-                grown = np.empty((cap, *buf.shape[1:]), dtype=buf.dtype)
-                grown[: self.n_buf] = buf[: self.n_buf]
-                self.buf[name] = grown
+            self._alloc(max(2 * self.buf[self.names[0]].shape[0], self.n_buf + n))
+
+    def append(self, n: int, values: dict) -> None:
+        """Buffer ``n`` rows (scalars broadcast); they are written once :meth:`mark` covers them."""
+        self._room(n)
         i = self.n_buf
         for name, buf in self.buf.items():
             buf[i : i + n] = values[name] if name in values else self.defaults[name]
+        self.n_buf += n
+
+    def append_block(self, n: int, names: tuple, block: np.ndarray, values: dict) -> None:
+        """:meth:`append` with the columns ``names`` given as the columns of ``block``
+        (``(n, len(names))``): one assignment when they are all the scalar columns of
+        one dtype, in table order."""
+        key = self._block_of.get(tuple(names))
+        if key is None:
+            return self.append(n, {**values, **dict(zip(names, np.asarray(block).T))})
+        self._room(n)
+        i = self.n_buf
+        self._arrays[key][i : i + n] = block
+        for name in self._others[key]:
+            self.buf[name][i : i + n] = values[name] if name in values else self.defaults[name]
         self.n_buf += n
 
     def mark(self) -> bool:
@@ -122,8 +161,8 @@ class _Part:
             self._seal(slice(i * self.B, (i + 1) * self.B))
         if nb:
             done = nb * self.B
-            for name, buf in self.buf.items():
-                buf[: self.n_buf - done] = buf[done : self.n_buf].copy()
+            for a in self._arrays.values():
+                a[: self.n_buf - done] = a[done : self.n_buf].copy()
             self.n_buf -= done
             k -= done
             self.n_mark = k
@@ -295,6 +334,12 @@ class LogWriter:
     def append(self, table: str, n: int = 1, **values) -> None:
         """Buffer ``n`` rows of a table (``steps``, ``layers``, ``epochs``, ``probes``)."""
         self.tables[table].append(n, values)
+
+    def append_block(self, table: str, n: int, names: tuple, block: np.ndarray,
+                     **values) -> None:
+        """:meth:`append` with the columns ``names`` as the columns of ``block``, an
+        ``(n, len(names))`` array (one assignment for a step's per-layer numbers)."""
+        self.tables[table].append_block(n, names, block, values)
 
     def append_units(self, step: int, dead: list[np.ndarray], hist: list[np.ndarray]) -> None:
         """Per-unit dead flags and activation histograms of every hidden layer at a probe step."""

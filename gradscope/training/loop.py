@@ -24,6 +24,7 @@ from ..engine.losses import accuracy, mean_squared_error, softmax_cross_entropy
 from ..engine.mlp import (
     NORMS,
     Arch,
+    StepBuffers,
     backward,
     forward,
     init_norm,
@@ -33,8 +34,8 @@ from ..engine.mlp import (
     skip_layers,
 )
 from ..engine.optimizers import OPTIMIZERS, make_optimizer
-from ..engine.stats import norm
-from ..record.probes import histogram_edges, probe_metrics, step_metrics
+from ..engine.stats import FlatLayout, norm
+from ..record.probes import STEP_METRICS, histogram_edges, probe_metrics, step_metrics
 from ..record.schema import OPTIMIZER_OPTIONS, LogError
 from ..record.writer import LogWriter, one_line
 from ._malloc import keep_freed_memory
@@ -361,8 +362,24 @@ def train(
     drop_rng = np.random.default_rng([cfg.seed, 4]) if cfg.dropout else None
     clipping, clip_norm, clip_value = cfg.clipping, cfg.clip_norm, cfg.clip_value
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_overrides())
-    state = opt.init(params + norm_params)
     stepper = GroupedStep(opt, [p.size for p in params + norm_params], measure=norm)
+    bs = res["batch_size_resolved"]
+    # A plain MLP of one hidden width, updated in place in this thread, keeps its arrays
+    # in buffers that let a recorded step measure every layer in a few numpy calls: the
+    # parameters and the updates in one flat array (all their norms from one np.vecdot
+    # over its rows, engine.stats.FlatLayout), the passes' activations, deltas and phi'
+    # stacked (engine.mlp.StepBuffers). The numbers are those measured array by array.
+    buffers = layout = flat = update_bufs = None
+    if (arch is None and stepper.pool is None and opt.update_inplace is not None
+            and StepBuffers.fit(params, bs)):
+        layout = FlatLayout([p.shape for p in params], dtype, copies=2)
+        flat = layout.empty()
+        homed = layout.views(flat, 0)
+        for h, p in zip(homed, params):
+            h[...] = p
+        params, update_bufs = homed, layout.views(flat, 1)
+        buffers = StepBuffers(params, bs, act)
+    state = opt.init(params + norm_params)
     loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
     X, y = prep.X, prep.y
     n = X.shape[0]
@@ -372,7 +389,7 @@ def train(
     batch_rng = np.random.default_rng([cfg.seed, 2])
     L = len(params) // 2
     layer_idx = np.arange(L)
-    total, bs = res["total_steps"], res["batch_size_resolved"]
+    total = res["total_steps"]
     log_every, probe_every, snap_every = cfg.log_every, res["probe_every"], cfg.snapshot_every
     lr = float(opt.hyper.get("lr", float("nan")))
 
@@ -406,10 +423,11 @@ def train(
                 logged = step % log_every == 0 or step == total - 1
                 # a logged step's passes measure each layer while its arrays are in cache
                 out_b, cache = forward(params, Xb, act, arch=arch, norm_params=norm_params,
-                                       state=norm_state, rng=drop_rng, measure=logged)
+                                       state=norm_state, rng=drop_rng, measure=logged,
+                                       buffers=buffers)
                 acc = accuracy(out_b, yb) if prep.classification else float("nan")
                 loss, dout = loss_fn(out_b, yb)
-                back = backward(params, cache, dout, act, measure=logged)
+                back = backward(params, cache, dout, act, measure=logged, buffers=buffers)
                 grads = back.grads if back.norm_grads is None else back.grads + back.norm_grads
                 # norms of the updates and new parameters, taken by the optimizer's threads,
                 # when this step or the next is recorded
@@ -435,14 +453,20 @@ def train(
                         grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
                     current = params + norm_params if norm_params else params
                     new_params, updates, state, out_norms = stepper.step(
-                        grads, state, current, out_norms=want, inplace=True)
+                        grads, state, current, out_norms=want and layout is None,
+                        inplace=True, out=update_bufs)
+                    if want and layout is not None:
+                        pn, un = layout.norms(flat)
+                        out_norms = (None, un, pn)
                 if diverged or logged:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
                                   time=time.perf_counter() - t0, clipped=int(clipped))
                     m = step_metrics(params, cache, back, updates, act, gnorms,
                                      weight_norms=weight_norms, update_norms=out_norms[1])
-                    writer.append("layers", L, step=step, layer=layer_idx, **m)
+                    block = np.array([m[c] for c in STEP_METRICS]).T
+                    writer.append_block("layers", L, STEP_METRICS, block, step=step,
+                                        layer=layer_idx)
                     if probed:
                         pm, dead, hist = probe
                         writer.append("probes", L, step=step, layer=layer_idx, **pm)

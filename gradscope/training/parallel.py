@@ -103,18 +103,20 @@ class GroupedStep:
         return self.step(grads, state, params)[:3]
 
     def step(self, grads: Params, state, params: Params, grad_norms: bool = False,
-             out_norms: bool = False, inplace: bool = False):
+             out_norms: bool = False, inplace: bool = False, out: Params | None = None):
         """Returns ``(new_params, updates, new_state, (grad_norms, update_norms, param_norms))``.
 
         The norms (by ``measure``) are lists in parameter order, or None where not asked for:
         ``grad_norms`` of the gradients, ``out_norms`` of the updates and new parameters.
         ``inplace``: write into ``state`` and ``params`` (see the class); an optimizer
-        without ``update_inplace`` takes the pure step.
+        without ``update_inplace`` takes the pure step. ``out``: with ``inplace``, the
+        arrays to write the updates into (else buffers of this object's own).
         """
         self._err = np.geterr()
         want = (grad_norms, out_norms)
-        out = None
-        if inplace and self.opt.update_inplace is not None:
+        if not (inplace and self.opt.update_inplace is not None):
+            out = None
+        elif out is None:
             if self._out is None or len(self._out) != len(grads) or any(
                     u.shape != g.shape or u.dtype != g.dtype for u, g in zip(self._out, grads)):
                 self._out = [np.empty_like(g) for g in grads]

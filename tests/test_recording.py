@@ -1,0 +1,156 @@
+"""The recorded step's batched statistics (engine.stats.FlatLayout, engine.mlp.StepBuffers,
+the writer's append_block) against the single-array functions and float64 numpy."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gradscope.engine.activations import ACTIVATIONS
+from gradscope.engine.losses import softmax_cross_entropy
+from gradscope.engine.mlp import StepBuffers, backward, forward, init_params
+from gradscope.engine.stats import FlatLayout, mean_std, norm, saturated_fraction
+from gradscope.record.probes import STEP_METRICS, step_block, step_metrics
+
+
+def _ref_norm(a):
+    return float(np.sqrt(np.sum(np.asarray(a, dtype=np.float64) ** 2)))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flat_layout_norms_against_float64(rng, dtype):
+    shapes = [(40, 30), (30,), (30, 30), (30,), (30, 30), (30,), (30, 3), (3,), (0,)]
+    lay = FlatLayout(shapes, dtype, copies=2, row=256)
+    flat = lay.empty()
+    scales = [1.0, 1e-25, 1e-3, 1e-40, 1e15, 0.0, 1e25, 2.0, 1.0]
+    for k in range(2):
+        for v, s in zip(lay.views(flat, k), scales):
+            v[...] = (rng.standard_normal(v.shape) * s * (k + 1)).astype(dtype)
+    got = lay.norms(flat)
+    assert got.shape == (2, len(shapes)) and got.dtype == np.float64
+    for k in range(2):
+        for j, v in enumerate(lay.views(flat, k)):
+            assert v.shape == shapes[j] and np.shares_memory(v, flat) or v.size == 0
+            ref = _ref_norm(v)
+            # vanishing (1e-25, 1e-40: underflowed float32 squares), large, zero, empty
+            assert got[k, j] == pytest.approx(ref, rel=1e-6, abs=0.0), (k, j)
+            assert got[k, j] == pytest.approx(norm(v), rel=1e-6)
+    # the padding between arrays stays zero whatever the views hold
+    covered = np.zeros(lay.size, bool)
+    for k in range(2):
+        for o, size in zip(lay.offsets[k].tolist(), lay.sizes):
+            covered[o : o + size] = True
+    assert not flat[~covered].any()
+
+
+def test_flat_layout_norms_of_non_finite_arrays():
+    lay = FlatLayout([(3,), (2, 2)], np.float32)
+    flat = lay.empty()
+    a, b = lay.views(flat)
+    a[:] = [1.0, np.nan, 0.0]
+    b[:] = [[np.inf, 1.0], [0.0, 0.0]]
+    got = lay.norms(flat)
+    assert math.isnan(got[0, 0]) and got[0, 1] == math.inf
+
+
+def _pass(params, X, y, act, buffers=None):
+    out, cache = forward(params, X, act, measure=True, buffers=buffers)
+    _, dout = softmax_cross_entropy(out, y)
+    return cache, backward(params, cache, dout, act, measure=True, buffers=buffers), dout
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid", "elu", "linear"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_buffers_measure_the_single_array_statistics(rng, name, dtype):
+    act = ACTIVATIONS[name]
+    params = init_params([12, 16, 16, 16, 4], "xavier", rng, gain=2.0, dtype=dtype)
+    params[3][:] = 3.0  # a layer whose mean dwarfs its spread for sigmoid (careful path)
+    X = rng.normal(size=(20, 12)).astype(dtype)
+    y = rng.integers(0, 4, 20)
+    buf = StepBuffers(params, 20, act)
+    cache, back, dout = _pass(params, X, y, act, buf)
+    ref_cache, ref_back, _ = _pass(params, X, y, act)
+    # the passes give the same numbers with and without the buffers
+    for g, r in zip(back.grads, ref_back.grads):
+        np.testing.assert_array_equal(g, r)
+    for l in range(3):
+        np.testing.assert_array_equal(cache.hidden(l), ref_cache.hidden(l))
+        np.testing.assert_array_equal(back.dphi[l], ref_back.dphi[l])
+    mean, std = back.act_stats
+    for l in range(4):
+        assert back.delta_norms[l] == pytest.approx(_ref_norm(ref_back.deltas[l]), rel=1e-6)
+    for l in range(3):
+        a = ref_cache.hidden(l).astype(np.float64)
+        assert mean[l] == pytest.approx(a.mean(), rel=1e-6, abs=1e-7)
+        assert std[l] == pytest.approx(a.std(), rel=1e-4)
+        assert std[l] == pytest.approx(mean_std(ref_cache.hidden(l))[1], rel=1e-5)
+        assert back.saturated[l] == saturated_fraction(ref_back.dphi[l], act)
+    m = step_metrics(params, cache, back, None, act, [norm(g) for g in back.grads],
+                     weight_norms=[norm(p) for p in params])
+    ref = step_metrics(params, ref_cache, ref_back, None, act)
+    for c in STEP_METRICS:
+        np.testing.assert_allclose(m[c], ref[c], rtol=1e-5, atol=1e-12, equal_nan=True)
+
+
+def test_step_buffers_vanishing_deltas_keep_their_norm(rng):
+    act = ACTIVATIONS["tanh"]
+    params = init_params([6, 8, 8, 3], "he", rng, dtype=np.float32)
+    params[4] *= np.float32(1e-22)  # the output layer's weights: the hidden deltas vanish
+    X = rng.normal(size=(5, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    buf = StepBuffers(params, 5, act)
+    _, back, _ = _pass(params, X, y, act, buf)
+    for l in range(2):
+        ref = _ref_norm(back.deltas[l])
+        assert 0 < ref < 1e-19
+        assert back.delta_norms[l] == pytest.approx(ref, rel=1e-6)
+
+
+def test_step_block_assembles_as_the_per_layer_path(rng):
+    act = ACTIVATIONS["relu"]
+    params = init_params([5, 7, 7, 2], "he", rng, dtype=np.float64)
+    params[2][:] = 0.0  # a zero weight norm: the update ratio is inf
+    X = rng.normal(size=(9, 5))
+    y = rng.integers(0, 2, 9)
+    buf = StepBuffers(params, 9, act)
+    cache, back, _ = _pass(params, X, y, act, buf)
+    updates = [rng.normal(size=p.shape) for p in params]
+    gn = np.array([norm(g) for g in back.grads])
+    wn = np.array([norm(p) for p in params])
+    un = np.array([norm(u) for u in updates])
+    fast = step_block(params, cache, back, updates, act, gn, weight_norms=wn, update_norms=un)
+    slow = step_block(params, cache, back._replace(act_stats=None), updates, act, list(gn),
+                      weight_norms=list(wn), update_norms=list(un))
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, equal_nan=True)
+    assert fast[1, 5] == math.inf
+    assert np.isnan(fast[2, 6:]).all()
+
+
+def test_append_block_writes_what_append_writes(tmp_path):
+    import gradscope
+    from gradscope.record.probes import histogram_edges
+    from gradscope.record.writer import LogWriter
+    from gradscope.training.loop import TrainConfig, prepare
+
+    prep = prepare(TrainConfig(dataset="moons", depth=2, width=4, steps=3))
+    params = init_params(prep.resolved["sizes"], "he", np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    blocks = [rng.normal(size=(3, len(STEP_METRICS))) for _ in range(3)]
+    for name, block_api in (("a.h5", True), ("b.h5", False)):
+        w = LogWriter(tmp_path / name, prep.resolved, params,
+                      histogram_edges(ACTIVATIONS["relu"]))
+        for step, block in enumerate(blocks):
+            w.append("steps", step=step, epoch=0, loss=1.0, accuracy=0.5, lr=0.1,
+                     grad_norm_total=1.0, time=0.0)
+            if block_api:
+                w.append_block("layers", 3, STEP_METRICS, block, step=step, layer=np.arange(3))
+            else:
+                w.append("layers", 3, step=step, layer=np.arange(3),
+                         **dict(zip(STEP_METRICS, block.T)))
+            w.end_step()
+        w.close("completed")
+    a, b = gradscope.read_layers(tmp_path / "a.h5"), gradscope.read_layers(tmp_path / "b.h5")
+    assert len(a) == 9
+    np.testing.assert_array_equal(a[list(STEP_METRICS)].to_numpy(), np.concatenate(blocks))
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())

@@ -489,7 +489,7 @@ class Run:
         k0 = len(flat)  # 0-d tensors
         k1 = k0 + len(stats)
         values = host[:k1].tolist()  # Python floats: quicker than numpy's for a few numbers
-        g, bg, w, u, others = _unflatten(values, index)
+        g, bg, w, u, _ = _unflatten(values, index)  # the others: in the global norm only
         # the global norm from the float32 (or wider) norms, in float64, as before the
         # retakes below (an overflowing float32 norm leaves it infinite: diverged)
         parts = [values[i] for i in (*index[0], *index[1], *index[4]) if i is not None]

@@ -970,14 +970,14 @@ def _to_host(tensors: list) -> np.ndarray:
         return np.zeros(0)
     dev = tensors[0].device
     groups: dict = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(t.dtype if t.dim() == 0 else i, []).append(i)
+    for i, t in enumerate(tensors):  # 0-d tensors by dtype and device; others one by one
+        groups.setdefault((t.dtype, t.device) if t.dim() == 0 else i, []).append(i)
     if (len(groups) == 1 and tensors[0].dim() == 0
             and tensors[0].dtype in (torch.float32, torch.float64)):  # the usual step
         return torch.stack(tensors).cpu().numpy().astype(np.float64)
     parts, order = [], []
     for key, idx in groups.items():
-        if isinstance(key, torch.dtype):
+        if isinstance(key, tuple):
             parts.append(torch.stack([tensors[i] for i in idx]).to(dev, torch.float64))
             order += [(i, 1) for i in idx]
         else:

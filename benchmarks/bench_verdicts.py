@@ -4,7 +4,7 @@ Trains a grid of short runs on digits (several activations, inits, optimizers, d
 learning rates; 5 epochs each) into a folder (kept, so a second call only re-diagnoses),
 diagnoses every log and prints, as Markdown:
 
-- the confusion of verdicts (healthy, warning, not_learning, diverged, no_data) against the
+- the confusion of verdicts (healthy, warning, not_learning, diverged, failed, no_data) against the
   outcome, the final validation accuracy in three bands (< 30%, 30-90%, >= 90%; chance 10%);
 - the goals of docs/diagnosis.md: no run below 30% called healthy, at most 1 in 10 runs
   at or above 90% flagged failing, and the runs that miss them;

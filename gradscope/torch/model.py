@@ -67,9 +67,27 @@ def saturated_count(module: nn.Module, a: torch.Tensor) -> torch.Tensor | None:
     """How many entries of the activation output ``a`` have ``phi'(z)`` below
     ``SATURATION`` times its maximum (None for an activation without a known derivative).
     The ReLU family in one comparison (phi' is 1 or below the threshold)."""
+    tally = saturation_tally(module, a)
+    if tally is None:
+        return None
+    t, complement = tally
+    return a.numel() - t if complement else t
+
+
+def saturation_tally(module: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+    """``(t, complement)``: the saturated count of ``a`` is ``t``, or ``a.numel() - t``
+    where ``complement`` (ReLU: ``t`` counts the outputs > 0; the subtraction is left to
+    the host, as an operation on the device it cost as much as the count). None for an
+    activation without a known derivative."""
     t = type(module)
     if t is nn.ReLU:  # a >= 0: sign(a) is 1 where phi' = 1, else 0 (the quickest count)
-        return a.numel() - torch.sign(a).sum()
+        return torch.sign(a).sum(), True
+    n = _saturated_count(module, a)
+    return None if n is None else (n, False)
+
+
+def _saturated_count(module: nn.Module, a: torch.Tensor) -> torch.Tensor | None:
+    t = type(module)
     if t is nn.LeakyReLU and abs(module.negative_slope) < SATURATION:
         return torch.count_nonzero(a <= 0)
     d = dphi_from_output(module, a)

@@ -347,28 +347,33 @@ class Run:
         for l in self._layers:
             l.out_ref = l.act_out = None
         ws = [l.module.weight for l in self._layers]
+        biases = [getattr(l.module, "bias", None) for l in self._layers]
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        mine = {id(p) for p in (*ws, *biases)}
+        others = [p.grad for g in groups for p in g["params"]
+                  if p.grad is not None and id(p) not in mine]
+        deltas = [(id(l), g) for l in self._layers for g in acc.delta_t.get(id(l), ())]
+        n = len(ws)
         with torch.no_grad():
-            acc.w_norm = _norms(ws)
-            acc.g_norm = _norms([w.grad for w in ws])
-            biases = [getattr(l.module, "bias", None) for l in self._layers]
-            acc.b_norm = _norms([b.grad if isinstance(b, torch.Tensor) else None for b in biases])
-            groups = self.optimizer.param_groups if self.optimizer is not None else []
-            # the global norm from the layers' norms and those of the other parameters
-            mine = {id(p) for l in self._layers for p in (l.module.weight,
-                                                         getattr(l.module, "bias", None))}
-            others = _norms([p.grad for g in groups for p in g["params"]
-                             if p.grad is not None and id(p) not in mine])
-            parts = [x for x in (*acc.g_norm, *acc.b_norm, *others) if x is not None]
-            acc.total = (torch.linalg.vector_norm(torch.stack(
-                [x.to(parts[0].device, torch.float64) for x in parts])) if parts else None)
+            # the gradients' norms in one call: the weights', the biases', the other
+            # parameters' (for the global norm), and the deltas kept in the backward pass
+            norms = _norms([*(w.grad for w in ws),
+                            *(b.grad if isinstance(b, torch.Tensor) else None for b in biases),
+                            *others, *(g for _, g in deltas)])
+            acc.g_norm, acc.b_norm = norms[:n], norms[n:2 * n]
+            k = 2 * n + len(others)
+            acc.others = norms[2 * n:k]  # the global norm is taken from these on the host
+            for (key, _), d in zip(deltas, norms[k:]):
+                acc.delta.setdefault(key, []).append(d)
             # the weights before the update, in buffers kept from step to step (fresh
-            # memory every step cost more than the copy itself: page faults)
+            # memory every step cost more than the copy itself: page faults); each layer's
+            # norm taken from its copy right after copying it, while it is in cache (one
+            # pass less over the weights than a norm and a copy of all of them)
             bufs = self._buffers
             if bufs is None or any(b.shape != w.shape or b.dtype != w.dtype
                                    or b.device != w.device for b, w in zip(bufs, ws)):
                 bufs = self._buffers = [torch.empty_like(w) for w in ws]
-            for b, w in zip(bufs, ws):
-                b.copy_(w.detach())
+            acc.w_norm = [_norm(b.copy_(w)) for b, w in zip(bufs, ws)]
             acc.before = bufs
             if self.probe_input is not None and self.step % self.probe_every == 0:
                 self._run_probe()
@@ -473,18 +478,22 @@ class Run:
             if skipped:
                 u_norm = [None] * n
             else:
-                diff = acc.before  # reused: before - after = -update (same norm)
-                for d, w_ in zip(diff, ws):  # (a loop of sub_ beat _foreach_sub_ on CPU)
-                    d.sub_(w_.detach())
-                u_norm = _norms(diff)
-            flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, [acc.total]])
+                # before - after = -update (same norm), in the buffer of the weights
+                # before; each layer's norm while its difference is in cache
+                u_norm = [_norm(d.sub_(w_)) for d, w_ in zip(acc.before, ws)]
+            flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, acc.others])
             stats, st_index = acc.device_stats(layers)
             lo_hi = self._hist_edges()
             probe, pr_index = acc.device_probe(layers, self.hist_bins, lo_hi)
             host = _to_host(flat + stats + probe)  # the one device-to-host copy
-        k0 = sum(t.numel() for t in flat)
-        k1 = k0 + sum(t.numel() for t in stats)
-        g, bg, w, u, total = _unflatten(host[:k0], index)
+        k0 = len(flat)  # 0-d tensors
+        k1 = k0 + len(stats)
+        values = host[:k1].tolist()  # Python floats: quicker than numpy's for a few numbers
+        g, bg, w, u, _ = _unflatten(values, index)  # the others: in the global norm only
+        # the global norm from the float32 (or wider) norms, in float64, as before the
+        # retakes below (an overflowing float32 norm leaves it infinite: diverged)
+        parts = [values[i] for i in (*index[0], *index[1], *index[4]) if i is not None]
+        total = [math.sqrt(math.fsum(x * x for x in parts)) if parts else math.nan]
         g = self._retake(g, lambda i: ws[i].grad)
         bias = [getattr(l.module, "bias", None) for l in layers]
         bg = self._retake(bg, lambda i: bias[i].grad if isinstance(bias[i], torch.Tensor)
@@ -493,8 +502,8 @@ class Run:
         w = self._retake(w, lambda i: acc.before[i] if skipped
                          else ws[i].detach().double() + acc.before[i].double())
         u = self._retake(u, lambda i: None if skipped else acc.before[i])
-        delta = acc.delta_norms(host[k0:k1], st_index, layers)
-        mean, std, sat = acc.act_values(host[k0:k1], st_index, layers)
+        delta = acc.delta_norms(values[k0:], st_index, layers)
+        mean, std, sat = acc.act_values(values[k0:], st_index, layers)
         if skipped:
             u = ratio = [math.nan] * n
         else:
@@ -714,12 +723,13 @@ class _Acc:
         self.first_inputs: dict = {}
         self.act_inputs: dict = {}
         self.layer_out: dict = {}
-        self.delta: dict[int, list] = {}      # layer index -> [sum of squares tensors]
-        self.delta_t: dict[int, list] = {}    # layer index -> the delta tensors (retake)
-        self.act: dict[int, list] = {}        # layer index -> [(numel, mean, var, n_sat)]
+        self.delta: dict[int, list] = {}      # id(layer) -> [norm tensors]
+        self.delta_t: dict[int, list] = {}    # id(layer) -> the delta tensors of the step
+        # id(layer) -> [(numel, sum, sum of squares, saturation tally, output, complement)]
+        self.act: dict[int, list] = {}
         self.probe: dict[int, list] = {}      # layer index -> [(a, module)] probe outputs
         self.w_norm = self.g_norm = self.b_norm = None
-        self.total = None
+        self.others = None
         self.before = None
 
     def order_next(self) -> int:
@@ -727,10 +737,8 @@ class _Acc:
         return self._order - 1
 
     def add_delta(self, layer: _Layer, g: torch.Tensor) -> None:
-        w = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else None
-        s = torch.linalg.vector_norm(g, dtype=w)
-        self.delta.setdefault(id(layer), []).append(s)
-        self.delta_t.setdefault(id(layer), []).append(g)  # for a float64 retake
+        # kept, not reduced here: the pre-hook takes all the step's norms in one call
+        self.delta_t.setdefault(id(layer), []).append(g)
 
     def add_act(self, layer: _Layer, module, out: torch.Tensor, probe: bool, run) -> None:
         a = out.detach()
@@ -746,10 +754,12 @@ class _Acc:
         v = a.reshape(-1)
         mean = v.sum()  # divided by the count on the host
         second = torch.dot(v, v)
-        n_sat = M.saturated_count(module, a) if module is not None else None
-        sat = (n_sat.to(a.dtype) if n_sat is not None
-               else torch.full((), math.nan, dtype=a.dtype, device=a.device))
-        self.act.setdefault(id(layer), []).append((a.numel(), mean, second, sat, a))
+        tally = M.saturation_tally(module, a) if module is not None else None
+        sat, complement = tally if tally is not None else (None, False)
+        if sat is not None and sat.dtype != a.dtype:
+            sat = sat.to(a.dtype)
+        self.act.setdefault(id(layer), []).append((a.numel(), mean, second, sat, a,
+                                                   complement))
 
     def device_stats(self, layers):
         """Delta norms and activation statistics as one flat list of tensors, and where
@@ -763,46 +773,51 @@ class _Acc:
             rows = self.act.get(id(l))
             if rows:
                 index[("a", id(l))] = (len(flat), len(rows))
-                for _, mean, second, sat, _ in rows:
-                    flat += [mean, second, sat]
+                for _, mean, second, sat, _, _ in rows:
+                    flat += [mean, second] if sat is None else [mean, second, sat]
+                index[("a", id(l))] += (tuple(r[3] is not None for r in rows),)
         return flat, index
 
-    def delta_norms(self, host, index, layers) -> list[float]:
+    def delta_norms(self, host: list, index, layers) -> list[float]:
         out = []
         for l in layers:
             if ("d", id(l)) not in index:
                 out.append(math.nan)
                 continue
             k, m = index[("d", id(l))]
-            v = math.sqrt(float(np.sum(host[k:k + m] ** 2)))
+            v = math.sqrt(math.fsum(x * x for x in host[k:k + m]))
             ts = self.delta_t.get(id(l), [])
             if (v < _UNDERFLOW or not math.isfinite(v)) and ts and ts[0].dtype != torch.float64:
                 v = math.sqrt(sum(float(torch.linalg.vector_norm(t.double())) ** 2 for t in ts))
             out.append(v)
         return out
 
-    def act_values(self, host, index, layers):
+    def act_values(self, host: list, index, layers):
         mean, std, sat = [], [], []
         for l in layers:
             rows = self.act.get(id(l))
             if l.last or not rows or ("a", id(l)) not in index:
                 mean.append(math.nan), std.append(math.nan), sat.append(math.nan)
                 continue
-            k, _ = index[("a", id(l))]
-            ns = np.array([r[0] for r in rows], dtype=float)
-            vals = host[k:k + 3 * len(rows)].reshape(-1, 3).copy()
-            vals[:, :2] /= ns[:, None]  # sums -> mean, E[a^2]
-            for j, r in enumerate(rows):  # E[a^2] - mean^2 -> the variance
-                var = vals[j, 1] - vals[j, 0] ** 2
-                if not (math.isfinite(var) and var >= 0.1 * vals[j, 1]):
-                    vals[j, 0], var = _mean_var64(r[4])  # cancellation: two passes
-                vals[j, 1] = var
-            N = ns.sum()
-            mu = float((ns * vals[:, 0]).sum() / N)
-            var = float((ns * (vals[:, 1] + (vals[:, 0] - mu) ** 2)).sum() / N)
+            k, _, has_sat = index[("a", id(l))]
+            vals = []  # per forward: (count, mean, variance, saturated count)
+            for r, h in zip(rows, has_sat):
+                n = float(r[0])
+                mu, e2 = host[k] / n, host[k + 1] / n  # sums -> mean, E[a^2]
+                c = host[k + 2] if h else math.nan
+                if r[5]:  # the count of the others (ReLU: outputs > 0)
+                    c = n - c
+                k += 2 + h
+                var = e2 - mu * mu
+                if not (math.isfinite(var) and var >= 0.1 * e2):
+                    mu, var = _mean_var64(r[4])  # cancellation: two passes
+                vals.append((n, mu, var, c))
+            N = sum(v[0] for v in vals)
+            mu = sum(n * m for n, m, _, _ in vals) / N
+            var = sum(n * (v + (m - mu) ** 2) for n, m, v, _ in vals) / N
             mean.append(mu)
             std.append(math.sqrt(max(var, 0.0)))
-            sat.append(float(vals[:, 2].sum() / N))
+            sat.append(sum(v[3] for v in vals) / N)
         return mean, std, sat
 
     def device_probe(self, layers, bins, edges):
@@ -904,6 +919,12 @@ def _np_dtype(t: torch.Tensor):
     return np.float32 if t.dtype in (torch.float16, torch.bfloat16) else _np(t.flatten()[:0]).dtype
 
 
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """The norm of one tensor (half precision accumulated in float32)."""
+    half = t.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(t, dtype=torch.float32 if half else None)
+
+
 def _norms(tensors: list) -> list:
     """Norms of the tensors (None for a missing one), grouped by device and dtype for
     ``torch._foreach_norm``; half-precision tensors accumulate in float32."""
@@ -925,52 +946,49 @@ def _norms(tensors: list) -> list:
 
 
 def _flatten(parts):
+    """The tensors of lists ``parts`` in one list, and each one's position (None: missing)."""
     flat, index = [], []
     for part in parts:
-        index.append([None if t is None else len(flat) + k for k, t in enumerate(
-            [t for t in part])])
-        base = len(flat)
         pos = []
         for t in part:
-            if t is None:
-                pos.append(None)
-            else:
-                pos.append(len(flat))
+            pos.append(None if t is None else len(flat))
+            if t is not None:
                 flat.append(t)
-        index[-1] = pos
-        del base
+        index.append(pos)
     return flat, index
 
 
 def _unflatten(host, index):
-    return [[math.nan if i is None else float(host[i]) for i in pos] for pos in index]
+    return [[math.nan if i is None else host[i] for i in pos] for pos in index]
 
 
 def _to_host(tensors: list) -> np.ndarray:
+    """The tensors' values, flattened, in order, as one float64 array: one device-to-host
+    copy (0-d tensors of one dtype stacked at once; a conversion per tensor cost ~100
+    copies)."""
     if not tensors:
         return np.zeros(0)
     dev = tensors[0].device
-    # 0-d tensors of one dtype stacked at once (a conversion per tensor cost ~100 copies)
     groups: dict = {}
-    for i, t in enumerate(tensors):
-        key = (t.dtype, t.dim() == 0)
-        groups.setdefault(key, []).append(i)
+    for i, t in enumerate(tensors):  # 0-d tensors by dtype and device; others one by one
+        groups.setdefault((t.dtype, t.device) if t.dim() == 0 else i, []).append(i)
+    if (len(groups) == 1 and tensors[0].dim() == 0
+            and tensors[0].dtype in (torch.float32, torch.float64)):  # the usual step
+        return torch.stack(tensors).cpu().numpy().astype(np.float64)
     parts, order = [], []
-    for (dtype, scalar), idx in groups.items():
-        if scalar:
+    for key, idx in groups.items():
+        if isinstance(key, tuple):
             parts.append(torch.stack([tensors[i] for i in idx]).to(dev, torch.float64))
-            order.append([(i, 1) for i in idx])
+            order += [(i, 1) for i in idx]
         else:
-            for i in idx:
-                parts.append(tensors[i].reshape(-1).to(dev, torch.float64))
-                order.append([(i, tensors[i].numel())])
+            parts.append(tensors[key].reshape(-1).to(dev, torch.float64))
+            order.append((key, tensors[key].numel()))
     host = torch.cat(parts).cpu().numpy()
     # back into the callers' order
     pieces, pos = {}, 0
-    for block in order:
-        for i, k in block:
-            pieces[i] = host[pos:pos + k]
-            pos += k
+    for i, k in order:
+        pieces[i] = host[pos:pos + k]
+        pos += k
     return np.concatenate([pieces[i] for i in range(len(tensors))])
 
 

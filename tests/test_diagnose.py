@@ -302,7 +302,9 @@ def test_collapsed_forward_signal_with_its_mean_field_prediction(diag, runs):
     assert f.flagged and f.value == pytest.approx(measured)
     pred = f.numbers["predicted_signal_ratio"]
     # tanh/standard: s_w^2 = 1/3, the variance shrinks about threefold per layer
-    assert 1 / 3 < pred / measured < 3
+    # within a factor 2 (measured 1.5x here): the mean field is for infinite width, the net
+    # has 64 units, and the ratio has fallen over 100-fold, so the factor still discriminates
+    assert 1 / 2 < pred / measured < 2
     assert 15 in f.layers and 0 not in f.layers
     assert "mean-field theory predicts" in f.message
     assert not diag["healthy"]["collapsed_signal"].flagged
@@ -315,7 +317,8 @@ def test_exploding_forward_signal_on_relu_gain3(diag, runs):
     assert f.flagged and f.value == pytest.approx(measured)
     # relu with s_w^2 = 2 * 9: the second moment grows 9x per layer, 3x in RMS over 9 layers
     assert f.numbers["predicted_signal_ratio"] == pytest.approx(3.0 ** 9, rel=1e-6)
-    assert 1 / 3 < f.numbers["predicted_signal_ratio"] / measured < 3
+    # within 25% (0.87 here) of a ratio grown 3**9 = 19683-fold
+    assert f.numbers["predicted_signal_ratio"] == pytest.approx(measured, rel=0.25)
     assert "exploding_signal" in diag["exploding"].cause_names
 
 

@@ -332,57 +332,52 @@ def test_a_read_that_outlasts_two_flushes_of_a_live_log_reads_what_was_committed
     assert gradscope.read_steps(path)["step"].tolist() == list(range(total))
 
 
+def _read_while(read, act) -> dict:
+    """Start ``read()`` in a thread, ``act()`` while it waits, and return ``{"value"}`` or
+    ``{"error"}``."""
+    import threading
+
+    got = {}
+
+    def run():
+        try:
+            got["value"] = read()
+        except Exception as e:  # noqa: BLE001 -- what the test looks at
+            got["error"] = e
+
+    reader = threading.Thread(target=run)
+    reader.start()
+    time.sleep(0.15)
+    act()
+    reader.join(10)
+    return got
+
+
 def test_a_live_log_read_between_its_status_and_its_counter_is_read_again(live_writer,
                                                                           monkeypatch):
     """The writer writes the status, then the counter holding its checksum: a reader that
     came between the two called the live log corrupted ('its status fails its checksum')."""
-    import threading
 
     monkeypatch.setattr(readers, "LIVE_RETRY_SLEEP", 0.1, raising=False)  # 2 s for the writer to go on
     path, tell = live_writer
     tell(3)
     tell("status interrupted")
-    got = {}
-
-    def read():
-        try:
-            got["status"] = gradscope.read_status(path)
-        except Exception as e:  # noqa: BLE001 -- what the test looks at
-            got["error"] = e
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    time.sleep(0.15)
-    tell("counter")
-    reader.join(10)
+    got = _read_while(lambda: gradscope.read_status(path), lambda: tell("counter"))
     assert "error" not in got, got.get("error")
-    assert got["status"]["status"] == "interrupted" and got["status"]["last_step"] == 2
+    assert got["value"]["status"] == "interrupted" and got["value"]["last_step"] == 2
 
 
 def test_final_parameters_read_between_the_arrays_and_their_checksums_are_read_again(
         live_writer, monkeypatch):
-    import threading
 
     monkeypatch.setattr(readers, "LIVE_RETRY_SLEEP", 0.1, raising=False)
     path, tell = live_writer
     tell(2)
     assert np.isnan(gradscope.read_weights(path, "final")[0][0]).all()  # not written yet
     tell("params")
-    got = {}
-
-    def read():
-        try:
-            got["final"] = gradscope.read_weights(path, "final")
-        except Exception as e:  # noqa: BLE001 -- what the test looks at
-            got["error"] = e
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    time.sleep(0.15)
-    tell("crcs")
-    reader.join(10)
+    got = _read_while(lambda: gradscope.read_weights(path, "final"), lambda: tell("crcs"))
     assert "error" not in got, got.get("error")
-    assert all((W == 2.0).all() and (b == 2.0).all() for W, b in got["final"])
+    assert all((W == 2.0).all() and (b == 2.0).all() for W, b in got["value"])
 
 
 # -- a version-1 log with many probe steps ----------------------------------------------------

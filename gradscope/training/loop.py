@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -35,7 +36,13 @@ from ..engine.mlp import (
 )
 from ..engine.optimizers import OPTIMIZERS, make_optimizer
 from ..engine.stats import FlatLayout, norm
-from ..record.probes import STEP_METRICS, histogram_edges, probe_metrics, step_metrics
+from ..record.probes import (
+    STEP_METRICS,
+    ProbeThread,
+    histogram_edges,
+    probe_metrics,
+    step_block,
+)
 from ..record.schema import OPTIMIZER_OPTIONS, LogError
 from ..record.writer import LogWriter, one_line
 from ._malloc import keep_freed_memory
@@ -43,6 +50,10 @@ from ._signals import StopRequest
 from .parallel import GroupedStep
 
 DTYPES = ("float32", "float64")
+
+#: Whether the probe passes run on a worker thread (:class:`~gradscope.record.probes.ProbeThread`):
+#: None decides per run (see :func:`probes_in_background`), True or False forces it.
+background_probes: bool | None = None
 
 
 class ConfigError(ValueError):
@@ -412,6 +423,13 @@ def train(
     small = bs * sum(p.size for p in params) < MIN_THREADED_WORK
     blas = blas_threads(1) if small else contextlib.nullcontext()
     blas.__enter__()
+    # A probe pass on a worker thread (ProbeThread) overlaps the next steps; its rows go to
+    # the log when it has finished, at the latest at the next probe step (one pass at a
+    # time: the rows stay in step order). Diverged and last steps probe here, after it.
+    prober = (ProbeThread({"over": "ignore", "invalid": "ignore", "divide": "ignore"})
+              if probes_in_background(small, stepper.pool is None) else None)
+    probe = earlier = None
+    at_boundary = True  # no rows of an unfinished step buffered in the writer
     try:
         while step < total:
             ep_loss = ep_acc = 0.0
@@ -441,8 +459,14 @@ def train(
                 probed = diverged or step % probe_every == 0 or step == total - 1
                 # what describes the parameters before this step is taken before the update
                 if probed:
-                    probe = probe_metrics(params, X_probe, act, edges, arch=arch,
-                                          norm_params=norm_params, state=norm_state)
+                    if prober is not None:
+                        earlier = prober.take()  # the previous pass, normally long done
+                    if prober is not None and not diverged and step != total - 1:
+                        prober.submit(step, params, X_probe, act, edges, arch=arch,
+                                      norm_params=norm_params, state=norm_state)
+                    else:
+                        probe = probe_metrics(params, X_probe, act, edges, arch=arch,
+                                              norm_params=norm_params, state=norm_state)
                 if (diverged or logged) and weight_norms is None:
                     weight_norms = [norm(p) for p in params]
                 if snap_every and step % snap_every == 0:
@@ -458,20 +482,25 @@ def train(
                     if want and layout is not None:
                         pn, un = layout.norms(flat)
                         out_norms = (None, un, pn)
+                at_boundary = False
                 if diverged or logged:
                     writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
                                   lr=lr, grad_norm_total=gnorm,
                                   time=time.perf_counter() - t0, clipped=int(clipped))
-                    m = step_metrics(params, cache, back, updates, act, gnorms,
-                                     weight_norms=weight_norms, update_norms=out_norms[1])
-                    block = np.array([m[c] for c in STEP_METRICS]).T
+                    block = step_block(params, cache, back, updates, act, gnorms,
+                                       weight_norms=weight_norms, update_norms=out_norms[1])
                     writer.append_block("layers", L, STEP_METRICS, block, step=step,
                                         layer=layer_idx)
-                    if probed:
-                        pm, dead, hist = probe
-                        writer.append("probes", L, step=step, layer=layer_idx, **pm)
-                        writer.append_units(step, dead, hist)
+                if earlier is None and prober is not None and prober.ready():
+                    earlier = prober.take()
+                if earlier is not None:
+                    _append_probe(writer, L, layer_idx, *earlier)
+                    earlier = None
+                if probe is not None:
+                    _append_probe(writer, L, layer_idx, step, probe)
+                    probe = None
                 writer.end_step()
+                at_boundary = True
                 if diverged:
                     what = "loss" if not math.isfinite(loss) else "gradient norm"
                     value = loss if not math.isfinite(loss) else gnorm
@@ -504,8 +533,26 @@ def train(
         error = e
         status, message = "failed", _failure(e, writer, step, epoch)
     finally:
-        quiet.__exit__(None, None, None)
-        blas.__exit__(None, None, None)
+        try:
+            if prober is not None:
+                # a pass still in flight belongs to a finished step: its rows are committed
+                # as the synchronous path commits them, unless the run stopped in mid-step
+                # (rows of an unfinished step in the writer) or the log cannot take them
+                try:
+                    if earlier is None:
+                        earlier = prober.take()
+                    if earlier is not None and at_boundary and writer.broken is None:
+                        _append_probe(writer, L, layer_idx, *earlier)
+                        writer.end_step()
+                except BaseException as e:  # noqa: BLE001 -- the pass failed: the run too
+                    if error is None:
+                        error = e
+                        status, message = "failed", _failure(e, writer, step, epoch)
+                finally:
+                    prober.close()
+        finally:
+            quiet.__exit__(None, None, None)
+            blas.__exit__(None, None, None)
         try:
             stepper.close()
             # a failed run's parameters may be half updated: its final parameters stay NaN
@@ -522,6 +569,32 @@ def train(
         # the log is closed, its status "failed" with the reason (when the file took it)
         raise error
     return RunResult(Path(out), status, message, step, loss)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def probes_in_background(small: bool, inline_optimizer: bool) -> bool:
+    """Whether a run's probe passes go to a worker thread: for small nets (one BLAS thread)
+    whose optimizer runs in the training thread, on a machine with a core to spare; larger
+    nets keep both cores busy with their own BLAS threads or the optimizer's pool. The
+    module's ``background_probes`` overrides it."""
+    if background_probes is not None:
+        return bool(background_probes)
+    return small and inline_optimizer and usable_cores() >= 2
+
+
+def _append_probe(writer, L: int, layer_idx, step: int, probe) -> None:
+    """A probe step's rows: one per layer in ``probes`` and the per-unit arrays, appended
+    together (the same ``end_step`` commits both)."""
+    pm, dead, hist = probe
+    writer.append("probes", L, step=step, layer=layer_idx, **pm)
+    writer.append_units(step, dead, hist)
 
 
 def _failure(e: BaseException, writer, step: int, epoch: int) -> str:

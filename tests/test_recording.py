@@ -285,10 +285,13 @@ def test_probes_go_to_the_worker_only_for_small_nets_with_a_core_to_spare(monkey
 
     monkeypatch.setattr(loop, "background_probes", None)
     monkeypatch.setattr(loop, "usable_cores", lambda: 2)
-    assert loop.probes_in_background(small=True, inline_optimizer=True)
-    assert not loop.probes_in_background(small=False, inline_optimizer=True)
-    assert not loop.probes_in_background(small=True, inline_optimizer=False)
+    big = 1024 * 64  # the probe pass of an 8 x 64 net: its arrays are large enough
+    assert loop.probes_in_background(small=True, inline_optimizer=True, layer_size=big)
+    assert not loop.probes_in_background(small=True, inline_optimizer=True,
+                                         layer_size=1024 * 32)  # 20 x 32: too many calls
+    assert not loop.probes_in_background(small=False, inline_optimizer=True, layer_size=big)
+    assert not loop.probes_in_background(small=True, inline_optimizer=False, layer_size=big)
     monkeypatch.setattr(loop, "usable_cores", lambda: 1)
-    assert not loop.probes_in_background(small=True, inline_optimizer=True)
+    assert not loop.probes_in_background(small=True, inline_optimizer=True, layer_size=big)
     monkeypatch.setattr(loop, "background_probes", True)
-    assert loop.probes_in_background(small=False, inline_optimizer=False)
+    assert loop.probes_in_background(small=False, inline_optimizer=False, layer_size=1)

@@ -54,6 +54,11 @@ DTYPES = ("float32", "float64")
 #: Whether the probe passes run on a worker thread (:class:`~gradscope.record.probes.ProbeThread`):
 #: None decides per run (see :func:`probes_in_background`), True or False forces it.
 background_probes: bool | None = None
+#: The smallest probe pass sent to the worker thread: probe examples x the narrowest hidden
+#: layer's units. Below it the pass is too many short numpy calls: each hands the GIL
+#: between the threads, which cost the training thread more than the pass itself (a
+#: 20 x 32 net: 8.5 ms a pass against 5.9 ms in the training thread; docs/performance.md).
+MIN_BACKGROUND_PROBE = 1 << 16
 
 
 class ConfigError(ValueError):
@@ -427,7 +432,9 @@ def train(
     # the log when it has finished, at the latest at the next probe step (one pass at a
     # time: the rows stay in step order). Diverged and last steps probe here, after it.
     prober = (ProbeThread({"over": "ignore", "invalid": "ignore", "divide": "ignore"})
-              if probes_in_background(small, stepper.pool is None) else None)
+              if probes_in_background(small, stepper.pool is None,
+                                      res["probe_size"] * min(cfg.hidden_widths))
+              else None)
     probe = earlier = None
     at_boundary = True  # no rows of an unfinished step buffered in the writer
     try:
@@ -579,14 +586,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def probes_in_background(small: bool, inline_optimizer: bool) -> bool:
+def probes_in_background(small: bool, inline_optimizer: bool, layer_size: int) -> bool:
     """Whether a run's probe passes go to a worker thread: for small nets (one BLAS thread)
-    whose optimizer runs in the training thread, on a machine with a core to spare; larger
-    nets keep both cores busy with their own BLAS threads or the optimizer's pool. The
-    module's ``background_probes`` overrides it."""
+    whose optimizer runs in the training thread, on a machine with a core to spare, when
+    the pass works on arrays of at least ``MIN_BACKGROUND_PROBE`` elements a layer
+    (``layer_size``: probe examples x the narrowest hidden layer's units). Larger nets keep
+    both cores busy with their own BLAS threads or the optimizer's pool. The module's
+    ``background_probes`` overrides it."""
     if background_probes is not None:
         return bool(background_probes)
-    return small and inline_optimizer and usable_cores() >= 2
+    return (small and inline_optimizer and layer_size >= MIN_BACKGROUND_PROBE
+            and usable_cores() >= 2)
 
 
 def _append_probe(writer, L: int, layer_idx, step: int, probe) -> None:

@@ -182,9 +182,11 @@ def _log_contents(path):
     return out
 
 
-def _train_both(tmp_path, monkeypatch, progress=None, **kw):
-    """The same run with the probe passes in the training thread and on the worker thread;
-    returns both logs' contents, the results, and how many passes went to the worker."""
+def _train_both(tmp_path, monkeypatch, progress=None, row_batch=16, **kw):
+    """The same run step by step (the probe passes in the training thread, each step's rows
+    appended at once) and with the probe passes on the worker thread and the rows appended
+    ``row_batch`` steps at a time; returns both logs' contents, the results, and the steps
+    whose passes went to the worker."""
     from gradscope.record.probes import ProbeThread
     from gradscope.training import loop
 
@@ -201,6 +203,7 @@ def _train_both(tmp_path, monkeypatch, progress=None, **kw):
     got = []
     for bg in (False, True):
         monkeypatch.setattr(loop, "background_probes", bg)
+        monkeypatch.setattr(loop, "ROW_BATCH", row_batch if bg else 1)
         out = tmp_path / f"bg{int(bg)}.h5"
         try:
             res = loop.train(loop.TrainConfig(**cfg), out, progress=progress)
@@ -215,13 +218,15 @@ def _train_both(tmp_path, monkeypatch, progress=None, **kw):
     dict(probe_every=10),                                             # ReLU, float32, Adam
     dict(activation="tanh", dtype="float64", optimizer="sgd", lr=0.05, probe_every=7,
          snapshot_every=20),
-    dict(activation="sigmoid", init_gain=4.0, optimizer="rmsprop", probe_every=3),
+    dict(activation="sigmoid", init_gain=4.0, optimizer="rmsprop", log_every=3, probe_every=3),
     dict(norm="batch", dropout=0.2, probe_every=10),                  # the remedies' passes
     dict(residual=True, activation="elu", optimizer="nadam", probe_every=5, log_every=5),
     dict(activation="relu", init="he", init_gain=2.0, lr=10.0, optimizer="sgd", probe_every=1),
 ])
-def test_background_probes_log_what_the_training_thread_logs(tmp_path, monkeypatch, kw):
-    sync, bg, r0, r1, submitted = _train_both(tmp_path, monkeypatch, **kw)
+@pytest.mark.parametrize("row_batch", [16, 5])
+def test_background_probes_and_batched_rows_log_what_step_by_step_logs(tmp_path, monkeypatch,
+                                                                        kw, row_batch):
+    sync, bg, r0, r1, submitted = _train_both(tmp_path, monkeypatch, row_batch=row_batch, **kw)
     assert submitted, "no probe pass went to the worker thread"
     assert sync.keys() == bg.keys()
     assert [k for k in sync if sync[k] != bg[k]] == []
@@ -232,9 +237,10 @@ def test_background_probes_log_what_the_training_thread_logs(tmp_path, monkeypat
         assert r1.status == "diverged"
 
 
-def test_an_interrupted_run_keeps_the_probe_pass_in_flight(tmp_path, monkeypatch):
-    # interrupted two steps after a probe step: that step's probe rows are in the log as
-    # when the pass ran in the training thread
+def test_an_interrupted_run_keeps_the_probe_pass_in_flight_and_the_rows_kept(tmp_path,
+                                                                            monkeypatch):
+    # interrupted two steps after a probe step: that step's probe rows, and the rows of
+    # the steps kept for the next batch, are in the log as when written step by step
     from gradscope.record.probes import ProbeThread
 
     def progress(step, total, loss):

@@ -130,22 +130,56 @@ def _assemble(L, back, updated, grad_norms, weight_norms, update_norms) -> np.nd
     """The rows of :func:`step_block` from the measured arrays (same numbers as its
     per-layer path: a ratio is ``update / weight``, or inf where the weight norm is not
     positive)."""
-    out = np.empty((L, len(STEP_METRICS)))
-    out[:, 0:2] = np.asarray(grad_norms, dtype=np.float64)[: 2 * L].reshape(L, 2)
-    out[:, 2] = back.delta_norms
-    w = np.asarray(weight_norms, dtype=np.float64)[0 : 2 * L : 2]
-    out[:, 3] = w
-    if updated:
-        u = np.asarray(update_norms, dtype=np.float64)[0 : 2 * L : 2]
-        out[:, 4] = u
-        np.divide(u, w, out=out[:, 5])
-        out[~(w > 0), 5] = math.inf
-    else:
-        out[:, 4:6] = math.nan
-    out[: L - 1, 6], out[: L - 1, 7] = back.act_stats
-    out[: L - 1, 8] = back.saturated
-    out[L - 1, 6:] = math.nan
-    return out
+    return step_rows(L, [StepStats.of(back, grad_norms, weight_norms,
+                                      update_norms if updated else None)])
+
+
+class StepStats(tuple):
+    """What one recorded step's layer rows are made of, all measured already: the
+    gradient, weight and update norms (``update_norms`` None: no update applied), the
+    deltas' norms, the hidden activations' means and spreads and the saturated shares
+    (``Gradients.delta_norms``, ``.act_stats``, ``.saturated`` of the passes'
+    :class:`~gradscope.engine.mlp.StepBuffers` measurement). Kept per step so that the rows
+    of several steps are assembled together (:func:`step_rows`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, back: Gradients, grad_norms, weight_norms, update_norms) -> StepStats:
+        return cls((grad_norms, weight_norms, update_norms, back.delta_norms,
+                    back.act_stats[0], back.act_stats[1], back.saturated))
+
+
+def step_rows(L: int, steps: list[StepStats]) -> np.ndarray:
+    """:func:`step_block` of each of ``steps`` (``L`` layers), one under the other: a
+    ``(len(steps) * L, len(STEP_METRICS))`` float64 array, assembled with a few array
+    operations for all of them (every value as :func:`step_block`'s per-layer path gives
+    it: a ratio is ``update / weight`` in float64, or inf where the weight norm is not
+    positive)."""
+    K = len(steps)
+    out = np.empty((K, L, len(STEP_METRICS)))
+    g, w, u, d, mean, std, sat = zip(*steps)
+    out[:, :, 0:2] = np.array([x[: 2 * L] for x in g], dtype=np.float64).reshape(K, L, 2)
+    out[:, :, 2] = d
+    weights = np.array([x[0 : 2 * L : 2] for x in w], dtype=np.float64)
+    out[:, :, 3] = weights
+    updated = [x is not None for x in u]
+    if all(updated):
+        upd = np.array([x[0 : 2 * L : 2] for x in u], dtype=np.float64)
+        out[:, :, 4] = upd
+        np.divide(upd, weights, out=out[:, :, 5])
+        out[:, :, 5][~(weights > 0)] = math.inf
+    else:  # a diverged step (no update): NaN; the others as above
+        for k, x in enumerate(u):
+            if x is None:
+                out[k, :, 4:6] = math.nan
+            else:
+                out[k] = step_rows(L, [steps[k]])
+    out[:, : L - 1, 6] = mean
+    out[:, : L - 1, 7] = std
+    out[:, : L - 1, 8] = sat
+    out[:, L - 1, 6:] = math.nan
+    return out.reshape(K * L, len(STEP_METRICS))
 
 
 def probe_metrics(

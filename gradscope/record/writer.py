@@ -276,12 +276,7 @@ class LogWriter:
         counter = f.create_dataset("committed", data=np.zeros(6 * len(COUNTERS) + 2, dtype=I8))
         counter.attrs["names"] = json.dumps(COUNTERS)
         counter.attrs["fields"] = json.dumps(COUNTER_FIELDS)
-        # a flush is due after 4096 steps' rows (a row per layer in layers and probes), or
-        # after flush_interval: each flush costs 5-15 ms beyond its rows' encoding, so a
-        # fast run's per-layer rows should not flush it more often than every second
-        per_step = {"layers": n_layers, "probes": n_layers}
         self.tables = {name: _Part(f.create_group(name), cols,
-                                   capacity=4096 * per_step.get(name, 1),
                                    block_rows=BLOCK_ROWS[name],
                                    period=n_layers if name in ("layers", "probes") else 1,
                                    defaults=OPTIONAL_COLUMNS.get(name))

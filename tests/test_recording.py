@@ -301,3 +301,31 @@ def test_probes_go_to_the_worker_only_for_small_nets_with_a_core_to_spare(monkey
     assert not loop.probes_in_background(small=True, inline_optimizer=True, layer_size=big)
     monkeypatch.setattr(loop, "background_probes", True)
     assert loop.probes_in_background(small=False, inline_optimizer=False, layer_size=1)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_rows_wait_at_most_row_batch_steps(tmp_path, monkeypatch, log_every):
+    from gradscope.record.writer import LogWriter
+    from gradscope.training import loop
+
+    batches = []
+    real = LogWriter.append_block
+
+    def spy(self, table, n, names, block, **values):
+        if table == "steps":
+            batches.append(np.atleast_1d(values["step"]).tolist())
+        return real(self, table, n, names, block, **values)
+
+    monkeypatch.setattr(LogWriter, "append_block", spy)
+    monkeypatch.setattr(loop, "ROW_BATCH", 16)
+    r = loop.train(loop.TrainConfig(dataset="digits", depth=3, width=16, epochs=2,
+                                    batch_size=50, log_every=log_every), tmp_path / "run.h5")
+    from gradscope import read_steps
+
+    expected = sorted(set(range(0, r.steps, log_every)) | {r.steps - 1})
+    assert read_steps(tmp_path / "run.h5")["step"].tolist() == expected
+    # (an epoch's short last batch is measured without the stacked buffers: appended alone)
+    logged = [s for b in batches for s in b]
+    assert logged == sorted(logged) and len(logged) >= len(expected) - 2
+    assert max(len(b) for b in batches) == -(-16 // log_every)
+    assert all(b[-1] - b[0] <= 15 for b in batches)

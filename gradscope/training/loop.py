@@ -61,10 +61,12 @@ background_probes: bool | None = None
 #: between the threads, which cost the training thread more than the pass itself (a
 #: 20 x 32 net: 8.5 ms a pass against 5.9 ms in the training thread; docs/performance.md).
 MIN_BACKGROUND_PROBE = 1 << 16
-#: Recorded steps whose rows go to the log together (small nets, see :class:`_Rows`): a run
-#: stopped by SIGKILL or a power cut loses at most this many steps more than the last
-#: flush (about 16 ms of a small net's training).
+#: Training steps whose recorded rows go to the log together (small nets, see
+#: :class:`_Rows`), and the seconds that the first of them waits at most: a run stopped by
+#: SIGKILL or a power cut loses at most that much more than the last flush (16 steps of a
+#: small net: about 16 ms).
 ROW_BATCH = 16
+ROW_WAIT = 0.25
 
 
 class ConfigError(ValueError):
@@ -653,9 +655,11 @@ class _Rows:
         self.pending: list[tuple] = []
 
     def add(self, step, epoch, loss, acc, gnorm, t, clipped, stats: StepStats) -> bool:
-        """Keep one step's rows; True when a batch is due."""
+        """Keep one step's rows (``t``: its time); True when a batch is due: ``size``
+        training steps from the first kept, or ``ROW_WAIT`` seconds."""
         self.pending.append((step, epoch, clipped, (loss, acc, self.lr, gnorm, t), stats))
-        return len(self.pending) >= self.size
+        first = self.pending[0]
+        return step - first[0] >= self.size - 1 or t - first[3][4] >= ROW_WAIT
 
     def write(self) -> None:
         """Append the kept rows (the caller's ``end_step`` commits them)."""

@@ -455,3 +455,13 @@ def test_dask_subprocess_cluster_survives_a_killed_worker(tmp_path):
             for stream in (p.stdout, p.stderr):
                 if stream is not None:
                     stream.close()
+
+
+def test_sweep_workers_that_fill_the_cores_keep_probe_passes_in_the_training_thread(monkeypatch):
+    from gradscope.training import loop, sweep as sweep_mod
+
+    monkeypatch.setattr(loop, "usable_cores", lambda: 2)
+    assert sweep_mod._spare_core_each(1)        # one worker: the second core is free
+    assert not sweep_mod._spare_core_each(2)    # --jobs 2 on two cores: none to spare
+    monkeypatch.setattr(loop, "usable_cores", lambda: 8)
+    assert sweep_mod._spare_core_each(4) and not sweep_mod._spare_core_each(5)

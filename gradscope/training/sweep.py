@@ -43,6 +43,7 @@ from ..reading.readers import read_status
 from ..reading.run import read_run
 from ..record.schema import LogBusyError, LogError
 from ._signals import StopRequest
+from . import loop
 from .loop import OPTIMIZER_OPTIONS, ConfigError, TrainConfig, prepare, train
 from .stack import stacks_of, train_stack
 
@@ -524,12 +525,21 @@ _STOPPING = False
 _POLL = 0.2  # seconds between two looks at the results and at a stop request
 
 
-def _worker_init() -> None:
+def _worker_init(workers: int = 1) -> None:
     # Ctrl-C reaches every process of the terminal's group: the parent handles it and
     # ends running trainings with SIGTERM (which train() turns into a clean "interrupted")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_threads()
     _exit_with_parent()
+    if not _spare_core_each(workers):
+        loop.background_probes = False
+
+
+def _spare_core_each(workers: int) -> bool:
+    """Whether each of ``workers`` sweep processes has a core to spare for its runs' probe
+    passes (:func:`loop.probes_in_background`): workers that fill the cores have none, and a
+    second thread each would only compete with the other workers' training."""
+    return workers * 2 <= loop.usable_cores()
 
 
 _TRAINING: list[str] = []  # the run this process is training now (a worker's watch reads it)
@@ -906,7 +916,8 @@ def _run_pool(batches, out, n, report, finished, stop):
     try:
         with _blas_env_for_children():
             # spawned workers start (and import numpy) during submit: keep the variables set
-            ex = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
+            ex = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(n,))
             for runs in batches:
                 futures[ex.submit(_local_stack_task, [r.config for r in runs],
                                   [r.name for r in runs], str(out))] = runs

@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="steps of each of the three loops")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--block", type=int, default=60, help="steps per block for the spread")
+    ap.add_argument("--background", choices=("auto", "on", "off"), default="auto",
+                    help="watch's background thread (auto: where torch leaves a core free)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +78,7 @@ def main() -> None:
     X = torch.randn(16 * BATCH, FEATURES, generator=g)
     y = torch.randint(0, CLASSES, (16 * BATCH,), generator=g)
     kinds = ("plain", "every", "every100")
+    bg = {"auto": None, "on": True, "off": False}[args.background]
     models = {k: make_model() for k in kinds}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     times = {k: [] for k in kinds}
@@ -84,9 +87,9 @@ def main() -> None:
         runs = {
             "plain": None,
             "every": gst.watch(models["every"], Path(tmp) / "every.h5",
-                               optimizer=opts["every"], log_every=1),
+                               optimizer=opts["every"], log_every=1, background=bg),
             "every100": gst.watch(models["every100"], Path(tmp) / "every100.h5",
-                                  optimizer=opts["every100"], log_every=100),
+                                  optimizer=opts["every100"], log_every=100, background=bg),
         }
         for t in range(args.steps + WARMUP):
             i = (t % 16) * BATCH
@@ -108,12 +111,14 @@ def main() -> None:
                 print(f"step {t} of {args.steps + WARMUP}", flush=True)
         # before closing (the threads end with the runs; closing writes the final weights)
         writer_cpu = writer_cpu_seconds() - writer_cpu0
+        used = runs["every"]._bg is not None
         for run in runs.values():
             if run is not None:
                 run.close()
         rows = len(__import__("gradscope").read_steps(Path(tmp) / "every.h5"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.steps} steps of each loop, interleaved; {rows} rows in every.h5")
+          f"{args.steps} steps of each loop, interleaved; {rows} rows in every.h5; "
+          f"background thread: {'on' if used else 'off'}")
     n = args.block
     for title, data in (("wall clock", times), ("CPU time of the training thread", cpu)):
         ms = {k: np.array(v[WARMUP:]) * 1e3 for k, v in data.items()}

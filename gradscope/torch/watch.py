@@ -341,7 +341,7 @@ class Run:
             if self._probing:
                 return
             if out.requires_grad and torch.is_grad_enabled():
-                out.register_hook(lambda g, l=layer: acc.add_delta(l, g))
+                out.register_hook(lambda g, l=layer: acc.add_delta(l, g, self._bg))
         return hook
 
     def _act_hook(self, module, args, out):
@@ -395,18 +395,36 @@ class Run:
         mine = {id(p) for p in (*ws, *biases)}
         others = [p.grad for g in groups for p in g["params"]
                   if p.grad is not None and id(p) not in mine]
-        deltas = [(id(l), g) for l in self._layers for g in acc.delta_t.get(id(l), ())]
+        if acc.delta_bg:  # norms taken in the background, unless changed since
+            deltas = []
+            for key, (g, version, norm) in acc.delta_bg:
+                if norm is not None and g._version == version:
+                    acc.delta.setdefault(key, []).append(norm)
+                else:
+                    deltas.append((key, g))
+        else:
+            deltas = [(id(l), g) for l in self._layers for g in acc.delta_t.get(id(l), ())]
         n = len(ws)
         if bg is not None:
             with torch.no_grad():
                 # the gradients' norms on the background thread while this one copies the
-                # weights; both done before the optimizer may touch either
-                bg.submit(_grad_norms, acc, ws, biases, others, deltas)
+                # weights and then takes the last few layers' gradient norms (about a
+                # balance of the two threads' work); all done before the optimizer may
+                # touch either (an optimizer may change the gradients in place: SGD with
+                # nesterov=True does)
+                gs = [w.grad for w in ws]
+                k = max(1, (2 * n) // 3) if n > 1 else n
+                acc.g_norm = [None] * n
+                bg.submit(_grad_norms_bg, acc, gs[:k],
+                          [b.grad if isinstance(b, torch.Tensor) else None for b in biases],
+                          others, deltas)
                 bufs = self._weight_buffers(ws)
                 for b, w in zip(bufs, ws):
                     b.copy_(w)
                 acc.before = bufs
+                fixed = _grad_norms(acc, gs[k:], [], [], [], k) if k < n else {}
                 bg.wait()
+                acc.fixed = {**acc.fixed_bg, **fixed}
                 bg.submit(_weight_norms, acc, bufs)  # waited for before the subtraction
                 if self.probe_input is not None and self.step % self.probe_every == 0:
                     self._run_probe()
@@ -544,11 +562,15 @@ class Run:
             if not skipped:
                 with torch.no_grad():
                     # before - after = -update (same norm), in the buffer of the weights
-                    # before: taken now, as the weights may change once the step returns;
-                    # the norms and the rest on the background thread, which the next
-                    # step's pre-hook (or close) waits for
-                    for d, w_ in zip(acc.before, ws):
-                        d.sub_(w_)
+                    # before: taken now, as the weights may change once the step returns
+                    # (half of it on the background thread: memory-bound, two cores
+                    # move more bytes than one); the norms and the rest on the background
+                    # thread, which the next step's pre-hook (or close) waits for
+                    pairs = list(zip(acc.before, ws))
+                    k = len(pairs) // 2
+                    bg.submit(_subtract, pairs[k:])
+                    _subtract(pairs[:k])
+                    bg.wait()
             pending["time"] = time.perf_counter() - self._t0
             self._pending = pending
             bg.submit(self._finish, acc, skipped, pending, None)
@@ -824,6 +846,7 @@ class _Acc:
         self.layer_out: dict = {}
         self.delta: dict[int, list] = {}      # id(layer) -> [norm tensors]
         self.delta_t: dict[int, list] = {}    # id(layer) -> the delta tensors of the step
+        self.delta_bg: list = []  # (id(layer), [delta, its version, norm]): background
         # id(layer) -> [(numel, sum, sum of squares, saturation tally, output, complement)]
         self.act: dict[int, list] = {}
         self.probe: dict[int, list] = {}      # layer index -> [(a, module)] probe outputs
@@ -831,15 +854,22 @@ class _Acc:
         self.others = None
         self.before = None
         self.fixed = None  # background thread: retaken norms, {("g"|"b"|"w", layer): value}
+        self.fixed_bg = None
         self.watched: list = []  # (layer, output, its version, row or None) to check
 
     def order_next(self) -> int:
         self._order += 1
         return self._order - 1
 
-    def add_delta(self, layer: _Layer, g: torch.Tensor) -> None:
-        # kept, not reduced here: the pre-hook takes all the step's norms in one call
+    def add_delta(self, layer: _Layer, g: torch.Tensor, bg=None) -> None:
+        # kept, not reduced here: the pre-hook takes all the step's norms in one call;
+        # with a background thread its norm is taken there now, and taken again in the
+        # pre-hook if the tensor was changed in place since (its version counter)
         self.delta_t.setdefault(id(layer), []).append(g)
+        if bg is not None:
+            slot = [g, g._version, None]
+            self.delta_bg.append((id(layer), slot))
+            bg.submit(_delta_norm, slot)
 
     def add_act(self, layer: _Layer, module, out: torch.Tensor, probe: bool, run,
                 watch: bool = True) -> None:
@@ -1045,24 +1075,39 @@ def _act_sums(row: list, module) -> None:
     row[3], row[5] = sat, complement
 
 
-def _grad_norms(acc: _Acc, ws, biases, others, deltas) -> None:
-    """The pre-hook's gradient norms (background thread, waited for before the optimizer
-    runs): the weights', the biases', the other parameters' and the deltas', in one call;
-    the weights' and biases' retaken in float64 where they may have underflowed."""
-    n = len(ws)
+def _subtract(pairs) -> None:
     with torch.no_grad():
-        gs = [w.grad for w in ws]
-        bgs = [b.grad if isinstance(b, torch.Tensor) else None for b in biases]
+        for d, w in pairs:
+            d.sub_(w)
+
+
+def _delta_norm(slot: list) -> None:
+    with torch.no_grad():
+        slot[2] = _norm(slot[0])
+
+
+def _grad_norms(acc: _Acc, gs, bgs, others, deltas, start: int = 0) -> dict:
+    """Gradient norms of the pre-hook (``gs``: the weights' from layer ``start`` on,
+    ``bgs``: the biases'), in one call, into ``acc``; the weights' and biases' retaken in
+    float64 where they may have underflowed: returned as {(kind, layer): value}."""
+    with torch.no_grad():
         norms = _norms([*gs, *bgs, *others, *(g for _, g in deltas)])
-        acc.g_norm, acc.b_norm = norms[:n], norms[n:2 * n]
-        k = 2 * n + len(others)
-        acc.others = norms[2 * n:k]
+        n, m = len(gs), len(bgs)
+        acc.g_norm[start:start + n] = norms[:n]
+        if m:
+            acc.b_norm = norms[n:n + m]
+        k = n + m + len(others)
+        if others or m:
+            acc.others = norms[n + m:k]
         for (key, _), d in zip(deltas, norms[k:]):
             acc.delta.setdefault(key, []).append(d)
-        fixed = acc.fixed if acc.fixed is not None else {}
-        for kind, ts, ns in (("g", gs, acc.g_norm), ("b", bgs, acc.b_norm)):
-            fixed.update(_retaken(kind, ts, ns))
-        acc.fixed = fixed
+        fixed = _retaken("g", gs, norms[:n], start)
+        fixed.update(_retaken("b", bgs, norms[n:n + m]))
+        return fixed
+
+
+def _grad_norms_bg(acc: _Acc, gs, bgs, others, deltas) -> None:
+    acc.fixed_bg = _grad_norms(acc, gs, bgs, others, deltas)
 
 
 def _weight_norms(acc: _Acc, bufs) -> None:
@@ -1075,7 +1120,7 @@ def _weight_norms(acc: _Acc, bufs) -> None:
         acc.fixed = fixed
 
 
-def _retaken(kind: str, tensors, norms) -> dict:
+def _retaken(kind: str, tensors, norms, start: int = 0) -> dict:
     """Norms that may have underflowed (or overflowed) in float32, taken again in float64
     from their tensors: {(kind, i): value}."""
     live = [(i, r) for i, r in enumerate(norms) if r is not None]
@@ -1087,7 +1132,7 @@ def _retaken(kind: str, tensors, norms) -> dict:
         t = tensors[i]
         if (v < _UNDERFLOW or math.isinf(v)) and not (t.dtype == torch.float64
                                                      and not math.isnan(v)):
-            out[(kind, i)] = float(torch.linalg.vector_norm(t.detach().double()))
+            out[(kind, start + i)] = float(torch.linalg.vector_norm(t.detach().double()))
     return out
 
 
@@ -1106,15 +1151,17 @@ class _Background:
     def __init__(self):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._cv = threading.Condition()
-        self._todo = 0
+        # counts written by one thread each (submitted: the training thread; done: this
+        # one), so a submission costs a queue put and an idle wait returns at once
+        self._sent = self._done = 0
+        self._waiting = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="gradscope-torch-stats",
                                          daemon=True)
         self._thread.start()
 
     def submit(self, fn, *args) -> None:
-        with self._cv:
-            self._todo += 1
+        self._sent += 1
         self._q.put((fn, args))
 
     def _loop(self) -> None:
@@ -1129,15 +1176,18 @@ class _Background:
             except BaseException as e:  # noqa: BLE001 - raised on the training thread
                 self._error = e
             finally:
-                with self._cv:
-                    self._todo -= 1
-                    if not self._todo:
+                self._done += 1
+                if self._waiting:
+                    with self._cv:
                         self._cv.notify_all()
 
     def wait(self) -> None:
-        with self._cv:
-            while self._todo:
-                self._cv.wait()
+        if self._done != self._sent:
+            with self._cv:
+                self._waiting = True
+                while self._done != self._sent:
+                    self._cv.wait(0.05)
+                self._waiting = False
         e, self._error = self._error, None
         if e is not None:
             text = str(e).splitlines()[0] if str(e) else ""

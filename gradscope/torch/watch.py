@@ -567,8 +567,9 @@ class Run:
                     # move more bytes than one); the norms and the rest on the background
                     # thread, which the next step's pre-hook (or close) waits for
                     pairs = list(zip(acc.before, ws))
-                    k = len(pairs) // 2
-                    bg.submit(_subtract, pairs[k:])
+                    k = (len(pairs) * 3 + 4) // 5  # the other starts later: a smaller part
+                    if k < len(pairs):
+                        bg.submit(_subtract, pairs[k:])
                     _subtract(pairs[:k])
                     bg.wait()
             pending["time"] = time.perf_counter() - self._t0

@@ -15,7 +15,10 @@ spread the range of that ratio over blocks of ``--block`` steps. The same for th
 time of the training thread (``time.thread_time``: on a loaded machine less noisy than
 the wall clock, as time spent waiting for a core is not counted; with several torch
 threads the other OpenMP threads' time is not in it); the log writer's threads (HDF5
-writes) are timed apart: their CPU time per recorded step after the warm-up (Linux only).
+writes) and watch's background threads (the step's norms, where a core is free) are
+timed apart: their CPU time per recorded step after the warm-up (Linux only). Work that
+a background thread does after a recorded step overlaps the next step, here the
+``every100`` loop's: its ratio shows that spill-over.
 
     nice -n 10 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_torch.py
 """
@@ -49,11 +52,12 @@ def make_model(seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def writer_cpu_seconds() -> float:
-    """CPU time so far of the log writer threads (user + system; NaN where /proc is not)."""
+def writer_cpu_seconds(name: str = "gradscope-log-writer") -> float:
+    """CPU time so far of the threads called ``name`` (the log writers, or the background
+    threads of the step's numbers; user + system; NaN where /proc is not)."""
     total = 0.0
     for t in threading.enumerate():
-        if t.name != "gradscope-log-writer" or t.native_id is None:
+        if t.name != name or t.native_id is None:
             continue
         try:
             with open(f"/proc/self/task/{t.native_id}/stat") as f:
@@ -107,10 +111,12 @@ def main() -> None:
                 cpu[k].append(time.thread_time() - c0)
             if t == WARMUP - 1:
                 writer_cpu0 = writer_cpu_seconds()  # the files are created by now
+                stats_cpu0 = writer_cpu_seconds("gradscope-torch-stats")
             if t % 50 == 0:
                 print(f"step {t} of {args.steps + WARMUP}", flush=True)
         # before closing (the threads end with the runs; closing writes the final weights)
         writer_cpu = writer_cpu_seconds() - writer_cpu0
+        stats_cpu = writer_cpu_seconds("gradscope-torch-stats") - stats_cpu0
         used = runs["every"]._bg is not None
         for run in runs.values():
             if run is not None:
@@ -136,6 +142,9 @@ def main() -> None:
     recorded = args.steps + sum(1 for t in range(WARMUP, WARMUP + args.steps) if t % 100 == 0)
     print(f"log writer threads after the warm-up: {writer_cpu * 1e3 / recorded:.2f} ms CPU "
           f"per recorded step ({recorded} steps of both runs; clock ticks of /proc)")
+    if used:
+        print(f"background threads of the step's numbers: {stats_cpu * 1e3 / recorded:.2f} ms "
+              "CPU per recorded step (not in the training thread's CPU time above)")
 
 
 if __name__ == "__main__":

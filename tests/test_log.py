@@ -379,13 +379,14 @@ def test_killed_file_tables_agree_deterministic(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "LogWriter", functools.partial(LogWriter, flush_interval=0.0))
     out = tmp_path / "run.h5"
     copies = []
-    real = train_mod.step_metrics
+    real = train_mod.step_rows
+    monkeypatch.setattr(train_mod, "ROW_BATCH", 1)  # a step's rows go to the log at once
 
     def spy(*args, **kwargs):
         copies.append(_killed_copy(out, tmp_path / f"kill{len(copies)}.h5"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "step_metrics", spy)
+    monkeypatch.setattr(train_mod, "step_rows", spy)
     train(TrainConfig(dataset="moons", depth=2, width=8, steps=4), out)
     assert len(copies) == 4
     for c in copies:
@@ -395,7 +396,8 @@ def test_killed_file_tables_agree_deterministic(tmp_path, monkeypatch):
 
 def test_interrupted_file_tables_agree(tmp_path, monkeypatch):
     calls = []
-    real = train_mod.step_metrics
+    real = train_mod.step_rows
+    monkeypatch.setattr(train_mod, "ROW_BATCH", 1)
 
     def sigterm_during_metrics(*args, **kwargs):
         calls.append(1)
@@ -403,7 +405,7 @@ def test_interrupted_file_tables_agree(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # what the SIGTERM handler raises, wherever it lands
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "step_metrics", sigterm_during_metrics)
+    monkeypatch.setattr(train_mod, "step_rows", sigterm_during_metrics)
     out = tmp_path / "run.h5"
     r = train(TrainConfig(dataset="moons", depth=2, width=8, steps=10), out)
     assert r.status == "interrupted"

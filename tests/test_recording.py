@@ -2,6 +2,7 @@
 the writer's append_block) against the single-array functions and float64 numpy."""
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -154,3 +155,177 @@ def test_append_block_writes_what_append_writes(tmp_path):
     assert len(a) == 9
     np.testing.assert_array_equal(a[list(STEP_METRICS)].to_numpy(), np.concatenate(blocks))
     np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+
+
+# -- the probe pass on a worker thread (record.probes.ProbeThread) ------------------------------
+
+_PARTS = ("steps", "layers", "epochs", "probes", "probe_units", "snapshots")
+
+
+def _log_contents(path):
+    """Every committed value of a log as bytes (all parts but the wall-clock ``time``
+    columns, the initial and final parameters, the status)."""
+    from gradscope.reading.readers import open_log, read_columns
+
+    out = {}
+    with open_log(path) as f:
+        for part in _PARTS:
+            if part in f:
+                for name, col in read_columns(f, part).items():
+                    if name != "time":
+                        out[part, name] = (col.dtype.str, col.shape, col.tobytes())
+        for which in ("initial", "final"):
+            for k, ds in f[f"params/{which}"].items():
+                a = ds[()]
+                out[which, k] = (a.dtype.str, a.shape, a.tobytes())
+        out["status"] = (bytes(f["status"][()]), bytes(f["status_message"][()]))
+    return out
+
+
+def _train_both(tmp_path, monkeypatch, progress=None, row_batch=16, **kw):
+    """The same run step by step (the probe passes in the training thread, each step's rows
+    appended at once) and with the probe passes on the worker thread and the rows appended
+    ``row_batch`` steps at a time; returns both logs' contents, the results, and the steps
+    whose passes went to the worker."""
+    from gradscope.record.probes import ProbeThread
+    from gradscope.training import loop
+
+    submitted = []
+    submit = ProbeThread.submit
+
+    def counting(self, step, *a, **k):
+        submitted.append(step)
+        return submit(self, step, *a, **k)
+
+    monkeypatch.setattr(ProbeThread, "submit", counting)
+    cfg = dict(dataset="digits", depth=3, width=24, epochs=2, batch_size=50, val_fraction=0.1)
+    cfg.update(kw)
+    got = []
+    for bg in (False, True):
+        monkeypatch.setattr(loop, "background_probes", bg)
+        monkeypatch.setattr(loop, "ROW_BATCH", row_batch if bg else 1)
+        out = tmp_path / f"bg{int(bg)}.h5"
+        try:
+            res = loop.train(loop.TrainConfig(**cfg), out, progress=progress)
+        except RuntimeError as e:
+            res = e
+        got.append((_log_contents(out), res))
+    (sync, r0), (bg, r1) = got
+    return sync, bg, r0, r1, submitted
+
+
+@pytest.mark.parametrize("kw", [
+    dict(probe_every=10),                                             # ReLU, float32, Adam
+    dict(activation="tanh", dtype="float64", optimizer="sgd", lr=0.05, probe_every=7,
+         snapshot_every=20),
+    dict(activation="sigmoid", init_gain=4.0, optimizer="rmsprop", log_every=3, probe_every=3),
+    dict(norm="batch", dropout=0.2, probe_every=10),                  # the remedies' passes
+    dict(residual=True, activation="elu", optimizer="nadam", probe_every=5, log_every=5),
+    dict(activation="relu", init="he", init_gain=2.0, lr=10.0, optimizer="sgd", probe_every=1),
+])
+@pytest.mark.parametrize("row_batch", [16, 5])
+def test_background_probes_and_batched_rows_log_what_step_by_step_logs(tmp_path, monkeypatch,
+                                                                        kw, row_batch):
+    sync, bg, r0, r1, submitted = _train_both(tmp_path, monkeypatch, row_batch=row_batch, **kw)
+    assert submitted, "no probe pass went to the worker thread"
+    assert sync.keys() == bg.keys()
+    assert [k for k in sync if sync[k] != bg[k]] == []
+    assert (r0.status, r0.steps, r0.message) == (r1.status, r1.steps, r1.message)
+    n_probes = len(np.frombuffer(sync["probe_units", "step"][2], dtype=np.int64))
+    assert n_probes >= 3
+    if kw.get("lr") == 10.0:  # the diverged step is probed, after the pass in flight
+        assert r1.status == "diverged"
+
+
+def test_an_interrupted_run_keeps_the_probe_pass_in_flight_and_the_rows_kept(tmp_path,
+                                                                            monkeypatch):
+    # interrupted two steps after a probe step: that step's probe rows, and the rows of
+    # the steps kept for the next batch, are in the log as when written step by step
+    from gradscope.record.probes import ProbeThread
+
+    def progress(step, total, loss):
+        if step == 12:
+            raise KeyboardInterrupt
+
+    # as if the pass were still running when the run stops (its rows are taken at close)
+    monkeypatch.setattr(ProbeThread, "ready", lambda self: False)
+    sync, bg, r0, r1, submitted = _train_both(tmp_path, monkeypatch, progress=progress,
+                                              probe_every=10)
+    assert r0.status == r1.status == "interrupted"
+    assert submitted == [0, 10]
+    assert [k for k in sync if sync[k] != bg[k]] == []
+    steps = np.frombuffer(bg["probe_units", "step"][2], dtype=np.int64)
+    assert steps.tolist() == [0, 10]
+
+
+def test_a_failing_probe_pass_fails_the_run_in_the_training_thread(tmp_path, monkeypatch):
+    from gradscope import read_status
+    from gradscope.record import probes
+    from gradscope.training import loop
+
+    real = probes.probe_metrics
+
+    def failing(params, X, *a, **k):
+        if threading.current_thread() is not threading.main_thread():
+            raise MemoryError("no room for the probe set")
+        return real(params, X, *a, **k)
+
+    monkeypatch.setattr(probes, "probe_metrics", failing)
+    monkeypatch.setattr(loop, "background_probes", True)
+    out = tmp_path / "failed.h5"
+    with pytest.raises(MemoryError, match="no room for the probe set"):
+        loop.train(loop.TrainConfig(dataset="digits", depth=2, width=16, steps=60,
+                                    probe_every=10), out)
+    st = read_status(out)
+    assert st["status"] == "failed"
+    assert "out of memory" in st["message"] and "no room for the probe set" in st["message"]
+    # the first pass (step 0) failed: no probe rows; the steps before the failure surfaced
+    log = _log_contents(out)
+    assert log["probe_units", "step"][1] == (0,)
+    assert log["steps", "step"][1][0] <= 10  # surfaced by the next probe step at the latest
+    assert not [t for t in threading.enumerate() if t.name.startswith("gradscope-probe")]
+
+
+def test_probes_go_to_the_worker_only_for_small_nets_with_a_core_to_spare(monkeypatch):
+    from gradscope.training import loop
+
+    monkeypatch.setattr(loop, "background_probes", None)
+    monkeypatch.setattr(loop, "usable_cores", lambda: 2)
+    big = 1024 * 64  # the probe pass of an 8 x 64 net: its arrays are large enough
+    assert loop.probes_in_background(small=True, inline_optimizer=True, layer_size=big)
+    assert not loop.probes_in_background(small=True, inline_optimizer=True,
+                                         layer_size=1024 * 32)  # 20 x 32: too many calls
+    assert not loop.probes_in_background(small=False, inline_optimizer=True, layer_size=big)
+    assert not loop.probes_in_background(small=True, inline_optimizer=False, layer_size=big)
+    monkeypatch.setattr(loop, "usable_cores", lambda: 1)
+    assert not loop.probes_in_background(small=True, inline_optimizer=True, layer_size=big)
+    monkeypatch.setattr(loop, "background_probes", True)
+    assert loop.probes_in_background(small=False, inline_optimizer=False, layer_size=1)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_rows_wait_at_most_row_batch_steps(tmp_path, monkeypatch, log_every):
+    from gradscope.record.writer import LogWriter
+    from gradscope.training import loop
+
+    batches = []
+    real = LogWriter.append_block
+
+    def spy(self, table, n, names, block, **values):
+        if table == "steps":
+            batches.append(np.atleast_1d(values["step"]).tolist())
+        return real(self, table, n, names, block, **values)
+
+    monkeypatch.setattr(LogWriter, "append_block", spy)
+    monkeypatch.setattr(loop, "ROW_BATCH", 16)
+    r = loop.train(loop.TrainConfig(dataset="digits", depth=3, width=16, epochs=2,
+                                    batch_size=50, log_every=log_every), tmp_path / "run.h5")
+    from gradscope import read_steps
+
+    expected = sorted(set(range(0, r.steps, log_every)) | {r.steps - 1})
+    assert read_steps(tmp_path / "run.h5")["step"].tolist() == expected
+    # (an epoch's short last batch is measured without the stacked buffers: appended alone)
+    logged = [s for b in batches for s in b]
+    assert logged == sorted(logged) and len(logged) >= len(expected) - 2
+    assert max(len(b) for b in batches) == -(-16 // log_every)
+    assert all(b[-1] - b[0] <= 15 for b in batches)

@@ -242,6 +242,24 @@ def test_once_prints_the_view(sigmoid_log):
     assert "verdict: not_learning: cause vanishing" in r.stdout and "|dL/dz|" in r.stdout
 
 
+def test_once_on_a_run_that_failed_before_its_first_step(sigmoid_log, tmp_path):
+    from logtools import rewrite
+
+    def drop_all_rows(tables):
+        for name in tables:
+            tables[name] = tables[name].iloc[:0]
+
+    failed = rewrite(sigmoid_log, tmp_path / "failed.h5", drop_all_rows, status="failed",
+                     message="MemoryError at step 0 (epoch 0)")
+    r = subprocess.run(GS + ["watch", str(failed), "--once"], env={**ENV, "COLUMNS": "110"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "failed" in r.stdout and "MemoryError at step 0" in r.stdout
+    # the run is over: the view must not promise a step that will never come
+    assert "no step was logged before the run ended" in r.stdout
+    assert "waiting" not in r.stdout
+
+
 def test_import_gradscope_does_not_import_rich_or_the_views():
     code = ("import sys, gradscope; print(sorted(m for m in ('rich', 'matplotlib', "
             "'gradscope.views.watch', 'gradscope.views.notebook') if m in sys.modules))")

@@ -8,6 +8,7 @@ handed back. Metric definitions are in docs/log-format.md.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -129,22 +130,56 @@ def _assemble(L, back, updated, grad_norms, weight_norms, update_norms) -> np.nd
     """The rows of :func:`step_block` from the measured arrays (same numbers as its
     per-layer path: a ratio is ``update / weight``, or inf where the weight norm is not
     positive)."""
-    out = np.empty((L, len(STEP_METRICS)))
-    out[:, 0:2] = np.asarray(grad_norms, dtype=np.float64)[: 2 * L].reshape(L, 2)
-    out[:, 2] = back.delta_norms
-    w = np.asarray(weight_norms, dtype=np.float64)[0 : 2 * L : 2]
-    out[:, 3] = w
-    if updated:
-        u = np.asarray(update_norms, dtype=np.float64)[0 : 2 * L : 2]
-        out[:, 4] = u
-        np.divide(u, w, out=out[:, 5])
-        out[~(w > 0), 5] = math.inf
-    else:
-        out[:, 4:6] = math.nan
-    out[: L - 1, 6], out[: L - 1, 7] = back.act_stats
-    out[: L - 1, 8] = back.saturated
-    out[L - 1, 6:] = math.nan
-    return out
+    return step_rows(L, [StepStats.of(back, grad_norms, weight_norms,
+                                      update_norms if updated else None)])
+
+
+class StepStats(tuple):
+    """What one recorded step's layer rows are made of, all measured already: the
+    gradient, weight and update norms (``update_norms`` None: no update applied), the
+    deltas' norms, the hidden activations' means and spreads and the saturated shares
+    (``Gradients.delta_norms``, ``.act_stats``, ``.saturated`` of the passes'
+    :class:`~gradscope.engine.mlp.StepBuffers` measurement). Kept per step so that the rows
+    of several steps are assembled together (:func:`step_rows`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, back: Gradients, grad_norms, weight_norms, update_norms) -> StepStats:
+        return cls((grad_norms, weight_norms, update_norms, back.delta_norms,
+                    back.act_stats[0], back.act_stats[1], back.saturated))
+
+
+def step_rows(L: int, steps: list[StepStats]) -> np.ndarray:
+    """:func:`step_block` of each of ``steps`` (``L`` layers), one under the other: a
+    ``(len(steps) * L, len(STEP_METRICS))`` float64 array, assembled with a few array
+    operations for all of them (every value as :func:`step_block`'s per-layer path gives
+    it: a ratio is ``update / weight`` in float64, or inf where the weight norm is not
+    positive)."""
+    K = len(steps)
+    out = np.empty((K, L, len(STEP_METRICS)))
+    g, w, u, d, mean, std, sat = zip(*steps)
+    out[:, :, 0:2] = np.array([x[: 2 * L] for x in g], dtype=np.float64).reshape(K, L, 2)
+    out[:, :, 2] = d
+    weights = np.array([x[0 : 2 * L : 2] for x in w], dtype=np.float64)
+    out[:, :, 3] = weights
+    updated = [x is not None for x in u]
+    if all(updated):
+        upd = np.array([x[0 : 2 * L : 2] for x in u], dtype=np.float64)
+        out[:, :, 4] = upd
+        np.divide(upd, weights, out=out[:, :, 5])
+        out[:, :, 5][~(weights > 0)] = math.inf
+    else:  # a diverged step (no update): NaN; the others as above
+        for k, x in enumerate(u):
+            if x is None:
+                out[k, :, 4:6] = math.nan
+            else:
+                out[k] = step_rows(L, [steps[k]])
+    out[:, : L - 1, 6] = mean
+    out[:, : L - 1, 7] = std
+    out[:, : L - 1, 8] = sat
+    out[:, L - 1, 6:] = math.nan
+    return out.reshape(K * L, len(STEP_METRICS))
 
 
 def probe_metrics(
@@ -192,6 +227,68 @@ def probe_metrics(
         metrics["probe_saturated_frac"][l] = saturated_fraction(activation.df(z, a), activation)
         hist.append(bin_counts(a, lo, hi, nb))
     return metrics, dead, hist
+
+
+class ProbeThread:
+    """:func:`probe_metrics` on a worker thread, one probe pass at a time.
+
+    The probe pass of a small net (a forward pass of the probe set: 4-15 ms, against a
+    training step of about 1 ms) would stop the training thread for several steps; here it
+    runs on a copy of the parameters while the next steps train. Its products and large
+    ufunc loops release the GIL, so it runs on a second core in parallel. The numbers are
+    those of :func:`probe_metrics` on the same parameters (the same calls on equal arrays).
+
+    :meth:`submit` starts a pass; :meth:`ready` says whether it has finished; :meth:`take`
+    waits for it and returns ``(step, (metrics, dead, hist))``, or raises what the pass
+    raised. A pass must be taken before the next is submitted (rows in step order).
+    """
+
+    def __init__(self, errstate: dict | None = None):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gradscope-probe")
+        self._errstate = dict(errstate or {})  # numpy's error state is per thread
+        self._pending: tuple[int, Future] | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def submit(self, step: int, params: Params, X: np.ndarray, activation: Activation,
+               hist_edges: np.ndarray, *, arch: Arch | None = None,
+               norm_params: Params | None = None, state: Params | None = None) -> None:
+        """Start the probe pass of ``step`` on copies of ``params``, ``norm_params`` and
+        ``state`` (the training thread updates them in place meanwhile); ``X`` and
+        ``hist_edges`` are read, never written."""
+        if self._pending is not None:
+            raise RuntimeError("the previous probe pass has not been taken")
+        copies = ([p.copy() for p in params],
+                  [p.copy() for p in norm_params] if norm_params is not None else None,
+                  [s.copy() for s in state] if state is not None else None)
+        fut = self._pool.submit(self._run, copies, X, activation, hist_edges, arch)
+        self._pending = (step, fut)
+
+    def _run(self, copies, X, activation, hist_edges, arch):
+        params, norm_params, state = copies
+        with np.errstate(**self._errstate):
+            return probe_metrics(params, X, activation, hist_edges, arch=arch,
+                                 norm_params=norm_params, state=state)
+
+    def ready(self) -> bool:
+        """Whether a submitted pass has finished (or failed)."""
+        return self._pending is not None and self._pending[1].done()
+
+    def take(self) -> tuple[int, tuple] | None:
+        """Wait for the submitted pass: ``(step, probe_metrics' result)``, None when there
+        is none. An exception of the pass is raised here."""
+        if self._pending is None:
+            return None
+        step, fut = self._pending
+        self._pending = None
+        return step, fut.result()
+
+    def close(self) -> None:
+        """Wait for a pass still running (its result is dropped) and end the thread."""
+        self._pending = None
+        self._pool.shutdown(wait=True)
 
 
 def histogram_edges(activation: Activation, bins: int = 50) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -35,7 +36,15 @@ from ..engine.mlp import (
 )
 from ..engine.optimizers import OPTIMIZERS, make_optimizer
 from ..engine.stats import FlatLayout, norm
-from ..record.probes import STEP_METRICS, histogram_edges, probe_metrics, step_metrics
+from ..record.probes import (
+    STEP_METRICS,
+    ProbeThread,
+    StepStats,
+    histogram_edges,
+    probe_metrics,
+    step_block,
+    step_rows,
+)
 from ..record.schema import OPTIMIZER_OPTIONS, LogError
 from ..record.writer import LogWriter, one_line
 from ._malloc import keep_freed_memory
@@ -43,6 +52,21 @@ from ._signals import StopRequest
 from .parallel import GroupedStep
 
 DTYPES = ("float32", "float64")
+
+#: Whether the probe passes run on a worker thread (:class:`~gradscope.record.probes.ProbeThread`):
+#: None decides per run (see :func:`probes_in_background`), True or False forces it.
+background_probes: bool | None = None
+#: The smallest probe pass sent to the worker thread: probe examples x the narrowest hidden
+#: layer's units. Below it the pass is too many short numpy calls: each hands the GIL
+#: between the threads, which cost the training thread more than the pass itself (a
+#: 20 x 32 net: 8.5 ms a pass against 5.9 ms in the training thread; docs/performance.md).
+MIN_BACKGROUND_PROBE = 1 << 16
+#: Training steps whose recorded rows go to the log together (small nets, see
+#: :class:`_Rows`), and the seconds that the first of them waits at most: a run stopped by
+#: SIGKILL or a power cut loses at most that much more than the last flush (16 steps of a
+#: small net: about 16 ms).
+ROW_BATCH = 16
+ROW_WAIT = 0.25
 
 
 class ConfigError(ValueError):
@@ -412,6 +436,17 @@ def train(
     small = bs * sum(p.size for p in params) < MIN_THREADED_WORK
     blas = blas_threads(1) if small else contextlib.nullcontext()
     blas.__enter__()
+    # A probe pass on a worker thread (ProbeThread) overlaps the next steps; its rows go to
+    # the log when it has finished, at the latest at the next probe step (one pass at a
+    # time: the rows stay in step order). Diverged and last steps probe here, after it.
+    prober = (ProbeThread({"over": "ignore", "invalid": "ignore", "divide": "ignore"})
+              if probes_in_background(small, stepper.pool is None,
+                                      res["probe_size"] * min(cfg.hidden_widths))
+              else None)
+    probe = earlier = None
+    at_boundary = True  # no rows of an unfinished step buffered in the writer
+    # the rows of a small net's recorded steps go to the log ROW_BATCH steps at a time
+    rows = _Rows(writer, L, ROW_BATCH, lr) if buffers is not None else None
     try:
         while step < total:
             ep_loss = ep_acc = 0.0
@@ -441,10 +476,17 @@ def train(
                 probed = diverged or step % probe_every == 0 or step == total - 1
                 # what describes the parameters before this step is taken before the update
                 if probed:
-                    probe = probe_metrics(params, X_probe, act, edges, arch=arch,
-                                          norm_params=norm_params, state=norm_state)
+                    if prober is not None:
+                        earlier = prober.take()  # the previous pass, normally long done
+                    if prober is not None and not diverged and step != total - 1:
+                        prober.submit(step, params, X_probe, act, edges, arch=arch,
+                                      norm_params=norm_params, state=norm_state)
+                    else:
+                        probe = probe_metrics(params, X_probe, act, edges, arch=arch,
+                                              norm_params=norm_params, state=norm_state)
                 if (diverged or logged) and weight_norms is None:
                     weight_norms = [norm(p) for p in params]
+                at_boundary = False  # from here rows of this step may be in the writer
                 if snap_every and step % snap_every == 0:
                     writer.append_snapshot(step, params, norm_params, norm_state)
                 clipped, updates, out_norms = False, None, (None, None, None)
@@ -459,19 +501,34 @@ def train(
                         pn, un = layout.norms(flat)
                         out_norms = (None, un, pn)
                 if diverged or logged:
-                    writer.append("steps", step=step, epoch=epoch, loss=loss, accuracy=acc,
-                                  lr=lr, grad_norm_total=gnorm,
-                                  time=time.perf_counter() - t0, clipped=int(clipped))
-                    m = step_metrics(params, cache, back, updates, act, gnorms,
-                                     weight_norms=weight_norms, update_norms=out_norms[1])
-                    block = np.array([m[c] for c in STEP_METRICS]).T
-                    writer.append_block("layers", L, STEP_METRICS, block, step=step,
-                                        layer=layer_idx)
-                    if probed:
-                        pm, dead, hist = probe
-                        writer.append("probes", L, step=step, layer=layer_idx, **pm)
-                        writer.append_units(step, dead, hist)
+                    t_row = time.perf_counter() - t0
+                    un = out_norms[1] if updates is not None else None
+                    if (rows is not None and back.act_stats is not None
+                            and weight_norms is not None and (updates is None or un is not None)):
+                        if rows.add(step, epoch, loss, acc, gnorm, t_row, int(clipped),
+                                    StepStats.of(back, gnorms, weight_norms, un)
+                                    ) or diverged or step == total - 1:
+                            rows.write()
+                    else:
+                        if rows is not None:
+                            rows.write()  # the rows stay in step order
+                        writer.append("steps", step=step, epoch=epoch, loss=loss,
+                                      accuracy=acc, lr=lr, grad_norm_total=gnorm, time=t_row,
+                                      clipped=int(clipped))
+                        block = step_block(params, cache, back, updates, act, gnorms,
+                                           weight_norms=weight_norms, update_norms=un)
+                        writer.append_block("layers", L, STEP_METRICS, block, step=step,
+                                            layer=layer_idx)
+                if earlier is None and prober is not None and prober.ready():
+                    earlier = prober.take()
+                if earlier is not None:
+                    _append_probe(writer, L, layer_idx, *earlier)
+                    earlier = None
+                if probe is not None:
+                    _append_probe(writer, L, layer_idx, step, probe)
+                    probe = None
                 writer.end_step()
+                at_boundary = True
                 if diverged:
                     what = "loss" if not math.isfinite(loss) else "gradient norm"
                     value = loss if not math.isfinite(loss) else gnorm
@@ -494,6 +551,8 @@ def train(
                 stop.check()
             if status == "diverged":
                 break
+            if rows is not None:
+                rows.write()  # committed with the epoch's row
             _log_epoch(writer, prep, params, act, loss_fn, epoch, step, ep_loss, ep_acc, ep_n,
                        time.perf_counter() - t0, arch=arch, norm_params=norm_params,
                        norm_state=norm_state)
@@ -504,8 +563,36 @@ def train(
         error = e
         status, message = "failed", _failure(e, writer, step, epoch)
     finally:
-        quiet.__exit__(None, None, None)
-        blas.__exit__(None, None, None)
+        try:
+            # the rows of finished steps not yet appended (a batch of _Rows, a probe pass in
+            # flight) are committed as the step-by-step path commits them, unless the run
+            # stopped in mid-step (rows of an unfinished step in the writer, which the next
+            # end_step would commit) or the log cannot take them
+            if prober is not None:
+                try:
+                    if earlier is None:
+                        earlier = prober.take()
+                except BaseException as e:  # noqa: BLE001 -- the pass failed: the run too
+                    earlier = None
+                    if error is None:
+                        error = e
+                        status, message = "failed", _failure(e, writer, step, epoch)
+                finally:
+                    prober.close()
+            if at_boundary and writer.broken is None:
+                try:
+                    if rows is not None:
+                        rows.write()
+                    if earlier is not None:
+                        _append_probe(writer, L, layer_idx, *earlier)
+                    writer.end_step()
+                except BaseException as e:  # noqa: BLE001 -- e.g. the disk filled up
+                    if error is None:
+                        error = e
+                        status, message = "failed", _failure(e, writer, step, epoch)
+        finally:
+            quiet.__exit__(None, None, None)
+            blas.__exit__(None, None, None)
         try:
             stepper.close()
             # a failed run's parameters may be half updated: its final parameters stay NaN
@@ -522,6 +609,71 @@ def train(
         # the log is closed, its status "failed" with the reason (when the file took it)
         raise error
     return RunResult(Path(out), status, message, step, loss)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def probes_in_background(small: bool, inline_optimizer: bool, layer_size: int) -> bool:
+    """Whether a run's probe passes go to a worker thread: for small nets (one BLAS thread)
+    whose optimizer runs in the training thread, on a machine with a core to spare, when
+    the pass works on arrays of at least ``MIN_BACKGROUND_PROBE`` elements a layer
+    (``layer_size``: probe examples x the narrowest hidden layer's units). Larger nets keep
+    both cores busy with their own BLAS threads or the optimizer's pool. The module's
+    ``background_probes`` overrides it."""
+    if background_probes is not None:
+        return bool(background_probes)
+    return (small and inline_optimizer and layer_size >= MIN_BACKGROUND_PROBE
+            and usable_cores() >= 2)
+
+
+def _append_probe(writer, L: int, layer_idx, step: int, probe) -> None:
+    """A probe step's rows: one per layer in ``probes`` and the per-unit arrays, appended
+    together (the same ``end_step`` commits both)."""
+    pm, dead, hist = probe
+    writer.append("probes", L, step=step, layer=layer_idx, **pm)
+    writer.append_units(step, dead, hist)
+
+
+class _Rows:
+    """The ``steps`` and ``layers`` rows of recorded steps whose statistics were all
+    measured already (:class:`~gradscope.record.probes.StepStats`), appended to the log
+    ``size`` steps at a time: a few numpy calls for all of them instead of a dozen a step.
+    The values are those appended step by step (``step_rows`` does each row's arithmetic
+    as ``step_block``); both tables get a batch's rows together, so a reader never sees a
+    step without its layer rows."""
+
+    _FLOATS = ("loss", "accuracy", "lr", "grad_norm_total", "time")
+
+    def __init__(self, writer: LogWriter, layers: int, size: int, lr: float):
+        self.writer, self.L, self.size, self.lr = writer, layers, max(1, int(size)), lr
+        self.pending: list[tuple] = []
+
+    def add(self, step, epoch, loss, acc, gnorm, t, clipped, stats: StepStats) -> bool:
+        """Keep one step's rows (``t``: its time); True when a batch is due: ``size``
+        training steps from the first kept, or ``ROW_WAIT`` seconds."""
+        self.pending.append((step, epoch, clipped, (loss, acc, self.lr, gnorm, t), stats))
+        first = self.pending[0]
+        return step - first[0] >= self.size - 1 or t - first[3][4] >= ROW_WAIT
+
+    def write(self) -> None:
+        """Append the kept rows (the caller's ``end_step`` commits them)."""
+        if not self.pending:
+            return
+        steps, epochs, clipped, floats, stats = zip(*self.pending)
+        self.pending = []
+        K, L, w = len(steps), self.L, self.writer
+        steps = np.array(steps, dtype=np.int64)
+        w.append_block("steps", K, self._FLOATS, np.array(floats, dtype=np.float64),
+                       step=steps, epoch=np.array(epochs, dtype=np.int64),
+                       clipped=np.array(clipped, dtype=np.int64))
+        w.append_block("layers", K * L, STEP_METRICS, step_rows(L, list(stats)),
+                       step=np.repeat(steps, L), layer=np.tile(np.arange(L), K))
 
 
 def _failure(e: BaseException, writer, step: int, epoch: int) -> str:

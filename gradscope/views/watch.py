@@ -539,7 +539,10 @@ def render_run(t: RunTail, width: int = 100, every: float | None = None):
         parts.append(Text(t.message, style=_status_style(t.status)))
     rec = t.recent_layers()
     if rec is None:
-        parts.append(Text("waiting for the first logged step ...", style="dim"))
+        if t.status in ENDED and t.status != "stalled":  # nothing more will come
+            parts.append(Text("no step was logged before the run ended", style="dim"))
+        else:
+            parts.append(Text("waiting for the first logged step ...", style="dim"))
         return Group(*parts)
 
     depth = t.depth if t.depth is not None else int(rec.index.max())

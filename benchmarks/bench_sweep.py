@@ -6,9 +6,11 @@ with ``--no-stack`` (every run trained on its own, as before stacked training ex
 with the default (runs of one shape trained as stacks), and, given ``--baseline PATH``,
 the code of another checkout (``PYTHONPATH=PATH``, e.g. the main branch before this
 change). Reported per command: wall-clock seconds of the whole command, of its training
-(from the start to the last run's progress line; the rest is reading the logs back for
-summary.csv), and the CPU seconds of its processes. The machine's speed drifts, so compare
-the ratios within a round.
+(from the start to the last run's progress line; the rest is writing summary.csv, which
+reads the logs back where the workers did not diagnose them), and the CPU seconds of its
+processes. The machine's speed drifts, so compare the ratios within a round. After each
+sweep of this checkout, summary.csv is checked byte for byte against ``summarize`` reading
+every log again.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_sweep.py \\
         [--rounds 3] [--baseline /path/to/checkout]
@@ -49,6 +51,14 @@ def run(label: str, path: Path, extra: list[str], out: Path) -> dict:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if path == ROOT:  # the rows the workers took are those of the logs read again
+        check = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; "
+             "from gradscope.training.sweep import summarize; o = Path(sys.argv[1]); "
+             "sys.exit((o / 'summary.csv').read_bytes() != "
+             "summarize(o).to_csv(index=False).encode())", str(out)], env=env, check=False)
+        if check.returncode != 0:
+            raise SystemExit(f"{label}: summary.csv differs from the logs read again")
     return {"wall": wall, "train": (last or time.perf_counter()) - t0, "cpu": cpu}
 
 

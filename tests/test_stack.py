@@ -208,3 +208,36 @@ def test_an_error_fails_every_open_run_of_the_stack_as_it_fails_a_separate_run(t
         assert list(read_steps(p)["step"]) == list(read_steps(tmp_path / "alone.h5")["step"])
         # a failed run's final parameters are not claimed
         assert all(np.isnan(W).all() for W, _ in read_weights(p, "final"))
+
+
+def test_rows_given_to_the_logs_in_batches_are_those_of_separate_runs(tmp_path, monkeypatch):
+    """The stack gives the logs its rows every few logged steps, at every epoch's end and
+    before a run leaves: with batches of 3 logged steps, many epochs, sparse logging,
+    snapshots and a run that diverges, every table equals a separate run's; a stack
+    stopped in mid-run keeps every finished step, as a separate run does."""
+    import gradscope.training.stack as stack_mod
+
+    monkeypatch.setattr(stack_mod, "HAND_OVER_STEPS", 3)
+    lin = dict(activation="linear", optimizer="sgd", steps=50, batch_size=64, log_every=2,
+               probe_every=6, snapshot_every=5, val_fraction=0.95)  # 2 steps an epoch
+    configs = [_cfg(lr=0.01, seed=0, **lin), _cfg(lr=1.0, init_gain=3.0, seed=1, **lin),
+               _cfg(lr=0.01, seed=2, init_gain=0.5, **lin)]
+    stacked = [tmp_path / f"stack{i}.h5" for i in range(len(configs))]
+    results = train_stack(configs, stacked)
+    assert results[1].status == "diverged" and results[0].status == "completed"
+    for i, c in enumerate(configs):
+        train(c, tmp_path / f"alone{i}.h5")
+        _same_logs(stacked[i], tmp_path / f"alone{i}.h5")
+        assert len(read_epochs(stacked[i])) == len(read_epochs(tmp_path / f"alone{i}.h5"))
+
+    def stop(step, total, *_):
+        if step == 20:
+            raise KeyboardInterrupt
+
+    cut = [tmp_path / f"cut{i}.h5" for i in range(2)]
+    res = train_stack([configs[0], configs[2]], cut, progress=stop)
+    alone = train(configs[0], tmp_path / "cut_alone.h5", progress=stop)
+    assert [r.status for r in res] == ["interrupted", "interrupted"] == [alone.status] * 2
+    for p in cut:
+        assert list(read_steps(p)["step"]) == list(range(0, 20, 2))
+        assert list(read_steps(p)["step"]) == list(read_steps(alone.path)["step"])

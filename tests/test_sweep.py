@@ -189,6 +189,33 @@ def test_local_sweep_matches_direct_training(tmp_path):
     assert summarize(out)["name"].tolist() == names
 
 
+def test_summary_rows_taken_where_the_runs_trained_equal_the_logs_read_again(
+        tmp_path, monkeypatch):
+    import gradscope.training.sweep as sweep_mod
+
+    calls = []
+    read = sweep_mod._log_row
+    monkeypatch.setattr(sweep_mod, "_log_row", lambda p: calls.append(p) or read(p))
+    configs = _grid(depth=[2, 3], seeds=[0, 1])  # one stack of two and one of two
+    out = tmp_path / "s"
+    run_sweep(configs, out, jobs=1)
+    # each log was read once, by the task that trained it; the summary took those rows
+    assert sorted(Path(p).name for p in calls) == sorted(f"{n}.h5" for n in run_names(configs))
+    written = (out / SUMMARY_FILE).read_bytes()
+    assert written == summarize(out).to_csv(index=False).encode()
+
+    # a row is used only while its log is the file it was read from
+    a, b = run_names(configs)[:2]
+    entry = sweep_mod.summary_entry(out / f"{a}.h5")
+    assert summarize(out, {a: entry}).to_csv(index=False).encode() == written
+    shutil.copy(out / f"{b}.h5", out / "x.tmp")
+    os.replace(out / "x.tmp", out / f"{a}.h5")
+    again = summarize(out, {a: entry}).set_index("name")
+    assert again.loc[a, "loss_end"] == again.loc[b, "loss_end"]
+    assert again.loc[a, "loss_end"] != pd.read_csv(out / SUMMARY_FILE).set_index(
+        "name").loc[a, "loss_end"]
+
+
 def test_resume_trains_only_missing_or_incomplete(tmp_path):
     out = tmp_path / "s"
     configs = _grid(depth=[2, 3], optimizer="sgd", lr=[0.1, 1e6], seeds=[0, 1], steps=20)

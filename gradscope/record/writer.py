@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from h5py import h5d, h5p, h5s, h5t
 
 from .._version import __version__
 from . import blocks
@@ -80,22 +81,34 @@ class _Part:
             [[n, self.dtypes[n].str, list(self.shapes[n])] for n in self.names])
         group.attrs["block_rows"] = self.B
         group.attrs["period"] = self.period
-        self.data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                         chunks=(1 << 16,))
+        # through the low-level API (see _new_dataset), closed once made and opened again
+        # when first written (at a flush): a process creating many logs (a stack) keeps few
+        # HDF5 objects open while it creates them (with thousands open, each new dataset
+        # took twice as long)
+        self.gid = gid = group.id
+        self._open: dict = {}
+        _new_dataset(gid, "data", (0,), np.uint8, maxshape=(None,), chunks=(1 << 16,))
         width = 3 + 3 * len(self.names)
-        self.index = group.create_dataset("index", shape=(0, width), maxshape=(None, width),
-                                          dtype=I8, chunks=(64, width))
-        self.tail = {}
+        _new_dataset(gid, "index", (0, width), I8, maxshape=(None, width), chunks=(64, width))
+        self.tail_gid = None
         if self.B > 1:
-            t = group.create_group("tail")
+            self.tail_gid = t = group.create_group("tail").id
             for n in self.names:
                 shape = self.shapes[n]
                 # small chunks: a short run allocates only what it fills
                 rows = max(1, min(self.B, 512, (1 << 16) // max(1, int(np.prod(shape)))))
-                self.tail[n] = t.create_dataset(n, shape=(2 * self.B, *shape),
-                                                dtype=self.dtypes[n], chunks=(rows, *shape))
-            self.tail_crc = group.create_dataset("tail_crc",
-                                                 data=np.zeros((2, len(self.names)), dtype=I8))
+                _new_dataset(t, n, (2 * self.B, *shape), self.dtypes[n], chunks=(rows, *shape))
+            _new_dataset(gid, "tail_crc", (2, len(self.names)), I8,
+                         data=np.zeros((2, len(self.names)), dtype=I8))
+
+    def _ds(self, name: str, tail: bool = False):
+        """The low-level id of dataset ``name`` of this part (``tail/name`` with ``tail``),
+        opened at its first write and kept open (the file's close closes it)."""
+        key = (tail, name)
+        ds = self._open.get(key)
+        if ds is None:
+            ds = self._open[key] = h5d.open(self.tail_gid if tail else self.gid, name.encode())
+        return ds
 
     @property
     def n_written(self) -> int:
@@ -172,10 +185,10 @@ class _Part:
             lo = s * self.B
             crcs = []
             for name in self.names:
-                rows = self.buf[name][:k]
-                self.tail[name][lo : lo + k] = rows
-                crcs.append(blocks.crc(np.ascontiguousarray(rows)))
-            self.tail_crc[s] = crcs
+                rows = np.ascontiguousarray(self.buf[name][:k])
+                _write(self._ds(name, tail=True), rows, lo)
+                crcs.append(blocks.crc(rows))
+            _write(self._ds("tail_crc"), np.asarray([crcs], dtype=I8), s)
             self.slot, self.n_tail = s, k
 
     def _seal(self, rows: slice) -> None:
@@ -188,10 +201,11 @@ class _Part:
             off += len(b)
         entry.append(blocks.crc(np.asarray(entry, dtype=I8)))
         blob = np.frombuffer(b"".join(parts), dtype=np.uint8)
-        self.data.resize(off, axis=0)
-        self.data[self.data_bytes : off] = blob
-        self.index.resize(self.n_blocks + 1, axis=0)
-        self.index[self.n_blocks] = entry
+        data, index = self._ds("data"), self._ds("index")
+        data.set_extent((off,))
+        _write(data, blob, self.data_bytes)
+        index.set_extent((self.n_blocks + 1, len(entry)))
+        _write(index, np.asarray([entry], dtype=I8), self.n_blocks)
         self.n_sealed += self.B
         self.n_blocks += 1
         self.data_bytes = off
@@ -271,11 +285,16 @@ class LogWriter:
         f.attrs["gradscope_version"] = __version__
         f.attrs["config"] = config_json
         f.attrs["attrs_crc"] = attrs_crc(config_json, edges)
-        f.create_dataset("status", data=np.bytes_("running".ljust(16)), dtype="S16")
-        f.create_dataset("status_message", data=np.bytes_("".ljust(512)), dtype="S512")
-        counter = f.create_dataset("committed", data=np.zeros(6 * len(COUNTERS) + 2, dtype=I8))
-        counter.attrs["names"] = json.dumps(COUNTERS)
-        counter.attrs["fields"] = json.dumps(COUNTER_FIELDS)
+        fid = f.id
+        self._status = _new_dataset(fid, "status", (), "S16",
+                                    data=np.bytes_("running".ljust(16)), keep=True)
+        self._message = _new_dataset(fid, "status_message", (), "S512",
+                                     data=np.bytes_("".ljust(512)), keep=True)
+        counter = _new_dataset(fid, "committed", (6 * len(COUNTERS) + 2,), I8,
+                               data=np.zeros(6 * len(COUNTERS) + 2, dtype=I8), keep=True)
+        attrs = h5py.AttributeManager(h5py.Dataset(counter))
+        attrs["names"] = json.dumps(COUNTERS)
+        attrs["fields"] = json.dumps(COUNTER_FIELDS)
         self.tables = {name: _Part(f.create_group(name), cols,
                                    block_rows=BLOCK_ROWS[name],
                                    period=n_layers if name in ("layers", "probes") else 1,
@@ -308,20 +327,26 @@ class LogWriter:
             arrays[f"W_{l}"], arrays[f"b_{l}"] = params[2 * l], params[2 * l + 1]
         arrays.update(extra)
         self._array_names = list(arrays)
+        self._final = {}  # name -> dtype
         for which in ("initial", "final"):
-            g = f.create_group(f"params/{which}")
+            g = f.create_group(f"params/{which}").id
             for k, p in arrays.items():
+                p = np.asarray(p)
                 if which == "initial":
-                    g.create_dataset(k, data=p)
+                    _new_dataset(g, k, p.shape, p.dtype, data=p)
                 else:
-                    g.create_dataset(k, shape=p.shape, dtype=p.dtype, fillvalue=np.nan)
+                    _new_dataset(g, k, p.shape, p.dtype, fillvalue=np.nan)
+                    self._final[k] = p.dtype
+            self._final_gid = g
         crcs = np.full((2, len(arrays)), -1, dtype=I8)  # -1: not written (final: all NaN)
         crcs[0] = [blocks.crc(np.ascontiguousarray(p)) for p in arrays.values()]
-        pc = f.create_dataset("params_crc", data=crcs)
-        pc.attrs["names"] = json.dumps(self._array_names)
-        self._params_crc = pc
+        self._params_crc_row = crcs[1].copy()
+        pc = _new_dataset(fid, "params_crc", crcs.shape, I8, data=crcs, keep=True)
+        self._params_crc = h5py.Dataset(pc)
+        self._params_crc.attrs["names"] = json.dumps(self._array_names)
         self._counter = counter
-        self._status_crc = status_crc(f["status"][()], f["status_message"][()])
+        self._status_crc = status_crc(_read_scalar(self._status),
+                                      _read_scalar(self._message))
         self._committed = [0] * (6 * len(COUNTERS))
         self._write_counter()
         f.swmr_mode = True  # no new objects from here on
@@ -411,7 +436,7 @@ class LogWriter:
     def _write_counter(self) -> None:
         vals = np.asarray([*self._committed, self._status_crc, 0], dtype=I8)
         vals[-1] = blocks.crc(vals[:-1])
-        self._counter[...] = vals
+        _write(self._counter, vals)
 
     def place(self) -> None:
         """Move the new log over the file it replaces (once it has a committed step)."""
@@ -457,9 +482,10 @@ class LogWriter:
             raise ValueError(f"status {status!r}; accepted: {', '.join(STATUSES)}")
         st = np.bytes_(status.ljust(16))
         msg = np.bytes_(message.encode()[:512].decode("utf-8", "ignore").encode())
-        self.f["status"][()] = st
-        self.f["status_message"][()] = msg
-        self._status_crc = status_crc(self.f["status"][()], self.f["status_message"][()])
+        _write(self._status, np.asarray(st, dtype="S16"))
+        _write(self._message, np.asarray(msg, dtype="S512"))
+        # the checksum of the values as stored (read back)
+        self._status_crc = status_crc(_read_scalar(self._status), _read_scalar(self._message))
         if self.broken is None:
             self.flush()
         else:  # the rows stay as last committed; the status says why (in place: no new space)
@@ -485,13 +511,14 @@ class LogWriter:
                 for l in range(len(params) // 2):
                     arrays[f"W_{l}"], arrays[f"b_{l}"] = params[2 * l], params[2 * l + 1]
                 arrays.update(_norm_arrays(norm_params, norm_state))
-                g = self.f["params/final"]
-                crcs = self._params_crc[1]
+                crcs = self._params_crc_row
                 for k, p in arrays.items():
-                    p = np.ascontiguousarray(p, dtype=g[k].dtype)
-                    g[k][...] = p
+                    p = np.ascontiguousarray(p, dtype=self._final[k])
+                    ds = h5d.open(self._final_gid, k.encode())
+                    _write(ds, p)
+                    ds.close()
                     crcs[self._array_names.index(k)] = blocks.crc(p)
-                self._params_crc[1] = crcs
+                _write(self._params_crc.id, crcs[None, :], 1)
             self.set_status(status, message)
             self._fsync()
         except BaseException as e:  # noqa: BLE001 -- closed below, raised after
@@ -626,3 +653,74 @@ def _norm_arrays(norm_params, norm_state) -> dict[str, np.ndarray]:
         for i, p in enumerate(arrays or []):
             out[f"{names[i % 2]}_{i // 2}"] = np.asarray(p)
     return out
+
+
+# -- low-level HDF5 ---------------------------------------------------------------------------
+# A log has about a hundred datasets; h5py's create_dataset and slice assignment spend
+# 100-200 us of Python on each call, several times HDF5's own work. These helpers make the
+# same HDF5 calls with the properties h5py's defaults give (no creation times, attribute
+# creation order not tracked, contiguous unless chunked), so the files are the same.
+_TYPES: dict = {}
+_DCPLS: dict = {}
+
+
+def _type_id(dtype):
+    dtype = np.dtype(dtype)
+    tid = _TYPES.get(dtype)
+    if tid is None:
+        tid = _TYPES[dtype] = h5t.py_create(dtype, logical=1)
+    return tid
+
+
+def _dcpl(chunks, fill):
+    key = (chunks, None if fill is None else (fill.dtype.str, fill.tobytes()))
+    dcpl = _DCPLS.get(key)
+    if dcpl is None:
+        dcpl = h5p.create(h5p.DATASET_CREATE)
+        if chunks is not None:
+            dcpl.set_chunk(chunks)
+        if fill is not None:
+            dcpl.set_fill_value(fill)
+        dcpl.set_obj_track_times(False)
+        dcpl.set_attr_creation_order(0)
+        _DCPLS[key] = dcpl
+    return dcpl
+
+
+def _new_dataset(parent, name: str, shape: tuple, dtype, *, maxshape=None, chunks=None,
+                 data=None, fillvalue=None, keep: bool = False):
+    """A new dataset ``name`` in the group or file ``parent`` (a low-level id), as
+    ``h5py.Group.create_dataset`` makes it. Closed at once (explicitly, so that an error
+    is raised here, not printed by the garbage collector), or with ``keep`` returned open
+    as a low-level ``DatasetID``."""
+    fill = None if fillvalue is None else np.array(fillvalue)
+    if maxshape is not None:
+        maxshape = tuple(h5s.UNLIMITED if m is None else m for m in maxshape)
+    space = h5s.create_simple(tuple(shape), maxshape)
+    dsid = h5d.create(parent, name.encode(), _type_id(dtype), space,
+                      dcpl=_dcpl(None if chunks is None else tuple(chunks), fill))
+    try:
+        if data is not None:
+            dsid.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(data, dtype=dtype))
+    finally:
+        if not keep:
+            dsid.close()
+    return dsid if keep else None
+
+
+def _write(dsid, rows: np.ndarray, lo: int | None = None) -> None:
+    """Write the C-contiguous ``rows`` over the whole dataset, or from row ``lo`` on its
+    first axis."""
+    if lo is None:
+        dsid.write(h5s.ALL, h5s.ALL, rows)
+        return
+    space = dsid.get_space()
+    space.select_hyperslab((lo,) + (0,) * (rows.ndim - 1), rows.shape)
+    dsid.write(h5s.create_simple(rows.shape), space, rows)
+
+
+def _read_scalar(dsid):
+    """A scalar dataset's value as ``ds[()]`` reads it."""
+    out = np.empty((), dtype=dsid.dtype)
+    dsid.read(h5s.ALL, h5s.ALL, out)
+    return out[()]

@@ -52,6 +52,8 @@ from .loop import OPTIMIZER_OPTIONS, Prepared, RunResult, TrainConfig, prepare
 
 #: the options in which the runs of one stack may differ
 PER_RUN = ("seed", "init", "init_gain", "optimizer", *OPTIMIZER_OPTIONS)
+#: logged steps (or seconds) after which the stack gives the rows it holds to the logs
+HAND_OVER_STEPS, HAND_OVER_SECONDS = 64, 1.0
 
 
 def stack_key(config: TrainConfig) -> tuple | None:
@@ -254,6 +256,51 @@ def train_stack(
             w.append_units(step, [d[k] for d in dead], [h[k] for h in hist])
         w.end_step()
 
+    # the logged steps' rows wait here and are given to the logs a batch at a time (one
+    # append per table and log, instead of one per step): every epoch, every
+    # HAND_OVER_STEPS logged steps or HAND_OVER_SECONDS, before a run leaves the stack and
+    # before the logs close. Only whole steps wait; a log gets them in step order.
+    pending: list[tuple] = []
+    given: set[int] = set()  # runs (positions) that have the pending rows already
+    last_hand = [time.perf_counter()]
+    names = tuple(STEP_METRICS)
+
+    def hand_over() -> None:
+        if not pending:
+            return
+        n = len(pending)
+        steps = np.array([r[0] for r in pending], dtype=np.int64)
+        epochs = np.array([r[1] for r in pending], dtype=np.int64)
+        times = np.array([r[2] for r in pending], dtype=np.float64)
+        loss_, acc_, gn_ = (np.stack([r[j] for r in pending], axis=1) for j in (3, 4, 5))
+        block = np.stack([np.stack([r[6][c] for c in names], axis=-1) for r in pending],
+                         axis=1)  # (runs, steps, layers, metrics)
+        lsteps, layers = np.repeat(steps, L), np.tile(layer_idx, n)
+        probes = [(r[0], r[7]) for r in pending if r[7] is not None]
+        failed = None
+        for k, i in enumerate(runs):
+            if k in given:
+                continue
+            w = writers[i]
+            try:
+                w.append("steps", n, step=steps, epoch=epochs, loss=loss_[k], accuracy=acc_[k],
+                         lr=lrs[i], grad_norm_total=gn_[k], time=times, clipped=0)
+                w.append_block("layers", n * L, names, block[k].reshape(n * L, len(names)),
+                               step=lsteps, layer=layers)
+                for st, (pm, dead, hist) in probes:
+                    w.append("probes", L, step=st, layer=layer_idx,
+                             **{c: v[k] for c, v in pm.items()})
+                    w.append_units(st, [d[k] for d in dead], [h[k] for h in hist])
+                given.add(k)
+                w.end_step()
+            except Exception as e:  # noqa: BLE001 -- the other logs get their rows first
+                failed = failed or e
+        pending.clear()
+        given.clear()
+        last_hand[0] = time.perf_counter()
+        if failed is not None:
+            raise failed
+
     status_all, done, error = "completed", False, None
     step, epoch = 0, 0
     losses = np.full(S, np.nan)
@@ -294,9 +341,11 @@ def train_stack(
                     M = _step_metrics(params, inputs, deltas, dphi, gn, act)
                     now = time.perf_counter() - t0
                 if snap_every and step % snap_every == 0:
+                    hand_over()  # a snapshot is committed with its step's rows, not before
                     for k, i in enumerate(runs):
                         writers[i].append_snapshot(step, [p[k] for p in params], [], None)
                 if diverged.any():
+                    hand_over()
                     # the row a separate run writes, then the run leaves the stack
                     for k in np.flatnonzero(diverged)[::-1]:
                         write_rows(k, True)
@@ -330,8 +379,11 @@ def train_stack(
                     w = M["weight_norm"]
                     M["update_ratio"] = np.divide(u, w, out=np.full(u.shape, np.inf),
                                                   where=w > 0)
-                    for k in range(len(runs)):
-                        write_rows(k, probed)
+                    pending.append((step, epoch, now, loss, acc, gnorm, M,
+                                    probe if probed else None))
+                    if (len(pending) >= HAND_OVER_STEPS
+                            or time.perf_counter() - last_hand[0] >= HAND_OVER_SECONDS):
+                        hand_over()
                 ep_loss += loss * idx.shape[1]
                 ep_acc += acc * idx.shape[1]
                 ep_n += idx.shape[1]
@@ -342,6 +394,7 @@ def train_stack(
                 stop_req.check()
             if not runs:
                 break
+            hand_over()  # an epoch's row is committed after its steps' rows
             if ep_n:
                 _log_epochs(writers, runs, params, X_val[runs], y_val[runs], act,
                             classification, epoch, step, ep_loss / ep_n,
@@ -362,6 +415,11 @@ def train_stack(
         # must not leave some of them unclosed
         _hold_signals()
         try:
+            try:  # every finished step's rows, whatever stopped the stack
+                hand_over()
+            except Exception as e:  # noqa: BLE001 -- a write error: the runs end failed
+                if error is None:
+                    error = e
             where = f"at step {step} (epoch {epoch})"
             if error is not None:  # the runs still training failed with it
                 status_all = "failed"

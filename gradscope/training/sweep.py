@@ -49,7 +49,7 @@ from .stack import stacks_of, train_stack
 __all__ = [
     "GRID_FILE", "PARTIAL_DIR", "SUMMARY_FILE", "SweepError", "SweepProgress", "check_configs",
     "expand_grid", "option_kinds", "parse_list", "run_name", "run_names", "run_sweep",
-    "summarize",
+    "summarize", "summary_entry",
 ]
 
 SUMMARY_FILE = "summary.csv"
@@ -584,11 +584,13 @@ def _local_task(config: TrainConfig, name: str, out_dir: str) -> dict:
                                                f"{str(e).splitlines()[0]}"}
     except Exception as e:  # noqa: BLE001 -- recorded in the log as "failed"; one line here
         return {"status": "failed", "message": _one_line(e)}
+    back = {"status": res.status, "message": res.message, "steps": res.steps}
     if res.status in FINAL_STATUSES:
         os.replace(partial, out / f"{name}.h5")
+        back["summary"] = summary_entry(out / f"{name}.h5")
     elif res.status == "interrupted":
         _STOPPING = True
-    return {"status": res.status, "message": res.message, "steps": res.steps}
+    return back
 
 
 def _local_stack_task(configs: list[TrainConfig], names: list[str], out_dir: str) -> list:
@@ -610,11 +612,14 @@ def _local_stack_task(configs: list[TrainConfig], names: list[str], out_dir: str
                  f"{str(partials[0])!r}...: {str(e).splitlines()[0]}"}] * len(names)
     back = []
     for res, partial, name in zip(results, partials, names):
+        back.append({"status": res.status, "message": res.message, "steps": res.steps})
         if res.status in FINAL_STATUSES:
             os.replace(partial, out / f"{name}.h5")
         elif res.status == "interrupted":
             _STOPPING = True
-        back.append({"status": res.status, "message": res.message, "steps": res.steps})
+    for res, item, name in zip(results, back, names):
+        if res.status in FINAL_STATUSES and not _STOPPING:
+            item["summary"] = summary_entry(out / f"{name}.h5")
     return back
 
 
@@ -826,8 +831,12 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries, stac
                                failed=len(state["failed"]), name=name, status=status,
                                message=message, where=where))
 
+    known: dict[str, dict] = {}  # summary rows computed where the runs were trained
+
     def finished(run: _Run, result: dict, slots, in_flight, where):
         status, message = result["status"], result.get("message", "")
+        if result.get("summary") is not None:
+            known[run.name] = result["summary"]
         failed_note = out / PARTIAL_DIR / f"{run.name}.failed"
         if status == "failed":
             state["failed"].append(run.name)
@@ -863,7 +872,7 @@ def _run_locked(configs, names, out, jobs, client, progress, grid, retries, stac
     finally:
         with contextlib.suppress(OSError):
             (out / PARTIAL_DIR).rmdir()  # only when empty
-        summary = summarize(out)
+        summary = summarize(out, known)
         with contextlib.suppress(OSError):
             write_atomic(out / SUMMARY_FILE, summary.to_csv(index=False))
     summary.attrs.update(trained=state["trained"], skipped=skipped, failed=state["failed"])
@@ -1032,7 +1041,32 @@ def _log_row(path: Path) -> tuple[dict, dict]:
     return run_row(d, steps=run.steps, epochs=run.epochs), run.config
 
 
-def summarize(out_dir) -> pd.DataFrame:
+def _file_key(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def summary_entry(path) -> dict | None:
+    """A finished log's summary row, as :func:`summarize` reads it, with the file's
+    identity (device, inode, size, modification time) when it was read: a worker that
+    trained the run computes it next to the training, and :func:`summarize` takes it for
+    as long as the file is unchanged. None when the log cannot be read here (the summary
+    then reads it, and records why)."""
+    path = Path(path)
+    try:
+        key = _file_key(path)
+        row, cfg = _log_row(path)
+        if key is None or _file_key(path) != key:
+            return None
+    except Exception:  # noqa: BLE001 -- summarize reads the log itself and records the error
+        return None
+    return {"row": row, "config": cfg, "file_key": key}
+
+
+def summarize(out_dir, known: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per run of the sweep in ``out_dir``, re-read from the logs.
 
     Rows: every run listed in ``sweep.json`` (in grid order; ``missing`` or ``failed``
@@ -1040,6 +1074,10 @@ def summarize(out_dir) -> pd.DataFrame:
     ``status``, the swept options, the run table's measured columns
     (:data:`gradscope.analysis.runs.RUN_COLUMNS`: the diagnosis, final metrics, gradient
     ratios), the other options, ``message`` and ``file``; docs/log-format.md lists them.
+
+    ``known`` maps run names to :func:`summary_entry` of their logs (taken where they
+    were trained); an entry is used only while its log's file is the one it was read
+    from, every other log is read here.
     """
     out = Path(out_dir)
     spec = {}
@@ -1065,7 +1103,11 @@ def summarize(out_dir) -> pd.DataFrame:
                 row.update(status="missing", message="not trained yet")
         else:
             try:
-                res, logged = _log_row(path)
+                entry = (known or {}).get(name)
+                if entry is not None and entry["file_key"] == _file_key(path):
+                    res, logged = dict(entry["row"]), entry["config"]
+                else:
+                    res, logged = _log_row(path)
                 res.pop("run", None)
             except LogError as e:
                 row.update(error_row(path, str(e)))

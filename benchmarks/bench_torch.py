@@ -15,7 +15,10 @@ spread the range of that ratio over blocks of ``--block`` steps. The same for th
 time of the training thread (``time.thread_time``: on a loaded machine less noisy than
 the wall clock, as time spent waiting for a core is not counted; with several torch
 threads the other OpenMP threads' time is not in it); the log writer's threads (HDF5
-writes) are timed apart: their CPU time per recorded step after the warm-up (Linux only).
+writes) and watch's background threads (the step's norms, where a core is free) are
+timed apart: their CPU time per recorded step after the warm-up (Linux only). Work that
+a background thread does after a recorded step overlaps the next step, here the
+``every100`` loop's: its ratio shows that spill-over.
 
     nice -n 10 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_torch.py
 """
@@ -49,11 +52,12 @@ def make_model(seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def writer_cpu_seconds() -> float:
-    """CPU time so far of the log writer threads (user + system; NaN where /proc is not)."""
+def writer_cpu_seconds(name: str = "gradscope-log-writer") -> float:
+    """CPU time so far of the threads called ``name`` (the log writers, or the background
+    threads of the step's numbers; user + system; NaN where /proc is not)."""
     total = 0.0
     for t in threading.enumerate():
-        if t.name != "gradscope-log-writer" or t.native_id is None:
+        if t.name != name or t.native_id is None:
             continue
         try:
             with open(f"/proc/self/task/{t.native_id}/stat") as f:
@@ -69,6 +73,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="steps of each of the three loops")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--block", type=int, default=60, help="steps per block for the spread")
+    ap.add_argument("--background", choices=("auto", "on", "off"), default="auto",
+                    help="watch's background thread (auto: where torch leaves a core free)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +82,7 @@ def main() -> None:
     X = torch.randn(16 * BATCH, FEATURES, generator=g)
     y = torch.randint(0, CLASSES, (16 * BATCH,), generator=g)
     kinds = ("plain", "every", "every100")
+    bg = {"auto": None, "on": True, "off": False}[args.background]
     models = {k: make_model() for k in kinds}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     times = {k: [] for k in kinds}
@@ -84,9 +91,9 @@ def main() -> None:
         runs = {
             "plain": None,
             "every": gst.watch(models["every"], Path(tmp) / "every.h5",
-                               optimizer=opts["every"], log_every=1),
+                               optimizer=opts["every"], log_every=1, background=bg),
             "every100": gst.watch(models["every100"], Path(tmp) / "every100.h5",
-                                  optimizer=opts["every100"], log_every=100),
+                                  optimizer=opts["every100"], log_every=100, background=bg),
         }
         for t in range(args.steps + WARMUP):
             i = (t % 16) * BATCH
@@ -104,16 +111,20 @@ def main() -> None:
                 cpu[k].append(time.thread_time() - c0)
             if t == WARMUP - 1:
                 writer_cpu0 = writer_cpu_seconds()  # the files are created by now
+                stats_cpu0 = writer_cpu_seconds("gradscope-torch-stats")
             if t % 50 == 0:
                 print(f"step {t} of {args.steps + WARMUP}", flush=True)
         # before closing (the threads end with the runs; closing writes the final weights)
         writer_cpu = writer_cpu_seconds() - writer_cpu0
+        stats_cpu = writer_cpu_seconds("gradscope-torch-stats") - stats_cpu0
+        used = runs["every"]._bg is not None
         for run in runs.values():
             if run is not None:
                 run.close()
         rows = len(__import__("gradscope").read_steps(Path(tmp) / "every.h5"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.steps} steps of each loop, interleaved; {rows} rows in every.h5")
+          f"{args.steps} steps of each loop, interleaved; {rows} rows in every.h5; "
+          f"background thread: {'on' if used else 'off'}")
     n = args.block
     for title, data in (("wall clock", times), ("CPU time of the training thread", cpu)):
         ms = {k: np.array(v[WARMUP:]) * 1e3 for k, v in data.items()}
@@ -131,6 +142,9 @@ def main() -> None:
     recorded = args.steps + sum(1 for t in range(WARMUP, WARMUP + args.steps) if t % 100 == 0)
     print(f"log writer threads after the warm-up: {writer_cpu * 1e3 / recorded:.2f} ms CPU "
           f"per recorded step ({recorded} steps of both runs; clock ticks of /proc)")
+    if used:
+        print(f"background threads of the step's numbers: {stats_cpu * 1e3 / recorded:.2f} ms "
+              "CPU per recorded step (not in the training thread's CPU time above)")
 
 
 if __name__ == "__main__":

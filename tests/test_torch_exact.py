@@ -25,7 +25,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _torch_run(engine_log, config, out, optimizer):
+def _torch_run(engine_log, config, out, optimizer, background=None):
     prep = prepare(config)
     weights = gradscope.read_weights(engine_log, step=0)
     layers = []
@@ -47,7 +47,8 @@ def _torch_run(engine_log, config, out, optimizer):
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
-    with gst.watch(model, out, optimizer=opt, probe=X_probe, probe_every=100) as run:
+    with gst.watch(model, out, optimizer=opt, probe=X_probe, probe_every=100,
+                   background=background) as run:
         for _ in range(config.steps):
             opt.zero_grad()
             logits = model(X)
@@ -70,13 +71,14 @@ def _close(a, b, rtol=1e-6, atol=1e-12):
     ("relu", "he", "adam", 0.01),
     ("relu", "he", "momentum", 0.1),
 ])
-def test_torch_log_equals_engine_log(tmp_path, activation, init, optimizer, lr):
+@pytest.mark.parametrize("background", [True, False], ids=["background", "one-thread"])
+def test_torch_log_equals_engine_log(tmp_path, activation, init, optimizer, lr, background):
     cfg = TrainConfig(dataset="digits", depth=4, width=24, activation=activation, init=init,
                       optimizer=optimizer, lr=lr, batch_size="full", steps=STEPS,
                       dtype="float64", seed=3)
     eng, tor = tmp_path / "engine.h5", tmp_path / "torch.h5"
     train(cfg, eng)
-    _torch_run(eng, cfg, tor, optimizer)
+    _torch_run(eng, cfg, tor, optimizer, background)
 
     le, lt = gradscope.read_layers(eng), gradscope.read_layers(tor)
     assert len(lt) == len(le) == STEPS * 5

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import queue
 import threading
 import time
@@ -44,7 +45,7 @@ class WatchError(ValueError):
 def watch(model: nn.Module, path, optimizer: torch.optim.Optimizer | None = None, *,
           log_every: int = 1, probe_every: int = 100, scaler=None, overwrite: bool = False,
           ranks="zero", probe=None, config: dict | None = None, hist_bins: int = HIST_BINS,
-          flush_interval: float = 1.0) -> Run:
+          flush_interval: float = 1.0, background: bool | None = None) -> Run:
     """Record ``model``'s training into the gradscope log ``path``; use as a context manager.
 
     ``optimizer``: the one whose ``step()`` ends a training step (its hooks record the
@@ -56,11 +57,14 @@ def watch(model: nn.Module, path, optimizer: torch.optim.Optimizer | None = None
     an existing file. ``ranks``: under ``torch.distributed``, ``"zero"`` (rank 0 writes
     ``path``), ``"all"`` (every rank writes ``<stem>.rank<r><suffix>``), or a list of
     ranks. ``config``: extra entries for the logged configuration (e.g. ``dataset``,
-    ``batch_size``); they override what the adapter found.
+    ``batch_size``); they override what the adapter found. ``background``: take the
+    step's norms and statistics on a thread of their own, beside the training thread
+    (None: where the model is on the CPU and torch leaves a core free,
+    ``torch.get_num_threads()`` below the cores this process may use).
     """
     return Run(model, path, optimizer, log_every=log_every, probe_every=probe_every,
                scaler=scaler, overwrite=overwrite, ranks=ranks, probe=probe, config=config,
-               hist_bins=hist_bins, flush_interval=flush_interval)
+               hist_bins=hist_bins, flush_interval=flush_interval, background=background)
 
 
 def _fail(msg: str):
@@ -101,7 +105,7 @@ def _rank_path(path: Path, ranks, rank: int, world: int) -> Path | None:
 
 
 class _Layer:
-    __slots__ = ("act", "act_out", "index", "last", "module", "name", "out_ref")
+    __slots__ = ("act", "act_out", "defer", "index", "last", "module", "name", "out_ref")
 
     def __init__(self, name, module):
         self.name, self.module = name, module
@@ -110,6 +114,9 @@ class _Layer:
         self.last = False
         self.out_ref = None   # this forward's output (while a logged step runs)
         self.act_out = None   # the first recorded forward's activation output
+        # its activation statistics taken on the background thread: None until a logged
+        # step showed that nothing changes the tensor in place after the hook (then True)
+        self.defer = None
 
 
 class Run:
@@ -118,7 +125,8 @@ class Run:
 
     def __init__(self, model, path, optimizer=None, *, log_every=1, probe_every=100,
                  scaler=None, overwrite=False, ranks="zero", probe=None, config=None,
-                 hist_bins=HIST_BINS, flush_interval=1.0, _external_pre=False):
+                 hist_bins=HIST_BINS, flush_interval=1.0, background=None,
+                 _external_pre=False):
         if not isinstance(model, nn.Module):
             _fail(f"model is a {type(model).__name__}; accepted: a torch.nn.Module")
         if type(model).__name__ == "OptimizedModule" or hasattr(model, "_orig_mod"):
@@ -144,6 +152,12 @@ class Run:
         if probe_every % log_every:
             _fail(f"probe_every={probe_every}; accepted: a multiple of log_every ({log_every})")
         _check_int("hist_bins", hist_bins, 2)
+        if background not in (None, True, False):
+            _fail(f"background={background!r}; accepted: None (automatic), True or False")
+        on_cpu = all(l.weight.device.type == "cpu" for _, l in layers)
+        if background and not on_cpu:
+            _fail("background=True needs the layers' weights on the CPU (a device's work is "
+                  "already asynchronous); accepted there: None or False")
         p = Path(path)
         if p.suffix == "":
             _fail(f"path {str(path)!r} has no suffix; accepted: a file name such as run.h5")
@@ -181,6 +195,11 @@ class Run:
         self._t0 = time.perf_counter()
         self._writer_thread = None
         self._external_pre = _external_pre
+        # the background thread: a core left free by torch's threads does the step's
+        # reductions while the training thread goes on (CPU tensors only)
+        if background is None:
+            background = on_cpu and torch.get_num_threads() < _cores()
+        self._bg = None
         self._initial = {id(m): (M.weight_as_logged(m, m.weight),
                                  _np(m.bias) if isinstance(getattr(m, "bias", None), torch.Tensor)
                                  else np.zeros(0, dtype=_np_dtype(m.weight)))
@@ -188,6 +207,8 @@ class Run:
         if self.path is None:  # this rank does not write: no hooks at all
             self.closed = True
             return
+        if background:
+            self._bg = _Background()
         self._fixed.append(inner.register_forward_pre_hook(self._root_pre))
         if optimizer is not None:
             if not _external_pre:
@@ -246,9 +267,24 @@ class Run:
         self._handles, self._fixed = [], []
         if self.scaler is not None and "step" in vars(self.scaler):
             del self.scaler.step
-        self._commit_pending()
+        error = None
+        try:
+            self._commit_pending()
+            if self._bg is not None:
+                self._bg.wait()
+        except WatchError as e:  # the background thread failed: recorded, then raised
+            error = e
+        if self._bg is not None:
+            self._bg.stop()
+            self._bg = None
         if status is not None:
             self.status, self.message = status, message
+        if error is not None:
+            if status is None:
+                self.status = "failed" if "failed" in STATUSES else "interrupted"
+                self.message = f"{error} (at step {self.step})"
+            else:
+                self.message = f"{self.message}; {error}" if self.message else str(error)
         if self._writer_thread is None:  # no step was recorded: the file still describes the model
             self._start_writer()
         final = [a for l in self._layers for a in (
@@ -258,6 +294,8 @@ class Run:
         self._send(("close", self.status, self.message, final))
         self._writer_thread.join()
         self._check_writer()
+        if error is not None and status is None:
+            raise error
 
     # -- hooks ----------------------------------------------------------------------------
     def _root_pre(self, module, args):
@@ -303,7 +341,7 @@ class Run:
             if self._probing:
                 return
             if out.requires_grad and torch.is_grad_enabled():
-                out.register_hook(lambda g, l=layer: acc.add_delta(l, g))
+                out.register_hook(lambda g, l=layer: acc.add_delta(l, g, self._bg))
         return hook
 
     def _act_hook(self, module, args, out):
@@ -343,17 +381,55 @@ class Run:
             self._fix_order()
             for l in self._layers[:-1]:  # found only now: hidden layers with no activation
                 if l.act is None and isinstance(l.out_ref, torch.Tensor):
-                    acc.add_act(l, None, l.out_ref, self._probe_from_batch(), self)
+                    acc.add_act(l, None, l.out_ref, self._probe_from_batch(), self,
+                                watch=False)
         for l in self._layers:
             l.out_ref = l.act_out = None
+        bg = self._bg
+        if bg is not None:
+            bg.wait()  # this step's activation statistics
+            acc.check_unchanged()
         ws = [l.module.weight for l in self._layers]
         biases = [getattr(l.module, "bias", None) for l in self._layers]
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         mine = {id(p) for p in (*ws, *biases)}
         others = [p.grad for g in groups for p in g["params"]
                   if p.grad is not None and id(p) not in mine]
-        deltas = [(id(l), g) for l in self._layers for g in acc.delta_t.get(id(l), ())]
+        if acc.delta_bg:  # norms taken in the background, unless changed since
+            deltas = []
+            for key, (g, version, norm) in acc.delta_bg:
+                if norm is not None and g._version == version:
+                    acc.delta.setdefault(key, []).append(norm)
+                else:
+                    deltas.append((key, g))
+        else:
+            deltas = [(id(l), g) for l in self._layers for g in acc.delta_t.get(id(l), ())]
         n = len(ws)
+        if bg is not None:
+            with torch.no_grad():
+                # the gradients' norms on the background thread while this one copies the
+                # weights and then takes the last few layers' gradient norms (about a
+                # balance of the two threads' work); all done before the optimizer may
+                # touch either (an optimizer may change the gradients in place: SGD with
+                # nesterov=True does)
+                gs = [w.grad for w in ws]
+                k = max(1, (2 * n) // 3) if n > 1 else n
+                acc.g_norm = [None] * n
+                bg.submit(_grad_norms_bg, acc, gs[:k],
+                          [b.grad if isinstance(b, torch.Tensor) else None for b in biases],
+                          others, deltas)
+                bufs = self._weight_buffers(ws)
+                for b, w in zip(bufs, ws):
+                    b.copy_(w)
+                acc.before = bufs
+                fixed = _grad_norms(acc, gs[k:], [], [], [], k) if k < n else {}
+                bg.wait()
+                acc.fixed = {**acc.fixed_bg, **fixed}
+                bg.submit(_weight_norms, acc, bufs)  # waited for before the subtraction
+                if self.probe_input is not None and self.step % self.probe_every == 0:
+                    self._run_probe()
+            self._pre_done = True
+            return
         with torch.no_grad():
             # the gradients' norms in one call: the weights', the biases', the other
             # parameters' (for the global norm), and the deltas kept in the backward pass
@@ -369,15 +445,19 @@ class Run:
             # memory every step cost more than the copy itself: page faults); each layer's
             # norm taken from its copy right after copying it, while it is in cache (one
             # pass less over the weights than a norm and a copy of all of them)
-            bufs = self._buffers
-            if bufs is None or any(b.shape != w.shape or b.dtype != w.dtype
-                                   or b.device != w.device for b, w in zip(bufs, ws)):
-                bufs = self._buffers = [torch.empty_like(w) for w in ws]
+            bufs = self._weight_buffers(ws)
             acc.w_norm = [_norm(b.copy_(w)) for b, w in zip(bufs, ws)]
             acc.before = bufs
             if self.probe_input is not None and self.step % self.probe_every == 0:
                 self._run_probe()
         self._pre_done = True
+
+    def _weight_buffers(self, ws):
+        bufs = self._buffers
+        if bufs is None or any(b.shape != w.shape or b.dtype != w.dtype
+                               or b.device != w.device for b, w in zip(bufs, ws)):
+            bufs = self._buffers = [torch.empty_like(w) for w in ws]
+        return bufs
 
     def _run_probe(self) -> None:
         was = self.inner.training
@@ -472,15 +552,51 @@ class Run:
 
     def _record(self, step: int, acc, skipped: bool) -> None:
         layers = self._layers
-        n = len(layers)
+        ws = [l.module.weight for l in layers]
+        pending = {"step": step, "values": dict(self._next_values), "skipped": skipped,
+                   "time": None, "lr": self._lr(), "total": None, "layers": None,
+                   "probe": None}
+        bg = self._bg
+        if bg is not None:
+            bg.wait()  # the weight norms, read from the buffers the subtraction overwrites
+            if not skipped:
+                with torch.no_grad():
+                    # before - after = -update (same norm), in the buffer of the weights
+                    # before: taken now, as the weights may change once the step returns
+                    # (half of it on the background thread: memory-bound, two cores
+                    # move more bytes than one); the norms and the rest on the background
+                    # thread, which the next step's pre-hook (or close) waits for
+                    pairs = list(zip(acc.before, ws))
+                    k = (len(pairs) * 3 + 4) // 5  # the other starts later: a smaller part
+                    if k < len(pairs):
+                        bg.submit(_subtract, pairs[k:])
+                    _subtract(pairs[:k])
+                    bg.wait()
+            pending["time"] = time.perf_counter() - self._t0
+            self._pending = pending
+            bg.submit(self._finish, acc, skipped, pending, None)
+            return
         with torch.no_grad():
-            ws = [l.module.weight for l in layers]
             if skipped:
-                u_norm = [None] * n
+                u_norm = [None] * len(layers)
             else:
-                # before - after = -update (same norm), in the buffer of the weights
-                # before; each layer's norm while its difference is in cache
+                # each layer's norm while its difference is in cache
                 u_norm = [_norm(d.sub_(w_)) for d, w_ in zip(acc.before, ws)]
+        self._finish(acc, skipped, pending, u_norm)
+        pending["time"] = time.perf_counter() - self._t0
+        self._pending = pending
+
+    def _finish(self, acc, skipped: bool, pending: dict, u_norm) -> None:
+        """The step's numbers from its device tensors, into ``pending`` (on the background
+        thread when there is one: then ``acc.before`` holds the differences, and the
+        gradient and weight norms were retaken, where needed, while their tensors were
+        as the step saw them)."""
+        layers = self._layers
+        n = len(layers)
+        ws = [l.module.weight for l in layers]
+        with torch.no_grad():
+            if u_norm is None:
+                u_norm = [None] * n if skipped else _norms(acc.before)
             flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, acc.others])
             stats, st_index = acc.device_stats(layers)
             lo_hi = self._hist_edges()
@@ -493,14 +609,19 @@ class Run:
         # the global norm from the float32 (or wider) norms, in float64, as before the
         # retakes below (an overflowing float32 norm leaves it infinite: diverged)
         parts = [values[i] for i in (*index[0], *index[1], *index[4]) if i is not None]
-        total = [math.sqrt(math.fsum(x * x for x in parts)) if parts else math.nan]
-        g = self._retake(g, lambda i: ws[i].grad)
-        bias = [getattr(l.module, "bias", None) for l in layers]
-        bg = self._retake(bg, lambda i: bias[i].grad if isinstance(bias[i], torch.Tensor)
-                          else None)
-        # the weights before the update: after + (before - after) once the update was taken
-        w = self._retake(w, lambda i: acc.before[i] if skipped
-                         else ws[i].detach().double() + acc.before[i].double())
+        total = math.sqrt(math.fsum(x * x for x in parts)) if parts else math.nan
+        if acc.fixed is not None:  # retaken on the background thread
+            g = [acc.fixed.get(("g", i), v) for i, v in enumerate(g)]
+            bg = [acc.fixed.get(("b", i), v) for i, v in enumerate(bg)]
+            w = [acc.fixed.get(("w", i), v) for i, v in enumerate(w)]
+        else:
+            g = self._retake(g, lambda i: ws[i].grad)
+            bias = [getattr(l.module, "bias", None) for l in layers]
+            bg = self._retake(bg, lambda i: bias[i].grad if isinstance(bias[i], torch.Tensor)
+                              else None)
+            # the weights before the update: after + (before - after) once it was taken
+            w = self._retake(w, lambda i: acc.before[i] if skipped
+                             else ws[i].detach().double() + acc.before[i].double())
         u = self._retake(u, lambda i: None if skipped else acc.before[i])
         delta = acc.delta_norms(values[k0:], st_index, layers)
         mean, std, sat = acc.act_values(values[k0:], st_index, layers)
@@ -509,12 +630,11 @@ class Run:
         else:
             ratio = [ui / wi if wi > 0 else (math.inf if ui > 0 else math.nan)
                      for ui, wi in zip(u, w)]
-        metrics = dict(zip(STEP_METRICS, (g, bg, delta, w, u, ratio, mean, std, sat)))
-        probe_rows = (acc.probe_values(host[k1:], pr_index, layers, self.hist_bins)
-                      if pr_index else None)
-        self._pending = {"step": step, "values": dict(self._next_values), "skipped": skipped,
-                         "time": time.perf_counter() - self._t0, "lr": self._lr(),
-                         "total": total[0], "layers": metrics, "probe": probe_rows}
+        pending["layers"] = dict(zip(STEP_METRICS, (g, bg, delta, w, u, ratio, mean, std,
+                                                     sat)))
+        pending["probe"] = (acc.probe_values(host[k1:], pr_index, layers, self.hist_bins)
+                            if pr_index else None)
+        pending["total"] = total
         acc.before = None
 
     def _retake(self, values, tensor_of):
@@ -539,6 +659,8 @@ class Run:
         if p is None:
             return
         self._pending = None
+        if self._bg is not None:
+            self._bg.wait()  # the step's numbers (a failure there is raised here)
         if self._writer_thread is None:
             self._start_writer()
         loss = _number(p["values"].get("loss"))
@@ -725,22 +847,33 @@ class _Acc:
         self.layer_out: dict = {}
         self.delta: dict[int, list] = {}      # id(layer) -> [norm tensors]
         self.delta_t: dict[int, list] = {}    # id(layer) -> the delta tensors of the step
+        self.delta_bg: list = []  # (id(layer), [delta, its version, norm]): background
         # id(layer) -> [(numel, sum, sum of squares, saturation tally, output, complement)]
         self.act: dict[int, list] = {}
         self.probe: dict[int, list] = {}      # layer index -> [(a, module)] probe outputs
         self.w_norm = self.g_norm = self.b_norm = None
         self.others = None
         self.before = None
+        self.fixed = None  # background thread: retaken norms, {("g"|"b"|"w", layer): value}
+        self.fixed_bg = None
+        self.watched: list = []  # (layer, output, its version, row or None) to check
 
     def order_next(self) -> int:
         self._order += 1
         return self._order - 1
 
-    def add_delta(self, layer: _Layer, g: torch.Tensor) -> None:
-        # kept, not reduced here: the pre-hook takes all the step's norms in one call
+    def add_delta(self, layer: _Layer, g: torch.Tensor, bg=None) -> None:
+        # kept, not reduced here: the pre-hook takes all the step's norms in one call;
+        # with a background thread its norm is taken there now, and taken again in the
+        # pre-hook if the tensor was changed in place since (its version counter)
         self.delta_t.setdefault(id(layer), []).append(g)
+        if bg is not None:
+            slot = [g, g._version, None]
+            self.delta_bg.append((id(layer), slot))
+            bg.submit(_delta_norm, slot)
 
-    def add_act(self, layer: _Layer, module, out: torch.Tensor, probe: bool, run) -> None:
+    def add_act(self, layer: _Layer, module, out: torch.Tensor, probe: bool, run,
+                watch: bool = True) -> None:
         a = out.detach()
         if a.dtype in (torch.float16, torch.bfloat16):
             a = a.float()
@@ -748,18 +881,45 @@ class _Acc:
             self.probe.setdefault(id(layer), []).append((a, module))
             if run._probing:
                 return
-        # mean and E[a^2] from one sum and one dot product (torch.var_mean is ten times
-        # slower on CPU); where the spread is below a tenth of E[a^2] the variance is taken
-        # again from a in two passes on the host side (see act_values), as the engine does
-        v = a.reshape(-1)
-        mean = v.sum()  # divided by the count on the host
-        second = torch.dot(v, v)
-        tally = M.saturation_tally(module, a) if module is not None else None
-        sat, complement = tally if tally is not None else (None, False)
-        if sat is not None and sat.dtype != a.dtype:
-            sat = sat.to(a.dtype)
-        self.act.setdefault(id(layer), []).append((a.numel(), mean, second, sat, a,
-                                                   complement))
+        # [count, sum, sum of squares, saturation tally, output, complement, valid]
+        row = [a.numel(), None, None, None, a, False, True]
+        self.act.setdefault(id(layer), []).append(row)
+        bg = run._bg
+        if bg is None:
+            _act_sums(row, module)
+            return
+        if watch:
+            # the output is read later (background: now or a little later; the variance
+            # retake: after the step): whether anything changed it in place is checked
+            # by its version counter before the optimizer's step
+            self.watched.append((layer, out, out._version, row if layer.defer else None))
+        if layer.defer:
+            bg.submit(_act_sums, row, module)
+        else:
+            _act_sums(row, module)
+
+    def check_unchanged(self) -> None:
+        """After the forward passes, with the background thread idle: a layer whose output
+        was left unchanged has its statistics taken in the background from then on; one
+        changed in place keeps them on the training thread (its forward hook), and a
+        background row read from such a changed tensor is dropped (NaN, not a wrong
+        number); the variance retake never reads a changed tensor."""
+        seen = {}
+        for layer, out, version, row in self.watched:
+            same = out._version == version
+            seen[id(layer)] = (layer, seen.get(id(layer), (layer, True))[1] and same)
+            if not same:
+                for r in self.act.get(id(layer), ()):
+                    if r[4] is not None and r[4].data_ptr() == out.data_ptr():
+                        r[4] = None  # no retake from it
+                        if r is row:  # read on the background thread: maybe changed
+                            r[6] = False
+        for layer, same in seen.values():
+            if not same:
+                layer.defer = False
+            elif layer.defer is None:
+                layer.defer = True
+        self.watched = []
 
     def device_stats(self, layers):
         """Delta norms and activation statistics as one flat list of tensors, and where
@@ -773,7 +933,7 @@ class _Acc:
             rows = self.act.get(id(l))
             if rows:
                 index[("a", id(l))] = (len(flat), len(rows))
-                for _, mean, second, sat, _, _ in rows:
+                for _, mean, second, sat, _, _, _ in rows:
                     flat += [mean, second] if sat is None else [mean, second, sat]
                 index[("a", id(l))] += (tuple(r[3] is not None for r in rows),)
         return flat, index
@@ -808,8 +968,10 @@ class _Acc:
                 if r[5]:  # the count of the others (ReLU: outputs > 0)
                     c = n - c
                 k += 2 + h
+                if not r[6]:  # read while the forward pass changed it: not known
+                    mu = e2 = c = math.nan
                 var = e2 - mu * mu
-                if not (math.isfinite(var) and var >= 0.1 * e2):
+                if not (math.isfinite(var) and var >= 0.1 * e2) and r[6] and r[4] is not None:
                     mu, var = _mean_var64(r[4])  # cancellation: two passes
                 vals.append((n, mu, var, c))
             N = sum(v[0] for v in vals)
@@ -897,6 +1059,145 @@ class _Acc:
             metrics["probe_act_std"][i] = math.sqrt(max(var, 0.0))
             metrics["probe_saturated_frac"][i] = float(vals[:, 2].sum() / N)
         return metrics, dead, hist
+
+
+def _act_sums(row: list, module) -> None:
+    """The sums of an activation row: mean and E[a^2] from one sum and one dot product
+    (torch.var_mean is ten times slower on CPU; where the spread is below a tenth of E[a^2]
+    the variance is taken again in two passes, see act_values), and the saturation tally."""
+    a = row[4]
+    v = a.reshape(-1)
+    row[1] = v.sum()  # divided by the count on the host
+    row[2] = torch.dot(v, v)
+    tally = M.saturation_tally(module, a) if module is not None else None
+    sat, complement = tally if tally is not None else (None, False)
+    if sat is not None and sat.dtype != a.dtype:
+        sat = sat.to(a.dtype)
+    row[3], row[5] = sat, complement
+
+
+def _subtract(pairs) -> None:
+    with torch.no_grad():
+        for d, w in pairs:
+            d.sub_(w)
+
+
+def _delta_norm(slot: list) -> None:
+    with torch.no_grad():
+        slot[2] = _norm(slot[0])
+
+
+def _grad_norms(acc: _Acc, gs, bgs, others, deltas, start: int = 0) -> dict:
+    """Gradient norms of the pre-hook (``gs``: the weights' from layer ``start`` on,
+    ``bgs``: the biases'), in one call, into ``acc``; the weights' and biases' retaken in
+    float64 where they may have underflowed: returned as {(kind, layer): value}."""
+    with torch.no_grad():
+        norms = _norms([*gs, *bgs, *others, *(g for _, g in deltas)])
+        n, m = len(gs), len(bgs)
+        acc.g_norm[start:start + n] = norms[:n]
+        if m:
+            acc.b_norm = norms[n:n + m]
+        k = n + m + len(others)
+        if others or m:
+            acc.others = norms[n + m:k]
+        for (key, _), d in zip(deltas, norms[k:]):
+            acc.delta.setdefault(key, []).append(d)
+        fixed = _retaken("g", gs, norms[:n], start)
+        fixed.update(_retaken("b", bgs, norms[n:n + m]))
+        return fixed
+
+
+def _grad_norms_bg(acc: _Acc, gs, bgs, others, deltas) -> None:
+    acc.fixed_bg = _grad_norms(acc, gs, bgs, others, deltas)
+
+
+def _weight_norms(acc: _Acc, bufs) -> None:
+    """The weights' norms from their copies (background thread, waited for before the
+    post-hook overwrites the copies with the differences)."""
+    with torch.no_grad():
+        acc.w_norm = _norms(bufs)
+        fixed = acc.fixed if acc.fixed is not None else {}
+        fixed.update(_retaken("w", bufs, acc.w_norm))
+        acc.fixed = fixed
+
+
+def _retaken(kind: str, tensors, norms, start: int = 0) -> dict:
+    """Norms that may have underflowed (or overflowed) in float32, taken again in float64
+    from their tensors: {(kind, i): value}."""
+    live = [(i, r) for i, r in enumerate(norms) if r is not None]
+    if not live:
+        return {}
+    vals = torch.stack([r.to(torch.float64) for _, r in live]).tolist()
+    out = {}
+    for (i, _), v in zip(live, vals):
+        t = tensors[i]
+        if (v < _UNDERFLOW or math.isinf(v)) and not (t.dtype == torch.float64
+                                                     and not math.isnan(v)):
+            out[(kind, start + i)] = float(torch.linalg.vector_norm(t.detach().double()))
+    return out
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Background:
+    """One thread that runs the recording's reductions in order (torch releases the GIL in
+    its operations, so they overlap the training thread's). ``wait()`` returns once all
+    submitted work is done, and raises on the training thread what failed there."""
+
+    def __init__(self):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        # counts written by one thread each (submitted: the training thread; done: this
+        # one), so a submission costs a queue put and an idle wait returns at once
+        self._sent = self._done = 0
+        self._waiting = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="gradscope-torch-stats",
+                                         daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        self._sent += 1
+        self._q.put((fn, args))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                if self._error is None:  # after a failure the step's numbers are void
+                    fn(*args)
+            except BaseException as e:  # noqa: BLE001 - raised on the training thread
+                self._error = e
+            finally:
+                self._done += 1
+                if self._waiting:
+                    with self._cv:
+                        self._cv.notify_all()
+
+    def wait(self) -> None:
+        if self._done != self._sent:
+            with self._cv:
+                self._waiting = True
+                while self._done != self._sent:
+                    self._cv.wait(0.05)
+                self._waiting = False
+        e, self._error = self._error, None
+        if e is not None:
+            text = str(e).splitlines()[0] if str(e) else ""
+            raise WatchError(f"gradscope.torch: taking a step's numbers failed: "
+                             f"{type(e).__name__}" + (f": {text}" if text else "")) from e
+
+    def stop(self) -> None:
+        self._q.put(None)
+        self._thread.join()
 
 
 def _mean_var64(a: torch.Tensor) -> tuple[float, float]:

@@ -329,3 +329,43 @@ def test_rows_wait_at_most_row_batch_steps(tmp_path, monkeypatch, log_every):
     assert logged == sorted(logged) and len(logged) >= len(expected) - 2
     assert max(len(b) for b in batches) == -(-16 // log_every)
     assert all(b[-1] - b[0] <= 15 for b in batches)
+
+
+@pytest.mark.parametrize("bg", [False, True])
+def test_a_probe_steps_rows_never_reach_the_log_before_its_step_rows(tmp_path, monkeypatch, bg):
+    """At every commit, each probe step in the log has its steps and layer rows there too
+    (a reader of a killed run's log must never see a probe step past the last step)."""
+    from gradscope.record.writer import LogWriter
+    from gradscope.training import loop
+
+    appended = {"steps": [], "probes": []}
+    real_append, real_block, real_end = LogWriter.append, LogWriter.append_block, LogWriter.end_step
+
+    def note(table, values):
+        if table in appended:
+            appended[table].extend(np.atleast_1d(values["step"]).tolist())
+
+    def append(self, table, n=1, **values):
+        note(table, values)
+        return real_append(self, table, n, **values)
+
+    def append_block(self, table, n, names, block, **values):
+        note(table, values)
+        return real_block(self, table, n, names, block, **values)
+
+    bad = []
+
+    def end_step(self):
+        if appended["probes"] and max(appended["probes"]) > max(appended["steps"], default=-1):
+            bad.append((max(appended["probes"]), max(appended["steps"], default=-1)))
+        return real_end(self)
+
+    monkeypatch.setattr(LogWriter, "append", append)
+    monkeypatch.setattr(LogWriter, "append_block", append_block)
+    monkeypatch.setattr(LogWriter, "end_step", end_step)
+    monkeypatch.setattr(loop, "background_probes", bg)
+    monkeypatch.setattr(loop, "ROW_BATCH", 16)
+    loop.train(loop.TrainConfig(dataset="digits", depth=3, width=16, epochs=2, batch_size=50,
+                                probe_every=10), tmp_path / "run.h5")
+    assert len(set(appended["probes"])) >= 5
+    assert bad == []

@@ -521,6 +521,9 @@ def train(
                                             layer=layer_idx)
                 if earlier is None and prober is not None and prober.ready():
                     earlier = prober.take()
+                if rows is not None and (earlier is not None or probe is not None):
+                    # a probe step's rows never reach the log before its steps and layer rows
+                    rows.write()
                 if earlier is not None:
                     _append_probe(writer, L, layer_idx, *earlier)
                     earlier = None

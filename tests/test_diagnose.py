@@ -305,6 +305,21 @@ def test_collapsed_forward_signal_with_its_mean_field_prediction(diag, runs):
     # within a factor 2 (measured 1.5x here): the mean field is for infinite width, the net
     # has 64 units, and the ratio has fallen over 100-fold, so the factor still discriminates
     assert 1 / 2 < pred / measured < 2
+    # the prediction itself, worked independently: the recursion by quadrature from the
+    # measured first layer (q_1 = s_w^2 rms_0^2, rms_l^2 = E[tanh(sqrt(q_l) z)^2],
+    # q_{l+1} = s_w^2 rms_l^2, no biases at init), 16 hidden layers
+    from scipy.integrate import quad
+
+    first = read_layers(runs["hidden_by_adam"])
+    first = first[first["step"] == first["step"].min()].set_index("layer")
+    rms0 = math.hypot(first.loc[0, "act_mean"], first.loc[0, "act_std"])
+    gauss = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    rms = rms0
+    for _ in range(15):
+        q = rms * rms / 3
+        rms = math.sqrt(quad(lambda z: math.tanh(math.sqrt(q) * z) ** 2 * gauss(z),
+                             -12, 12, epsabs=0, epsrel=1e-12)[0])
+    assert pred == pytest.approx(rms / rms0, rel=1e-4)
     assert 15 in f.layers and 0 not in f.layers
     assert "mean-field theory predicts" in f.message
     assert not diag["healthy"]["collapsed_signal"].flagged

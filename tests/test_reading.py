@@ -513,3 +513,31 @@ def test_a_live_log_with_no_step_yet_and_with_steps(log, tmp_path):
                                           ["step", "layer", "grad_norm"]])
     finally:
         w.close("completed")
+
+
+def test_a_format_2_log_of_the_previous_release_reads_the_same_numbers():
+    """tests/data/log_v2.h5 was written by the release before this writer (commit 84d92a6,
+    a 3 x 8 tanh net, Adam, 120 steps of digits), and log_v2_values.npz holds what that
+    release's readers returned from it: this code must read every value identically."""
+    from gradscope import read_epochs, read_layers, read_steps, read_weights
+
+    data = Path(__file__).parent / "data"
+    path = data / "log_v2.h5"
+    want = np.load(data / "log_v2_values.npz")
+    got = {"steps": read_steps(path), "layers": read_layers(path), "epochs": read_epochs(path)}
+    final = read_weights(path, "final")
+    names = set()
+    for key in want.files:
+        table, col = key.split("/")
+        names.add(key)
+        if table == "final":
+            W, b = final[int(col[1:])]
+            have = W if col[0] == "W" else b
+        else:
+            have = got[table][col].to_numpy()
+        np.testing.assert_array_equal(have, want[key], err_msg=key)
+    # nothing the old release returned is missing, and nothing new appears in its tables
+    for table, df in got.items():
+        assert {f"{table}/{c}" for c in df.columns} == {k for k in names
+                                                        if k.startswith(table + "/")}
+    assert len(got["steps"]) == 120 and len(got["layers"]) == 120 * 4

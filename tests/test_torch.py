@@ -363,10 +363,43 @@ def test_amp_grad_scaler_skipped_steps_are_flagged(tmp_path):
     assert list(steps.skipped) == [0, 1, 0, 0]
     lay = gradscope.read_layers(path)
     assert sorted(set(lay.step)) == [0, 2, 3]  # no rows of the update that was not applied
-    # gradients were read unscaled: the logged norm equals the true one at step 0
     assert np.isfinite(lay.grad_norm).all()
     assert gradscope.read_status(path)["status"] == "completed"
     assert "step" not in vars(scaler)  # the scaler is given back as it was
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_amp_grad_scaler_logs_the_numbers_of_the_unscaled_loss(tmp_path, background):
+    # the same run with and without a GradScaler: scaling the loss by a power of two is
+    # exact in float32, so every logged number must be the same, the gradients (unscaled
+    # by the scaler before the step) and the deltas (taken in the backward pass of the
+    # scaled loss) alike
+    def run(path, scaler):
+        model = mlp()
+        x, y = data()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gst.watch(model, path, optimizer=opt, scaler=scaler,
+                       background=background) as r:
+            for _ in range(3):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                r.log(loss=loss)
+        return gradscope.read_layers(path)
+
+    plain = run(tmp_path / "plain.h5", None)
+    scaled = run(tmp_path / "scaled.h5", torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    assert len(plain) == len(scaled) == 3 * 4
+    for col in ("grad_norm", "bias_grad_norm", "delta_norm", "weight_norm", "update_norm",
+                "act_mean", "act_std"):
+        np.testing.assert_allclose(scaled[col], plain[col], rtol=1e-6, err_msg=col)
+    assert (plain.delta_norm > 0).all()
 
 
 def test_report_renders_a_torch_log(tmp_path):

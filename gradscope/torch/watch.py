@@ -53,7 +53,8 @@ def watch(model: nn.Module, path, optimizer: torch.optim.Optimizer | None = None
     multiple of ``log_every``; probe statistics (dead units, activation histograms) at those
     steps, on the training batch, or on ``probe`` (inputs run through the model in
     evaluation mode, without gradients, before the update) when given. ``scaler``: the
-    ``torch.amp.GradScaler`` in use, so steps it skips are flagged. ``overwrite``: replace
+    ``torch.amp.GradScaler`` in use, so steps it skips are flagged and the deltas (the
+    backward pass's gradients of the scaled loss) are divided by its scale. ``overwrite``: replace
     an existing file. ``ranks``: under ``torch.distributed``, ``"zero"`` (rank 0 writes
     ``path``), ``"all"`` (every rank writes ``<stem>.rank<r><suffix>``), or a list of
     ranks. ``config``: extra entries for the logged configuration (e.g. ``dataset``,
@@ -377,6 +378,10 @@ class Run:
         if not self._logged(self.step) or self._acc is None:
             return
         acc = self._acc
+        # the backward pass ran on the scaled loss: its deltas are divided by the scale in
+        # use (update() changes it only after the step)
+        acc.delta_scale = (float(self.scaler.get_scale())
+                           if self.scaler is not None and self.scaler.is_enabled() else 1.0)
         if not self._ordered:
             self._fix_order()
             for l in self._layers[:-1]:  # found only now: hidden layers with no activation
@@ -848,6 +853,7 @@ class _Acc:
         self.delta: dict[int, list] = {}      # id(layer) -> [norm tensors]
         self.delta_t: dict[int, list] = {}    # id(layer) -> the delta tensors of the step
         self.delta_bg: list = []  # (id(layer), [delta, its version, norm]): background
+        self.delta_scale = 1.0  # a GradScaler's scale: the deltas are of the scaled loss
         # id(layer) -> [(numel, sum, sum of squares, saturation tally, output, complement)]
         self.act: dict[int, list] = {}
         self.probe: dict[int, list] = {}      # layer index -> [(a, module)] probe outputs
@@ -949,7 +955,7 @@ class _Acc:
             ts = self.delta_t.get(id(l), [])
             if (v < _UNDERFLOW or not math.isfinite(v)) and ts and ts[0].dtype != torch.float64:
                 v = math.sqrt(sum(float(torch.linalg.vector_norm(t.double())) ** 2 for t in ts))
-            out.append(v)
+            out.append(v / self.delta_scale)
         return out
 
     def act_values(self, host: list, index, layers):

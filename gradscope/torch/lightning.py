@@ -5,9 +5,11 @@
     trainer = pl.Trainer(callbacks=[gst.LightningCallback("runs/x.h5")])
 
 Lightning runs the forward and backward passes inside ``optimizer.step(closure)``, after
-the optimizer's step pre-hooks, so the gradients are read in the callback's
-``on_before_optimizer_step`` instead (gradients accumulated, unscaled, all-reduced); the
-update is read by the optimizer's post-hook as with :func:`gradscope.torch.watch`.
+the optimizer's step pre-hooks, so what :func:`gradscope.torch.watch` does in its pre-hook
+is done in the callback's ``on_before_optimizer_step`` instead (the gradients' norms are
+taken at the end of the backward pass as with ``watch``: accumulated, all-reduced, before
+Lightning's clipping, divided by the scale of its GradScaler); the update is read by the
+optimizer's post-hook as with ``watch``.
 """
 
 from __future__ import annotations

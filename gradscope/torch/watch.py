@@ -2,10 +2,12 @@
 
 How each number is taken (docs/torch.md has the full account):
 
-- the optimizer's step pre-hook (gradients accumulated, all-reduced by DDP, unscaled by a
-  GradScaler) reads the gradient and weight norms and keeps a copy of the weights; its
-  post-hook takes the update's norm, gathers every number of the step into one tensor and
-  moves it to the host once;
+- an autograd callback at the end of each backward pass reads the gradients' norms as the
+  backward pass left them (accumulated, all-reduced by DDP; before the loop clips them);
+  the optimizer's step pre-hook reads the weight norms and keeps a copy of the weights (with
+  ``step(closure)``: once the closure's first call returned); its post-hook takes the
+  update's norm, gathers every number of the step into one tensor and moves it to the host
+  once;
 - a forward hook on each layer places a tensor hook on the layer's output (``delta``, the
   gradient at the module's output, safe with in-place activations) and, for the activation
   module that follows the layer, takes the statistics of its output;
@@ -53,8 +55,10 @@ def watch(model: nn.Module, path, optimizer: torch.optim.Optimizer | None = None
     multiple of ``log_every``; probe statistics (dead units, activation histograms) at those
     steps, on the training batch, or on ``probe`` (inputs run through the model in
     evaluation mode, without gradients, before the update) when given. ``scaler``: the
-    ``torch.amp.GradScaler`` in use, so steps it skips are flagged and the deltas (the
-    backward pass's gradients of the scaled loss) are divided by its scale. ``overwrite``: replace
+    ``torch.amp.GradScaler`` in use, so steps it skips are flagged and the gradients and
+    deltas of the backward pass (of the scaled loss) are divided by its scale (without it,
+    a scaler's unscaling is found from the gradients where the loop does not also clip
+    them). ``overwrite``: replace
     an existing file. ``ranks``: under ``torch.distributed``, ``"zero"`` (rank 0 writes
     ``path``), ``"all"`` (every rank writes ``<stem>.rank<r><suffix>``), or a list of
     ranks. ``config``: extra entries for the logged configuration (e.g. ``dataset``,
@@ -190,6 +194,10 @@ class Run:
         self._pending = None         # the last recorded step's steps row, until run.log
         self._next_values: dict = {}
         self._pre_done = False
+        # inside optimizer.step(closure) after the closure's first call: later calls (LBFGS
+        # evaluates it again at other weights) are not the recorded pass
+        self._stepping = False
+        self._on_cpu = on_cpu
         self._buffers = None
         self._flush_interval = float(flush_interval)
         self._batch = None
@@ -330,7 +338,7 @@ class Run:
             if not isinstance(out, torch.Tensor):
                 return
             acc = self._acc
-            if acc is None or not (torch.is_grad_enabled() or self._probing):
+            if acc is None or not (torch.is_grad_enabled() or self._probing) or self._stepping:
                 return  # evaluation passes under no_grad are not the training step's
             if not self._ordered and not self._probing and layer.index < 0:
                 layer.index = acc.order_next()
@@ -342,12 +350,65 @@ class Run:
             if self._probing:
                 return
             if out.requires_grad and torch.is_grad_enabled():
-                out.register_hook(lambda g, l=layer: acc.add_delta(l, g, self._bg))
+                out.register_hook(lambda g, l=layer: self._on_delta(acc, l, g))
         return hook
+
+    def _on_delta(self, acc, layer: _Layer, g: torch.Tensor) -> None:
+        """A layer's delta in the backward pass; the first of a backward pass also asks
+        for the gradients' norms at its end (see _after_backward)."""
+        acc.add_delta(layer, g, self._bg)
+        if acc.bw_queued or self.optimizer is None:
+            return
+        try:
+            engine = torch.autograd.Variable._execution_engine
+            # callbacks run in the order queued, those queued while they run last: the
+            # inner one runs after DDP's (queued when its first gradient is ready, after
+            # this first delta), so it sees the all-reduced gradients
+            engine.queue_callback(lambda: engine.queue_callback(
+                lambda: self._after_backward(acc)))
+            acc.bw_queued = True
+        except (AttributeError, RuntimeError):  # no such engine: the pre-hook's gradients
+            pass
+
+    def _after_backward(self, acc) -> None:
+        """At the end of a backward pass of a logged step: the norms of the gradients as
+        the backward pass left them (accumulated, all-reduced by DDP, of the scaled loss
+        under a GradScaler), before the loop clips or unscales them; each backward pass of
+        the step replaces the previous one's. The pre-hook uses them."""
+        acc.bw_queued = False
+        if acc is not self._acc or self._pre_done or self.closed:
+            return
+        ws = [l.module.weight for l in self._layers]
+        biases = [b if isinstance(b, torch.Tensor) else None
+                  for b in (getattr(l.module, "bias", None) for l in self._layers)]
+        mine = {id(p) for p in (*ws, *biases)}
+        rest = [p for g in self.optimizer.param_groups for p in g["params"]
+                if id(p) not in mine]
+        gs = [w.grad for w in ws]
+        bgs = [b.grad if b is not None else None for b in biases]
+        others = [p.grad for p in rest if p.grad is not None]
+        n = len(ws)
+        acc.g_norm = [None] * n
+        bg = self._bg
+        with torch.no_grad():
+            if bg is not None:
+                k = max(1, (2 * n) // 3) if n > 1 else n
+                bg.submit(_grad_norms_bg, acc, gs[:k], bgs, others, [])
+                fixed = _grad_norms(acc, gs[k:], [], [], [], k) if k < n else {}
+                bg.wait()
+                fixed.update(acc.fixed_bg)
+            else:
+                # the float64 retakes of tiny norms read the values (free on the CPU; on a
+                # device, only the pre-hook's norms of unchanged gradients are retaken)
+                fixed = _grad_norms(acc, gs, bgs, others, [], retake=self._on_cpu)
+        # what to compare in the pre-hook: each gradient tensor and its version counter
+        params = [*ws, *(b for b in biases if b is not None), *rest]
+        acc.raw = ([(p, p.grad, None if p.grad is None else p.grad._version)
+                    for p in params], fixed)
 
     def _act_hook(self, module, args, out):
         acc = self._acc
-        if acc is None or not args or not isinstance(out, torch.Tensor):
+        if acc is None or not args or not isinstance(out, torch.Tensor) or self._stepping:
             return
         if not (torch.is_grad_enabled() or self._probing):
             return
@@ -370,7 +431,28 @@ class Run:
         return self.probe_input is None and self.step % self.probe_every == 0
 
     def _opt_pre(self, optimizer, args, kwargs):
-        self._pre_step()
+        # args[0] is the optimizer itself, args[1] the closure if given by position
+        closure = kwargs["closure"] if "closure" in kwargs else (
+            args[1] if len(args) > 1 else None)
+        if closure is None or not self._logged(self.step) or self._acc is None:
+            self._pre_step()
+            return None
+        # step(closure): the closure computes this step's gradients inside step(), after
+        # this hook; the step's numbers are taken when its first call returns (before any
+        # update: LBFGS calls it again at other weights, which are not recorded)
+        first = [True]
+
+        def recorded():
+            loss = closure()
+            if first[0]:
+                first[0] = False
+                self._pre_step()
+                self._stepping = True
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": recorded}
+        return (args[0], recorded, *args[2:]), kwargs
 
     def _pre_step(self) -> None:
         """Before update ``self.step``: gradient and weight norms, a copy of the weights."""
@@ -396,10 +478,29 @@ class Run:
             acc.check_unchanged()
         ws = [l.module.weight for l in self._layers]
         biases = [getattr(l.module, "bias", None) for l in self._layers]
+        n = len(ws)
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         mine = {id(p) for p in (*ws, *biases)}
         others = [p.grad for g in groups for p in g["params"]
                   if p.grad is not None and id(p) not in mine]
+        # the gradients' norms taken at the end of the backward pass (acc.raw): if the loop
+        # changed the gradients since (clip_grad_norm_, a GradScaler's unscale_), those of
+        # the step are taken too, for the steps table's `clipped`
+        raw = acc.raw
+        post, fp = [], []
+        if raw is not None and any(p.grad is not g or (g is not None and g._version != v)
+                                   for p, g, v in raw[0]):
+            post = [*(w.grad for w in ws),
+                    *(b.grad if isinstance(b, torch.Tensor) else None for b in biases),
+                    *others]
+        elif raw is not None and self.scaler is None:
+            # a GradScaler's unscale_ moves no version counter: the biases' gradients (few
+            # numbers; else the output layer's weights') show whether a scaler not given
+            # as `scaler` divided the gradients since the backward pass (see _finish)
+            fp = [b.grad if isinstance(b, torch.Tensor) else None for b in biases]
+            acc.fp_bias = any(g is not None for g in fp)
+            if not acc.fp_bias:
+                fp = [None] * (n - 1) + [ws[-1].grad]
         if acc.delta_bg:  # norms taken in the background, unless changed since
             deltas = []
             for key, (g, version, norm) in acc.delta_bg:
@@ -409,7 +510,26 @@ class Run:
                     deltas.append((key, g))
         else:
             deltas = [(id(l), g) for l in self._layers for g in acc.delta_t.get(id(l), ())]
-        n = len(ws)
+        if raw is not None:
+            with torch.no_grad():
+                if bg is not None:
+                    bg.submit(_post_norms, acc, post, fp, deltas)
+                    bufs = self._weight_buffers(ws)
+                    for b, w in zip(bufs, ws):
+                        b.copy_(w)
+                    acc.before = bufs
+                    bg.wait()
+                    acc.fixed = {}
+                    bg.submit(_weight_norms, acc, bufs)  # waited for before the subtraction
+                else:
+                    _post_norms(acc, post, fp, deltas)
+                    bufs = self._weight_buffers(ws)
+                    acc.w_norm = [_norm(b.copy_(w)) for b, w in zip(bufs, ws)]
+                    acc.before = bufs
+                if self.probe_input is not None and self.step % self.probe_every == 0:
+                    self._run_probe()
+            self._pre_done = True
+            return
         if bg is not None:
             with torch.no_grad():
                 # the gradients' norms on the background thread while this one copies the
@@ -491,6 +611,7 @@ class Run:
                              "total": math.inf, "layers": None, "probe": None}
         self._next_values = {}
         self._forward_seen = False
+        self._stepping = False
         self.step += 1
         self._arm()
 
@@ -560,7 +681,7 @@ class Run:
         ws = [l.module.weight for l in layers]
         pending = {"step": step, "values": dict(self._next_values), "skipped": skipped,
                    "time": None, "lr": self._lr(), "total": None, "layers": None,
-                   "probe": None}
+                   "probe": None, "clipped": 0}
         bg = self._bg
         if bg is not None:
             bg.wait()  # the weight norms, read from the buffers the subtraction overwrites
@@ -602,7 +723,8 @@ class Run:
         with torch.no_grad():
             if u_norm is None:
                 u_norm = [None] * n if skipped else _norms(acc.before)
-            flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, acc.others])
+            flat, index = _flatten([acc.g_norm, acc.b_norm, acc.w_norm, u_norm, acc.others,
+                                    acc.post or [], acc.fp or []])
             stats, st_index = acc.device_stats(layers)
             lo_hi = self._hist_edges()
             probe, pr_index = acc.device_probe(layers, self.hist_bins, lo_hi)
@@ -610,24 +732,55 @@ class Run:
         k0 = len(flat)  # 0-d tensors
         k1 = k0 + len(stats)
         values = host[:k1].tolist()  # Python floats: quicker than numpy's for a few numbers
-        g, bg, w, u, _ = _unflatten(values, index)  # the others: in the global norm only
+        g, bg, w, u, _, _, _ = _unflatten(values, index)  # the others: in the global norm only
         # the global norm from the float32 (or wider) norms, in float64, as before the
         # retakes below (an overflowing float32 norm leaves it infinite: diverged)
         parts = [values[i] for i in (*index[0], *index[1], *index[4]) if i is not None]
         total = math.sqrt(math.fsum(x * x for x in parts)) if parts else math.nan
+        raw = acc.raw
         if acc.fixed is not None:  # retaken on the background thread
-            g = [acc.fixed.get(("g", i), v) for i, v in enumerate(g)]
-            bg = [acc.fixed.get(("b", i), v) for i, v in enumerate(bg)]
+            if raw is None:
+                g = [acc.fixed.get(("g", i), v) for i, v in enumerate(g)]
+                bg = [acc.fixed.get(("b", i), v) for i, v in enumerate(bg)]
             w = [acc.fixed.get(("w", i), v) for i, v in enumerate(w)]
         else:
-            g = self._retake(g, lambda i: ws[i].grad)
-            bias = [getattr(l.module, "bias", None) for l in layers]
-            bg = self._retake(bg, lambda i: bias[i].grad if isinstance(bias[i], torch.Tensor)
-                              else None)
+            if raw is None:
+                g = self._retake(g, lambda i: ws[i].grad)
+                bias = [getattr(l.module, "bias", None) for l in layers]
+                bg = self._retake(bg, lambda i: bias[i].grad
+                                  if isinstance(bias[i], torch.Tensor) else None)
             # the weights before the update: after + (before - after) once it was taken
             w = self._retake(w, lambda i: acc.before[i] if skipped
                              else ws[i].detach().double() + acc.before[i].double())
         u = self._retake(u, lambda i: None if skipped else acc.before[i])
+        if raw is not None:
+            # the backward pass's gradients (retaken then where tiny), of the scaled loss
+            # under a GradScaler: divided by its scale, as the deltas
+            fixed, s = raw[1], acc.delta_scale
+            if acc.fp:
+                # the same gradients after the backward pass and at the step, their version
+                # counters unmoved: divided since by a power of two, they were unscaled by
+                # a GradScaler not given as `scaler`, whose scale that is (exactly: scaling
+                # by a power of two commutes with every rounding here); another change is
+                # the loop's (the backward pass's gradients stand, and `clipped` says so)
+                ref = index[1] if acc.fp_bias else index[0]
+                pairs = [(values[i], values[j]) for i, j in zip(ref, index[6])
+                         if i is not None and j is not None]
+                a = math.sqrt(math.fsum(x * x for x, _ in pairs))
+                b = math.sqrt(math.fsum(y * y for _, y in pairs))
+                if a > 0 and b > 0 and math.isfinite(a) and a != b:
+                    if math.frexp(a / b)[0] == 0.5:
+                        s = acc.delta_scale = a / b
+                    else:
+                        pending["clipped"] = 1
+            g = [fixed.get(("g", i), v) / s for i, v in enumerate(g)]
+            bg = [fixed.get(("b", i), v) / s for i, v in enumerate(bg)]
+            total /= s
+            if acc.post:  # changed before the step: clipped where its norm differs
+                p = [values[i] for i in index[5] if i is not None]
+                after = math.sqrt(math.fsum(x * x for x in p)) if p else math.nan
+                pending["clipped"] = int(not (after == total
+                                              or math.isclose(after, total, rel_tol=1e-6)))
         delta = acc.delta_norms(values[k0:], st_index, layers)
         mean, std, sat = acc.act_values(values[k0:], st_index, layers)
         if skipped:
@@ -817,7 +970,7 @@ def _writer_loop(run, path, cfg, params, edges, widths, n_layers, q, flush_inter
                 _, p, loss, acc, epoch = item
                 writer.append("steps", step=p["step"], epoch=epoch, loss=loss, accuracy=acc,
                               lr=p["lr"], grad_norm_total=p["total"], time=p["time"],
-                              clipped=0, skipped=int(p["skipped"]))
+                              clipped=p.get("clipped", 0), skipped=int(p["skipped"]))
                 if p["layers"] is not None:
                     writer.append("layers", n_layers, step=p["step"], layer=idx, **p["layers"])
                 if p["probe"] is not None:
@@ -862,6 +1015,13 @@ class _Acc:
         self.before = None
         self.fixed = None  # background thread: retaken norms, {("g"|"b"|"w", layer): value}
         self.fixed_bg = None
+        # the gradients' norms were taken at the end of the backward pass: ([(param, its
+        # gradient then, the gradient's version)], {retaken norms}); None: in the pre-hook
+        self.raw = None
+        self.bw_queued = False  # the end-of-backward callback is queued
+        self.post = None  # the norms of the gradients the step received, where changed
+        self.fp = None  # a few of them, where unchanged by version (see Run._finish)
+        self.fp_bias = True
         self.watched: list = []  # (layer, output, its version, row or None) to check
 
     def order_next(self) -> int:
@@ -1093,7 +1253,21 @@ def _delta_norm(slot: list) -> None:
         slot[2] = _norm(slot[0])
 
 
-def _grad_norms(acc: _Acc, gs, bgs, others, deltas, start: int = 0) -> dict:
+def _post_norms(acc: _Acc, post, fp, deltas) -> None:
+    """The pre-hook's norms when the gradients' were taken after the backward pass: the
+    deltas', and (``post``) the gradients' where the loop changed them since, or (``fp``)
+    a few of them to see whether an unseen GradScaler unscaled them."""
+    with torch.no_grad():
+        k = len(post) + len(fp)
+        norms = _norms([*post, *fp, *(g for _, g in deltas)])
+        acc.post = norms[:len(post)] or None
+        acc.fp = norms[len(post):k] or None
+        for (key, _), d in zip(deltas, norms[k:]):
+            acc.delta.setdefault(key, []).append(d)
+
+
+def _grad_norms(acc: _Acc, gs, bgs, others, deltas, start: int = 0,
+                retake: bool = True) -> dict:
     """Gradient norms of the pre-hook (``gs``: the weights' from layer ``start`` on,
     ``bgs``: the biases'), in one call, into ``acc``; the weights' and biases' retaken in
     float64 where they may have underflowed: returned as {(kind, layer): value}."""
@@ -1108,6 +1282,8 @@ def _grad_norms(acc: _Acc, gs, bgs, others, deltas, start: int = 0) -> dict:
             acc.others = norms[n + m:k]
         for (key, _), d in zip(deltas, norms[k:]):
             acc.delta.setdefault(key, []).append(d)
+        if not retake:
+            return {}
         fixed = _retaken("g", gs, norms[:n], start)
         fixed.update(_retaken("b", bgs, norms[n:n + m]))
         return fixed

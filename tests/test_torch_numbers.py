@@ -250,3 +250,48 @@ def test_fused_optimizer_with_a_grad_scaler(tmp_path, background):
     _amp_run(tmp_path / "fused.h5", background, torch.amp.GradScaler("cpu", init_scale=2.0**10),
              fused=True)
     _same_logs(tmp_path / "plain.h5", tmp_path / "fused.h5")
+
+
+class _Branch(nn.Module):
+    """A layer (``extra``, registered second) that the first step's forward pass skips."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.extra, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.act = nn.Tanh()
+        self.use_extra = False
+
+    def forward(self, x):
+        h = self.act(self.inp(x))
+        if self.use_extra:
+            h = self.act(self.extra(h))
+        return self.out(h)
+
+
+@BOTH
+def test_layers_skipped_by_the_first_pass_are_numbered_last(tmp_path, background):
+    # layers are numbered in the order the first recorded forward pass calls them; one it
+    # does not call comes after the others (taken as the output layer: no activation
+    # statistics), and each row holds its own layer's numbers
+    model = _Branch()
+    x, y = _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+    path = tmp_path / "branch.h5"
+    with gst.watch(model, path, optimizer=opt, background=background) as run:
+        for t in range(4):
+            model.use_extra = t % 2 == 1
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            grads.append([_norm(m.weight.grad) if m.weight.grad is not None else math.nan
+                          for m in (model.inp, model.out, model.extra)])
+            opt.step()
+            run.log(loss=loss)
+    assert gradscope.read_config(path)["layer_names"] == ["inp", "out", "extra"]
+    lay = gradscope.read_layers(path)
+    np.testing.assert_allclose(lay.grad_norm.to_numpy().reshape(4, 3), grads, rtol=1e-6)
+    extra = lay[lay.layer == 2]
+    assert extra.act_mean.isna().all()  # taken as the output layer
+    assert list(extra.delta_norm.isna()) == [True, False, True, False]

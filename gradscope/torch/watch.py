@@ -378,6 +378,7 @@ class Run:
         acc.bw_queued = False
         if acc is not self._acc or self._pre_done or self.closed:
             return
+        self._order_once(acc)  # the norms are kept by layer number
         ws = [l.module.weight for l in self._layers]
         biases = [b if isinstance(b, torch.Tensor) else None
                   for b in (getattr(l.module, "bias", None) for l in self._layers)]
@@ -464,12 +465,7 @@ class Run:
         # use (update() changes it only after the step)
         acc.delta_scale = (float(self.scaler.get_scale())
                            if self.scaler is not None and self.scaler.is_enabled() else 1.0)
-        if not self._ordered:
-            self._fix_order()
-            for l in self._layers[:-1]:  # found only now: hidden layers with no activation
-                if l.act is None and isinstance(l.out_ref, torch.Tensor):
-                    acc.add_act(l, None, l.out_ref, self._probe_from_batch(), self,
-                                watch=False)
+        self._order_once(acc)
         for l in self._layers:
             l.out_ref = l.act_out = None
         bg = self._bg
@@ -576,6 +572,16 @@ class Run:
             if self.probe_input is not None and self.step % self.probe_every == 0:
                 self._run_probe()
         self._pre_done = True
+
+    def _order_once(self, acc) -> None:
+        """The layers in the order of the first recorded forward pass (once, at the end of
+        its backward pass or in the pre-hook, whichever comes first)."""
+        if self._ordered:
+            return
+        self._fix_order()
+        for l in self._layers[:-1]:  # found only now: hidden layers with no activation
+            if l.act is None and isinstance(l.out_ref, torch.Tensor):
+                acc.add_act(l, None, l.out_ref, self._probe_from_batch(), self, watch=False)
 
     def _weight_buffers(self, ws):
         bufs = self._buffers

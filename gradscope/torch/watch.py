@@ -811,7 +811,7 @@ class Run:
             t = tensor_of(i)
             if t is None or (t.dtype == torch.float64 and not math.isnan(v)):
                 continue
-            out[i] = float(torch.linalg.vector_norm(t.detach().double()))
+            out[i] = float(torch.linalg.vector_norm(_dense(t).double()))
         return out
 
     def _hist_edges(self) -> tuple[float, float]:
@@ -1321,7 +1321,7 @@ def _retaken(kind: str, tensors, norms, start: int = 0) -> dict:
         t = tensors[i]
         if (v < _UNDERFLOW or math.isinf(v)) and not (t.dtype == torch.float64
                                                      and not math.isnan(v)):
-            out[(kind, start + i)] = float(torch.linalg.vector_norm(t.detach().double()))
+            out[(kind, start + i)] = float(torch.linalg.vector_norm(_dense(t).double()))
     return out
 
 
@@ -1414,6 +1414,13 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, dtype=torch.float32 if half else None)
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A tensor whose norm is ``t``'s: a sparse gradient's (``nn.Embedding(sparse=True)``)
+    coalesced values (torch has no norm of a sparse tensor; duplicate indices are summed)."""
+    t = t.detach()
+    return t.coalesce().values() if t.is_sparse else t
+
+
 def _norms(tensors: list) -> list:
     """Norms of the tensors (None for a missing one), grouped by device and dtype for
     ``torch._foreach_norm``; half-precision tensors accumulate in float32."""
@@ -1424,7 +1431,7 @@ def _norms(tensors: list) -> list:
             continue
         groups.setdefault((t.device, t.dtype), []).append(i)
     for (_, dtype), idx in groups.items():
-        ts = [tensors[i].detach() for i in idx]
+        ts = [_dense(tensors[i]) for i in idx]
         if dtype in (torch.float16, torch.bfloat16):
             res = [torch.linalg.vector_norm(t, dtype=torch.float32) for t in ts]
         else:

@@ -327,3 +327,42 @@ def test_sparse_gradients_have_the_dense_ones_norms(tmp_path, background):
                 opt.step()
                 run.log(loss=loss)
     _same_logs(tmp_path / "False.h5", tmp_path / "True.h5")
+
+
+class _TiedLM(nn.Module):
+    """An embedding whose weight is also the output layer's (weight tying)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.mid, self.act = nn.Embedding(20, 8), nn.Linear(8, 8), nn.Tanh()
+        self.out = nn.Linear(8, 20, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, i):
+        return self.out(self.act(self.mid(self.emb(i))))
+
+
+@BOTH
+def test_a_tied_weight_counts_once_in_the_global_norm(tmp_path, background):
+    # two layers' rows hold the shared weight's gradient; grad_norm_total is the global
+    # norm of the optimizer's parameters, each once (as clip_grad_norm_ returns it)
+    g = torch.Generator().manual_seed(1)
+    idx, y = torch.randint(0, 20, (32,), generator=g), torch.randint(0, 20, (32,), generator=g)
+    model = _TiedLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    totals, tied = [], []
+    path = tmp_path / "tied.h5"
+    with gst.watch(model, path, optimizer=opt, background=background) as run:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(idx), y)
+            loss.backward()
+            totals.append(float(nn.utils.clip_grad_norm_(model.parameters(), math.inf)))
+            tied.append(_norm(model.emb.weight.grad))
+            opt.step()
+            run.log(loss=loss)
+    np.testing.assert_allclose(gradscope.read_steps(path).grad_norm_total, totals, rtol=1e-6)
+    lay = gradscope.read_layers(path)
+    for layer in (0, 2):  # the embedding's row and the output layer's
+        np.testing.assert_allclose(lay[lay.layer == layer].grad_norm, tied, rtol=1e-6)

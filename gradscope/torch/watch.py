@@ -18,6 +18,7 @@ How each number is taken (docs/torch.md has the full account):
 from __future__ import annotations
 
 import atexit
+import itertools
 import math
 import os
 import queue
@@ -741,7 +742,14 @@ class Run:
         g, bg, w, u, _, _, _ = _unflatten(values, index)  # the others: in the global norm only
         # the global norm from the float32 (or wider) norms, in float64, as before the
         # retakes below (an overflowing float32 norm leaves it infinite: diverged)
-        parts = [values[i] for i in (*index[0], *index[1], *index[4]) if i is not None]
+        # each parameter once: a weight tied to another layer's (an embedding and the output
+        # layer) has two layers' rows, and one gradient in the global norm
+        first = _first_uses(layers)
+
+        def once():
+            return itertools.chain(first, itertools.repeat(True))
+        parts = [values[i] for i, k in zip((*index[0], *index[1], *index[4]), once())
+                 if i is not None and k]
         total = math.sqrt(math.fsum(x * x for x in parts)) if parts else math.nan
         raw = acc.raw
         if acc.fixed is not None:  # retaken on the background thread
@@ -774,7 +782,8 @@ class Run:
                          if i is not None and j is not None]
                 a = math.sqrt(math.fsum(x * x for x, _ in pairs))
                 b = math.sqrt(math.fsum(y * y for _, y in pairs))
-                if a > 0 and b > 0 and math.isfinite(a) and a != b:
+                if (a > 0 and b > 0 and math.isfinite(a)
+                        and not math.isclose(a, b, rel_tol=1e-6)):
                     if math.frexp(a / b)[0] == 0.5:
                         s = acc.delta_scale = a / b
                     else:
@@ -783,7 +792,7 @@ class Run:
             bg = [fixed.get(("b", i), v) / s for i, v in enumerate(bg)]
             total /= s
             if acc.post:  # changed before the step: clipped where its norm differs
-                p = [values[i] for i in index[5] if i is not None]
+                p = [values[i] for i, k in zip(index[5], once()) if i is not None and k]
                 after = math.sqrt(math.fsum(x * x for x in p)) if p else math.nan
                 pending["clipped"] = int(not (after == total
                                               or math.isclose(after, total, rel_tol=1e-6)))
@@ -1412,6 +1421,19 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     """The norm of one tensor (half precision accumulated in float32)."""
     half = t.dtype in (torch.float16, torch.bfloat16)
     return torch.linalg.vector_norm(t, dtype=torch.float32 if half else None)
+
+
+def _first_uses(layers):
+    """For the weights, then the biases of ``layers``: whether it is the parameter's first
+    appearance."""
+    seen: set = set()
+    out = []
+    for p in [l.module.weight for l in layers] + [getattr(l.module, "bias", None)
+                                                  for l in layers]:
+        out.append(not isinstance(p, torch.Tensor) or id(p) not in seen)
+        if isinstance(p, torch.Tensor):
+            seen.add(id(p))
+    return out
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:

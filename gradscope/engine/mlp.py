@@ -180,7 +180,8 @@ class StepBuffers:
     arrays are overwritten by the next pass: a pass's cache is valid until then.
     """
 
-    def __init__(self, params: Params, batch: int, activation: Activation):
+    def __init__(self, params: Params, batch: int, activation: Activation,
+                 grads: Params | None = None):
         H = n_layers(params) - 1
         w = params[0].shape[1]
         dtype = params[0].dtype
@@ -199,6 +200,10 @@ class StepBuffers:
         self._colsums = np.empty((H, 1, w), dtype=dtype)
         self._q = np.empty(3 * H, dtype=dtype)
         self._tiny = careful_threshold(self.n, dtype)
+        # where the backward pass writes the gradients (arrays shaped as ``params``, e.g.
+        # views of one flat buffer), or None for new arrays each pass
+        self.grads = grads
+        self.ones = np.ones(self.batch, dtype=dtype)  # column sums as one product
 
     @staticmethod
     def fit(params: Params, batch: int) -> bool:
@@ -509,10 +514,15 @@ def backward(
     measured = measurer() if measure else None
     delta = dout
     if cache.skips is None and buffers is not None and buffers.serves(cache):
+        into = buffers.grads
         for l in range(L - 1, -1, -1):
             deltas[l] = delta
-            grads[2 * l] = cache.inputs[l].T @ delta
-            grads[2 * l + 1] = column_sums(delta)
+            if into is None:
+                grads[2 * l] = cache.inputs[l].T @ delta
+                grads[2 * l + 1] = column_sums(delta)
+            else:  # the same products, written where the optimizer reads them
+                grads[2 * l] = np.matmul(cache.inputs[l].T, delta, out=into[2 * l])
+                grads[2 * l + 1] = np.matmul(buffers.ones, delta, out=into[2 * l + 1])
             if l > 0:
                 d = derivative_into(activation, cache.pre[l - 1], cache.inputs[l],
                                     buffers.dphis[l - 1])

@@ -241,13 +241,12 @@ class FlatLayout:
         s = np.add.reduceat(np.vecdot(rows, rows).astype(np.float64),
                             self._starts[a * len(self.shapes):b * len(self.shapes)] - a * per)
         out = np.sqrt(s)
-        tiny = self._tiny[a * len(self.shapes):b * len(self.shapes)].tolist()
-        sums = s.tolist()
-        if not all(t < v < math.inf for t, v in zip(tiny, sums)):
+        tiny = self._tiny[a * len(self.shapes):b * len(self.shapes)]
+        retake = ~((s > tiny) & (s < math.inf))  # NaN too
+        if retake.any():
             n = len(self.shapes)
             offsets = self.offsets[a:b]
-            for j, (t, v) in enumerate(zip(tiny, sums)):
-                if not t < v < math.inf:
-                    o = int(offsets.flat[j])
-                    out[j] = norm(flat[o : o + self.sizes[j % n]])
+            for j in np.flatnonzero(retake).tolist():
+                o = int(offsets.flat[j])
+                out[j] = norm(flat[o : o + self.sizes[j % n]])
         return out.reshape(b - a, -1)

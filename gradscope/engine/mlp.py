@@ -246,19 +246,17 @@ class StepBuffers:
         var = second - mean * mean
         std = np.sqrt(var)
         # mean_std's test (finite, var >= second / 10) in one array: NaN fails it too
-        ok = (var - 0.1 * second).tolist()
-        if not all(v >= 0 for v in ok):
-            for l, v in enumerate(ok):
-                if not v >= 0:
-                    std[l] = mean_std(self.acts[l])[1]
+        retake = ~(var - 0.1 * second >= 0)
+        if retake.any():
+            for l in np.flatnonzero(retake).tolist():
+                std[l] = mean_std(self.acts[l])[1]
         dnorms = np.empty(H + 1)
         dq = q[H : 2 * H]
         np.sqrt(dq, out=dnorms[:H])
-        tiny = self._tiny
-        if not all(tiny < v < math.inf for v in dq.tolist()):
-            for l, v in enumerate(dq.tolist()):
-                if not tiny < v < math.inf:
-                    dnorms[l] = norm(self.deltas[l])
+        retake = ~((dq > self._tiny) & (dq < math.inf))  # norm's careful path: NaN too
+        if retake.any():
+            for l in np.flatnonzero(retake).tolist():
+                dnorms[l] = norm(self.deltas[l])
         dnorms[H] = norm(dout)
         sat = q[2 * H :] / n if not self.binary else (n - q[2 * H :]) / n
         return dnorms, mean, std, sat

@@ -238,11 +238,11 @@ class FlatLayout:
         a, b = (0, self.copies) if copies is None else copies
         per = self.n_rows // self.copies
         rows = flat.reshape(self.n_rows, self.row)[a * per:b * per]
-        s = np.add.reduceat(np.vecdot(rows, rows).astype(np.float64),
-                            self._starts[a * len(self.shapes):b * len(self.shapes)] - a * per)
+        k0, k1 = a * len(self.shapes), b * len(self.shapes)
+        s = np.add.reduceat(np.vecdot(rows, rows), self._starts[k0:k1] - a * per,
+                            dtype=np.float64)
         out = np.sqrt(s)
-        tiny = self._tiny[a * len(self.shapes):b * len(self.shapes)]
-        retake = ~((s > tiny) & (s < math.inf))  # NaN too
+        retake = ~((s > self._tiny[k0:k1]) & (s < math.inf))  # NaN too
         if retake.any():
             n = len(self.shapes)
             offsets = self.offsets[a:b]

@@ -369,3 +369,87 @@ def test_a_probe_steps_rows_never_reach_the_log_before_its_step_rows(tmp_path, m
                                 probe_every=10), tmp_path / "run.h5")
     assert len(set(appended["probes"])) >= 5
     assert bad == []
+
+
+# -- the optimizer over the flat layout's copies as wholes (training.loop) --------------------
+
+def test_flat_layout_whole_and_norms_of_some_copies(rng):
+    lay = FlatLayout([(7, 5), (5,), (5, 3), (3,)], np.float32, copies=3, row=16)
+    flat = lay.empty()
+    for k in range(3):
+        for v in lay.views(flat, k):
+            v[...] = rng.standard_normal(v.shape)
+    every = lay.norms(flat)
+    for a, b in ((0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)):
+        assert np.array_equal(lay.norms(flat, (a, b)), every[a:b]), (a, b)
+    for k in range(3):
+        whole = lay.whole(flat, k)
+        assert whole.ndim == 1 and whole.size * 3 == flat.size
+        for v in lay.views(flat, k):  # every array of copy k lies inside its whole
+            assert np.shares_memory(v, whole)
+            assert all(not np.shares_memory(v, lay.whole(flat, j)) for j in range(3) if j != k)
+    bad = lay.views(flat, 2)[2]
+    bad[0, 0] = np.inf  # a non-finite array is retaken alone, in its own copy's row
+    got = lay.norms(flat, (2, 3))
+    assert got[0, 2] == math.inf and np.array_equal(got[0, [0, 1, 3]], every[2, [0, 1, 3]])
+
+
+def _per_array_and_flat(tmp_path, monkeypatch, **kw):
+    """One run trained twice: the optimizer array by array (the flat layout switched off,
+    the path of nets it does not serve, itself checked against torch.optim) and over the
+    flat layout's copies as wholes; returns both logs' contents."""
+    from gradscope.engine import mlp
+    from gradscope.training import loop
+
+    cfg = dict(dataset="digits", depth=3, width=24, epochs=2, batch_size=50, val_fraction=0.1,
+               probe_every=10)
+    cfg.update(kw)
+    got = []
+    for flat in (False, True):
+        if not flat:
+            monkeypatch.setattr(mlp.StepBuffers, "fit", staticmethod(lambda p, b: False))
+        else:
+            monkeypatch.undo()
+        monkeypatch.setattr(loop, "background_probes", False)
+        out = tmp_path / f"flat{int(flat)}.h5"
+        res = loop.train(loop.TrainConfig(**cfg), out)
+        got.append((_log_contents(out), res))
+    return got
+
+
+@pytest.mark.parametrize("kw", [
+    *[dict(optimizer=o) for o in ("sgd", "momentum", "nesterov", "adagrad", "adadelta",
+                                  "rmsprop", "rprop", "adam", "amsgrad", "nadam", "adamax",
+                                  "adamw")],
+    dict(activation="tanh", dtype="float64", optimizer="sgd", lr=0.05, weight_decay=0.01),
+    dict(optimizer="adam", weight_decay=0.01, batch_size=37),  # a shorter last batch
+    dict(optimizer="sgd", clip_value=0.01),
+    dict(optimizer="adamw", clip_norm=0.5, log_every=3, probe_every=3),
+    dict(optimizer="sgd", lr=50.0),  # diverges
+])
+def test_the_flat_optimizer_step_trains_as_the_per_array_step(tmp_path, monkeypatch, kw):
+    from gradscope.engine.optimizers import OPTIMIZERS
+
+    assert set(OPTIMIZERS) <= {"sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop",
+                               "rprop", "adam", "amsgrad", "nadam", "adamax", "adamw"}, \
+        "a new optimizer: add it here (the flat step needs elementwise update rules)"
+    (per, r0), (flat, r1) = _per_array_and_flat(tmp_path, monkeypatch, **kw)
+    assert (r0.status, r0.steps) == (r1.status, r1.steps)
+    assert per.keys() == flat.keys()
+    # the norms come from the flat layout's row sums (the gradients' unless clipping needs
+    # them as clip_grad_norm_ takes them), the per-array path's from one dot product per
+    # array: equal to rounding. Every other value, the parameters first, bit for bit
+    rounding = {("layers", "grad_norm"), ("layers", "bias_grad_norm"),
+                ("steps", "grad_norm_total"), ("layers", "weight_norm"),
+                ("layers", "update_norm"), ("layers", "update_ratio")}
+    exact = [k for k in per if k not in rounding]
+    assert ("final", "W_0") in exact or any(k[0] == "final" for k in exact)
+    assert [k for k in exact if per[k] != flat[k]] == []
+    if "clip_norm" in kw:  # the clipping's norms are the per-array path's
+        assert per["steps", "grad_norm_total"] == flat["steps", "grad_norm_total"]
+    tol = 1e-12 if kw.get("dtype") == "float64" else 3e-7
+    for part, name in rounding:
+        a = np.frombuffer(per[part, name][2], dtype=np.float64)
+        b = np.frombuffer(flat[part, name][2], dtype=np.float64)
+        assert a.size > 0
+        np.testing.assert_allclose(b, a, rtol=tol, err_msg=name)

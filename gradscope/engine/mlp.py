@@ -180,7 +180,8 @@ class StepBuffers:
     arrays are overwritten by the next pass: a pass's cache is valid until then.
     """
 
-    def __init__(self, params: Params, batch: int, activation: Activation):
+    def __init__(self, params: Params, batch: int, activation: Activation,
+                 grads: Params | None = None):
         H = n_layers(params) - 1
         w = params[0].shape[1]
         dtype = params[0].dtype
@@ -199,6 +200,10 @@ class StepBuffers:
         self._colsums = np.empty((H, 1, w), dtype=dtype)
         self._q = np.empty(3 * H, dtype=dtype)
         self._tiny = careful_threshold(self.n, dtype)
+        # where the backward pass writes the gradients (arrays shaped as ``params``, e.g.
+        # views of one flat buffer), or None for new arrays each pass
+        self.grads = grads
+        self.ones = np.ones(self.batch, dtype=dtype)  # column sums as one product
 
     @staticmethod
     def fit(params: Params, batch: int) -> bool:
@@ -241,19 +246,17 @@ class StepBuffers:
         var = second - mean * mean
         std = np.sqrt(var)
         # mean_std's test (finite, var >= second / 10) in one array: NaN fails it too
-        ok = (var - 0.1 * second).tolist()
-        if not all(v >= 0 for v in ok):
-            for l, v in enumerate(ok):
-                if not v >= 0:
-                    std[l] = mean_std(self.acts[l])[1]
+        retake = ~(var - 0.1 * second >= 0)
+        if retake.any():
+            for l in np.flatnonzero(retake).tolist():
+                std[l] = mean_std(self.acts[l])[1]
         dnorms = np.empty(H + 1)
         dq = q[H : 2 * H]
         np.sqrt(dq, out=dnorms[:H])
-        tiny = self._tiny
-        if not all(tiny < v < math.inf for v in dq.tolist()):
-            for l, v in enumerate(dq.tolist()):
-                if not tiny < v < math.inf:
-                    dnorms[l] = norm(self.deltas[l])
+        retake = ~((dq > self._tiny) & (dq < math.inf))  # norm's careful path: NaN too
+        if retake.any():
+            for l in np.flatnonzero(retake).tolist():
+                dnorms[l] = norm(self.deltas[l])
         dnorms[H] = norm(dout)
         sat = q[2 * H :] / n if not self.binary else (n - q[2 * H :]) / n
         return dnorms, mean, std, sat
@@ -509,10 +512,15 @@ def backward(
     measured = measurer() if measure else None
     delta = dout
     if cache.skips is None and buffers is not None and buffers.serves(cache):
+        into = buffers.grads
         for l in range(L - 1, -1, -1):
             deltas[l] = delta
-            grads[2 * l] = cache.inputs[l].T @ delta
-            grads[2 * l + 1] = column_sums(delta)
+            if into is None:
+                grads[2 * l] = cache.inputs[l].T @ delta
+                grads[2 * l + 1] = column_sums(delta)
+            else:  # the same products, written where the optimizer reads them
+                grads[2 * l] = np.matmul(cache.inputs[l].T, delta, out=into[2 * l])
+                grads[2 * l + 1] = np.matmul(buffers.ones, delta, out=into[2 * l + 1])
             if l > 0:
                 d = derivative_into(activation, cache.pre[l - 1], cache.inputs[l],
                                     buffers.dphis[l - 1])

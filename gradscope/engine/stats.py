@@ -225,17 +225,28 @@ class FlatLayout:
         return [flat[o : o + size].reshape(s)
                 for o, size, s in zip(self.offsets[copy].tolist(), self.sizes, self.shapes)]
 
-    def norms(self, flat: np.ndarray) -> np.ndarray:
-        """``norm`` of every array of every copy: float64, shape ``(copies, len(shapes))``."""
-        rows = flat.reshape(self.n_rows, self.row)
-        s = np.add.reduceat(np.vecdot(rows, rows).astype(np.float64), self._starts)
+    def whole(self, flat: np.ndarray, copy: int = 0) -> np.ndarray:
+        """Copy ``copy``'s arrays as one contiguous 1-D view of ``flat``, padding included
+        (for elementwise arithmetic over all of them in one call: the padding is zero
+        wherever the arithmetic keeps zeros zero)."""
+        per = self.n_rows // self.copies * self.row
+        return flat[copy * per:(copy + 1) * per]
+
+    def norms(self, flat: np.ndarray, copies: tuple[int, int] | None = None) -> np.ndarray:
+        """``norm`` of every array of every copy (or of the copies ``first .. last - 1``
+        given as ``copies=(first, last)``): float64, shape ``(copies, len(shapes))``."""
+        a, b = (0, self.copies) if copies is None else copies
+        per = self.n_rows // self.copies
+        rows = flat.reshape(self.n_rows, self.row)[a * per:b * per]
+        k0, k1 = a * len(self.shapes), b * len(self.shapes)
+        s = np.add.reduceat(np.vecdot(rows, rows), self._starts[k0:k1] - a * per,
+                            dtype=np.float64)
         out = np.sqrt(s)
-        tiny = self._tiny.tolist()
-        sums = s.tolist()
-        if not all(t < v < math.inf for t, v in zip(tiny, sums)):
+        retake = ~((s > self._tiny[k0:k1]) & (s < math.inf))  # NaN too
+        if retake.any():
             n = len(self.shapes)
-            for j, (t, v) in enumerate(zip(tiny, sums)):
-                if not t < v < math.inf:
-                    o = int(self.offsets.flat[j])
-                    out[j] = norm(flat[o : o + self.sizes[j % n]])
-        return out.reshape(self.copies, -1)
+            offsets = self.offsets[a:b]
+            for j in np.flatnonzero(retake).tolist():
+                o = int(offsets.flat[j])
+                out[j] = norm(flat[o : o + self.sizes[j % n]])
+        return out.reshape(b - a, -1)

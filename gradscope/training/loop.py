@@ -393,17 +393,24 @@ def train(
     # parameters and the updates in one flat array (all their norms from one np.vecdot
     # over its rows, engine.stats.FlatLayout), the passes' activations, deltas and phi'
     # stacked (engine.mlp.StepBuffers). The numbers are those measured array by array.
-    buffers = layout = flat = update_bufs = None
+    # The gradients go into a third copy of that layout, and the optimizer (elementwise,
+    # as every one of engine.optimizers is) steps all the arrays at once over the copies
+    # as wholes: a dozen numpy calls a step instead of a dozen per array, the same
+    # arithmetic element by element (the zero padding stays zero).
+    buffers = layout = flat = update_bufs = grad_bufs = wholes = None
     if (arch is None and stepper.pool is None and opt.update_inplace is not None
             and StepBuffers.fit(params, bs)):
-        layout = FlatLayout([p.shape for p in params], dtype, copies=2)
+        # rows of 256: less padding for the optimizer's passes over the wholes than 1024
+        # (a 32-unit bias fills a row), as cheap for the norms' one dot product per row
+        layout = FlatLayout([p.shape for p in params], dtype, copies=3, row=256)
         flat = layout.empty()
         homed = layout.views(flat, 0)
         for h, p in zip(homed, params):
             h[...] = p
-        params, update_bufs = homed, layout.views(flat, 1)
-        buffers = StepBuffers(params, bs, act)
-    state = opt.init(params + norm_params)
+        params, update_bufs, grad_bufs = homed, layout.views(flat, 1), layout.views(flat, 2)
+        wholes = [layout.whole(flat, k) for k in range(3)]  # parameters, updates, gradients
+        buffers = StepBuffers(params, bs, act, grads=grad_bufs)
+    state = opt.init(wholes[:1] if wholes is not None else params + norm_params)
     loss_fn = softmax_cross_entropy if prep.classification else mean_squared_error
     X, y = prep.X, prep.y
     n = X.shape[0]
@@ -469,7 +476,14 @@ def train(
                 want = logged or (step + 1) % log_every == 0 or step + 1 == total - 1
                 # the gradient norms decide divergence (and clipping) before anything is
                 # updated: the optimizer then writes into the parameters and its state
-                gnorms = [norm(g) for g in grads]
+                if wholes is not None and grads[0] is not grad_bufs[0]:
+                    for b, g in zip(grad_bufs, grads):  # a batch of another size
+                        b[...] = g
+                    grads = grad_bufs
+                if wholes is not None and not clipping:
+                    gnorms = layout.norms(flat, (2, 3))[0].tolist()
+                else:  # clipping scales by the global norm: taken as clip_grad_norm_ does
+                    gnorms = [norm(g) for g in grads]
                 gnorm = math.sqrt(sum(g * g for g in gnorms))
                 diverged = not (math.isfinite(loss) and math.isfinite(gnorm))
                 # probe steps are logged steps (probe_every is a multiple of log_every)
@@ -493,13 +507,21 @@ def train(
                 if not diverged:
                     if clipping:
                         grads, clipped = clip_gradients(grads, gnorm, clip_norm, clip_value)
-                    current = params + norm_params if norm_params else params
-                    new_params, updates, state, out_norms = stepper.step(
-                        grads, state, current, out_norms=want and layout is None,
-                        inplace=True, out=update_bufs)
-                    if want and layout is not None:
-                        pn, un = layout.norms(flat)
-                        out_norms = (None, un, pn)
+                    if wholes is not None:
+                        if clipped:
+                            for b, g in zip(grad_bufs, grads):
+                                b[...] = g
+                        p_all, u_all, g_all = wholes
+                        state = opt.update_inplace([g_all], state, [p_all], [u_all])
+                        p_all += u_all
+                        new_params, updates = params, update_bufs
+                        if want:
+                            pn, un = layout.norms(flat, (0, 2))
+                            out_norms = (None, un, pn)
+                    else:
+                        current = params + norm_params if norm_params else params
+                        new_params, updates, state, out_norms = stepper.step(
+                            grads, state, current, out_norms=want, inplace=True)
                 if diverged or logged:
                     t_row = time.perf_counter() - t0
                     un = out_norms[1] if updates is not None else None

@@ -367,3 +367,30 @@ def test_a_tied_weight_counts_once_in_the_global_norm(tmp_path, background):
     lay = gradscope.read_layers(path)
     for layer in (0, 2):  # the embedding's row and the output layer's
         np.testing.assert_allclose(lay[lay.layer == layer].grad_norm, tied, rtol=1e-6)
+
+
+@BOTH
+def test_gradients_assigned_by_hand_are_the_steps(tmp_path, background):
+    # gradients from torch.autograd.grad assigned to p.grad (a backward pass that fills no
+    # .grad): the numbers of the gradients step() receives, as the loop with backward()
+    def fit(path, functional):
+        model = _mlp()
+        x, y = _data()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gst.watch(model, path, optimizer=opt, background=background) as run:
+            for _ in range(3):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                if functional:
+                    params = list(model.parameters())
+                    for p, g in zip(params, torch.autograd.grad(loss, params)):
+                        p.grad = g
+                else:
+                    loss.backward()
+                opt.step()
+                run.log(loss=loss)
+
+    fit(tmp_path / "backward.h5", False)
+    fit(tmp_path / "grad.h5", True)
+    _same_logs(tmp_path / "backward.h5", tmp_path / "grad.h5")
+    assert gradscope.read_status(tmp_path / "grad.h5")["status"] == "completed"

@@ -484,9 +484,12 @@ class Run:
         # changed the gradients since (clip_grad_norm_, a GradScaler's unscale_), those of
         # the step are taken too, for the steps table's `clipped`
         raw = acc.raw
+        if raw is not None and any(p.grad is not g for p, g, _ in raw[0]):
+            # gradients assigned since (p.grad = ..., from torch.autograd.grad; or set to
+            # None): not the backward pass's, which are not the step's; those of the step
+            raw = acc.raw = None
         post, fp = [], []
-        if raw is not None and any(p.grad is not g or (g is not None and g._version != v)
-                                   for p, g, v in raw[0]):
+        if raw is not None and any(g is not None and g._version != v for _, g, v in raw[0]):
             post = [*(w.grad for w in ws),
                     *(b.grad if isinstance(b, torch.Tensor) else None for b in biases),
                     *others]

@@ -400,8 +400,9 @@ class Run:
                 bg.wait()
                 fixed.update(acc.fixed_bg)
             else:
-                # the float64 retakes of tiny norms read the values (free on the CPU; on a
-                # device, only the pre-hook's norms of unchanged gradients are retaken)
+                # the float64 retakes of tiny norms read the values: free on the CPU; on a
+                # device that would be a copy to the host here, so they are not retaken
+                # (docs/torch.md, Cost)
                 fixed = _grad_norms(acc, gs, bgs, others, [], retake=self._on_cpu)
         # what to compare in the pre-hook: each gradient tensor and its version counter
         params = [*ws, *(b for b in biases if b is not None), *rest]

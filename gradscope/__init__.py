@@ -10,37 +10,43 @@ from ._version import __version__
 
 quiet_idle_blas_threads()  # before numpy loads OpenBLAS (see _blas)
 
-from .analysis.diagnose import diagnose
-from .analysis.theory import advise, mean_field
-from .engine.data import load_dataset
-from .reading.readers import (
-    read_config,
-    read_dead_units,
-    read_epochs,
-    read_histograms,
-    read_layers,
-    read_status,
-    read_steps,
-    read_weights,
-)
-from .training.loop import TrainConfig, train
+#: the public names, each loaded from its module on first use, so that ``import gradscope``
+#: (and the command line's start) loads neither pandas, scipy nor h5py before it needs them
+_LAZY = {
+    "diagnose": "gradscope.analysis.diagnose",
+    "advise": "gradscope.analysis.theory",
+    "mean_field": "gradscope.analysis.theory",
+    "load_dataset": "gradscope.engine.data",
+    **{name: "gradscope.reading.readers" for name in (
+        "read_config", "read_dead_units", "read_epochs", "read_histograms", "read_layers",
+        "read_status", "read_steps", "read_weights")},
+    "TrainConfig": "gradscope.training.loop",
+    "train": "gradscope.training.loop",
+    "Run": "gradscope.views.notebook",  # these import matplotlib
+    "Runs": "gradscope.views.notebook",
+}
 
-#: names loaded on first use (they import matplotlib): gradscope.Run, gradscope.Runs
-_LAZY = {"Run": "gradscope.views.notebook", "Runs": "gradscope.views.notebook"}
+
+#: the subpackages an ``import gradscope`` used to load, loaded as attributes on first use
+_SUBPACKAGES = ("analysis", "engine", "reading", "record", "training")
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:  # with the modules that used to come with them
+        for module in set(_LAZY.values()) - {"gradscope.views.notebook"}:
+            importlib.import_module(module)
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_LAZY])
+    return sorted([*globals(), *_LAZY, *_SUBPACKAGES])
 
 
 __all__ = [

@@ -64,3 +64,44 @@ def test_lightning_callback_records_the_steps(tmp_path):
     assert cfg["layer_names"] == ["body.0", "body.2", "body.4"]
     assert cfg["activation"] == "sigmoid" and cfg["optimizer"] == "adam"
     assert gradscope.read_status(path)["status"] == "completed"
+
+
+class ClipNet(Net):
+    """Net, keeping what the gradients were before Lightning's clipping (the global norm of
+    all parameters' gradients, as clip_grad_norm_ measures it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.totals = []
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.totals.append(float(torch.linalg.vector_norm(torch.stack(
+            [p.grad.detach().double().norm() for p in self.parameters()]))))
+
+
+@pytest.mark.parametrize("clip, accumulate", [(1e-3, 1), (1e3, 1), (1e-3, 2)])
+def test_lightning_callback_logs_the_gradients_before_clipping_and_where_it_clipped(
+        tmp_path, clip, accumulate):
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    path = tmp_path / "clip.h5"
+    net = ClipNet()
+    trainer = pl.Trainer(max_epochs=2, callbacks=[gst.LightningCallback(path)],
+                         gradient_clip_val=clip, gradient_clip_algorithm="norm",
+                         accumulate_grad_batches=accumulate, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(net, loader, loader)
+    steps = gradscope.read_steps(path)
+    n = 8 // accumulate
+    assert list(steps.step) == list(range(n)) and len(net.totals) == n
+    # the gradients the backward passes left (summed over the accumulated batches), not
+    # the clipped ones; `clipped` where the clipping changed them
+    np.testing.assert_allclose(steps.grad_norm_total, net.totals, rtol=1e-6)
+    assert list(steps.clipped) == [int(t > clip) for t in net.totals]
+    assert min(net.totals) > 1e-3 and max(net.totals) < 1e3  # both kinds of case are real
+    lay = gradscope.read_layers(path)
+    np.testing.assert_allclose(lay[lay.layer == 0].grad_norm, net.grads, rtol=1e-6)

@@ -5,11 +5,14 @@
     trainer = pl.Trainer(callbacks=[gst.LightningCallback("runs/x.h5")])
 
 Lightning runs the forward and backward passes inside ``optimizer.step(closure)``, after
-the optimizer's step pre-hooks, so what :func:`gradscope.torch.watch` does in its pre-hook
-is done in the callback's ``on_before_optimizer_step`` instead (the gradients' norms are
-taken at the end of the backward pass as with ``watch``: accumulated, all-reduced, before
-Lightning's clipping, divided by the scale of its GradScaler); the update is read by the
-optimizer's post-hook as with ``watch``.
+the optimizer's step pre-hooks; :func:`gradscope.torch.watch`'s pre-hook then takes the
+step's numbers when that closure returns, which is after Lightning's
+``on_before_optimizer_step`` and its gradient clipping (under a GradScaler, Lightning runs
+the closure and clips before ``scaler.step``, whose pre-hook takes them). The gradients'
+norms are taken at the end of the backward pass as with ``watch`` (accumulated,
+all-reduced, before the clipping, divided by the scale of Lightning's GradScaler), so
+``clipped`` says where Lightning's clipping changed them; the update is read by the
+optimizer's post-hook.
 """
 
 from __future__ import annotations
@@ -39,12 +42,7 @@ class LightningCallback(pl.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         kw = dict(self.kwargs)
         kw.setdefault("scaler", scaler)
-        self.run = Run(pl_module, self.path, opt, _external_pre=True, **kw)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's own
-        if self.run is not None and not self.run.closed and optimizer is self.run.optimizer:
-            self.run._pre_step()
+        self.run = Run(pl_module, self.path, opt, **kw)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         run = self.run

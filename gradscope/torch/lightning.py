@@ -42,7 +42,8 @@ class LightningCallback(pl.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         kw = dict(self.kwargs)
         kw.setdefault("scaler", scaler)
-        self.run = Run(pl_module, self.path, opt, **kw)
+        # a Trainer without an optimizer is let through, as before (nothing is stepped)
+        self.run = Run(pl_module, self.path, opt, _external_pre=opt is None, **kw)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         run = self.run

@@ -393,14 +393,10 @@ def main() -> None:
     if args.worker is not None:
         _worker(args.worker, args.chunk or None)
         return
+    from bench_sweep import blas_line
     from bench_sweep import run as sweep
 
-    blas = subprocess.run([sys.executable, "-c",
-                           "import numpy; from threadpoolctl import threadpool_info as i; "
-                           "print(*[(d['internal_api'], d.get('version'), "
-                           "d.get('architecture')) for d in i()])"],
-                          capture_output=True, text=True, check=False).stdout.strip()
-    print(f"# BLAS: {blas or 'threadpoolctl not installed'}; cores: {os.cpu_count()}")
+    print(blas_line())
     if args.small:
         small(args.net or ["8x64/32", "20x32/32", "8x128/64"], args.rounds, 1500)
         return

@@ -62,18 +62,23 @@ def run(label: str, path: Path, extra: list[str], out: Path) -> dict:
     return {"wall": wall, "train": (last or time.perf_counter()) - t0, "cpu": cpu}
 
 
+def blas_line() -> str:
+    """The BLAS numpy loads in a fresh process (threadpoolctl) and the cores: a header."""
+    blas = subprocess.run([sys.executable, "-c",
+                           "import numpy; from threadpoolctl import threadpool_info as i; "
+                           "print(*[(d['internal_api'], d.get('version'), "
+                           "d.get('architecture')) for d in i()])"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    return f"# BLAS: {blas or 'threadpoolctl not installed'}; cores: {os.cpu_count()}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline", type=Path, default=None,
                     help="a checkout whose sweep to time as well (e.g. the main branch)")
     args = ap.parse_args()
-    blas = subprocess.run([sys.executable, "-c",
-                           "import numpy; from threadpoolctl import threadpool_info as i; "
-                           "print(*[(d['internal_api'], d.get('version'), "
-                           "d.get('architecture')) for d in i()])"],
-                          capture_output=True, text=True, check=False).stdout.strip()
-    print(f"# BLAS: {blas or 'threadpoolctl not installed'}; cores: {os.cpu_count()}")
+    print(blas_line())
     variants = [("run by run (--no-stack)", ROOT, ["--no-stack"]), ("stacked", ROOT, [])]
     if args.baseline is not None:
         variants.insert(0, (f"baseline {args.baseline}", args.baseline.resolve(), []))

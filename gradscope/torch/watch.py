@@ -527,8 +527,7 @@ class Run:
                     bufs = self._weight_buffers(ws)
                     acc.w_norm = [_norm(b.copy_(w)) for b, w in zip(bufs, ws)]
                     acc.before = bufs
-                if self.probe_input is not None and self.step % self.probe_every == 0:
-                    self._run_probe()
+                self._probe_if_due()
             self._pre_done = True
             return
         if bg is not None:
@@ -552,8 +551,7 @@ class Run:
                 bg.wait()
                 acc.fixed = {**acc.fixed_bg, **fixed}
                 bg.submit(_weight_norms, acc, bufs)  # waited for before the subtraction
-                if self.probe_input is not None and self.step % self.probe_every == 0:
-                    self._run_probe()
+                self._probe_if_due()
             self._pre_done = True
             return
         with torch.no_grad():
@@ -574,8 +572,7 @@ class Run:
             bufs = self._weight_buffers(ws)
             acc.w_norm = [_norm(b.copy_(w)) for b, w in zip(bufs, ws)]
             acc.before = bufs
-            if self.probe_input is not None and self.step % self.probe_every == 0:
-                self._run_probe()
+            self._probe_if_due()
         self._pre_done = True
 
     def _order_once(self, acc) -> None:
@@ -594,6 +591,11 @@ class Run:
                                or b.device != w.device for b, w in zip(bufs, ws)):
             bufs = self._buffers = [torch.empty_like(w) for w in ws]
         return bufs
+
+    def _probe_if_due(self) -> None:
+        """The probe inputs through the model at a probe step (given ``probe=``)."""
+        if self.probe_input is not None and self.step % self.probe_every == 0:
+            self._run_probe()
 
     def _run_probe(self) -> None:
         was = self.inner.training
